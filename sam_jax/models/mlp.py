@@ -1,0 +1,37 @@
+"""Fully connected classifier (the 2x200 tanh MLP of calibration-follows-curvature.txt, Sec. 3)."""
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+}
+
+
+class MLP(nn.Module):
+    """Flattens the input and applies ``Dense -> activation`` per hidden width, then a linear head.
+
+    Attributes:
+      num_classes: width of the output layer (logits).
+      widths: hidden layer widths, e.g. ``(200, 200)``.
+      activation: one of ``ACTIVATIONS`` ("tanh", "relu", "gelu").
+      dtype: computation dtype; parameters stay float32 (or float64 under ``jax_enable_x64``).
+    """
+
+    num_classes: int
+    widths: Sequence[int] = (200, 200)
+    activation: str = "tanh"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no dropout or batch statistics in this model
+        act = ACTIVATIONS[self.activation]
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for width in self.widths:
+            x = act(nn.Dense(width, dtype=self.dtype)(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
