@@ -1,0 +1,280 @@
+"""The one train loop every experiment uses: ``train_and_evaluate(config, workdir)``.
+
+Data order and PRNG keys are functions of the step (``sam_jax.data.train_batches`` with the epoch
+and the batch index; ``fold_in(rng, step)``), so a run resumed from a checkpoint continues exactly as
+an uninterrupted one. Evaluation, curvature tracking and user hooks run every few steps and write to
+the same ``metrics.jsonl``.
+"""
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from sam_jax import data
+from sam_jax.calibration import calibration_metrics
+from sam_jax.curvature import make_curvature_tracker, plot_sharpness
+from sam_jax.losses import csam_loss, get_loss
+from sam_jax.models import create_model
+from sam_jax.training.checkpoint import Checkpointer
+from sam_jax.training.config import SAM_FAMILY, validate_config
+from sam_jax.training.inputs import RunData, load_run_data
+from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
+from sam_jax.training.state import TrainState
+from sam_jax.training.steps import make_eval_step, make_train_step
+from sam_jax.training.writers import MetricsWriter, read_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """Calls ``fn(state) -> metrics`` every ``every_steps`` steps (and after the last step).
+
+    The returned metrics (a flat mapping, may be empty) go to ``metrics.jsonl`` under the step.
+    """
+
+    every_steps: int
+    fn: Callable[[TrainState], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a run is made of; built by :func:`build_run`, reused by experiments and evaluation."""
+
+    config: ml_collections.ConfigDict
+    data: RunData
+    model: nn.Module
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    init_state: TrainState
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    eval_step: Callable[[Any, Any, jax.Array], jax.Array]
+    mesh: Mesh
+
+
+def _mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def _batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
+    """Splits the batch over the devices when it divides evenly; else replicates it."""
+    spec = PartitionSpec("data") if batch_size % mesh.size == 0 else PartitionSpec()
+    return NamedSharding(mesh, spec)
+
+
+def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = None) -> Run:
+    """Validates ``config``, loads its data (unless given) and builds the model, state and steps."""
+    validate_config(config)
+    run_data = run_data or load_run_data(config)
+    num_train = len(run_data.train.labels)
+    validate_config(config, num_train)
+    opt = config.optimizer
+    batch_size = num_train if opt.name == "gd" else config.batch_size
+    steps_per_epoch = data.num_batches(num_train, batch_size)
+    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+
+    model = create_model(config.model.name, run_data.num_classes, **config.model.kwargs.to_dict())
+    tx = make_optimizer(config, total_steps, num_train)
+    sample = jnp.asarray(run_data.train.images[:1])
+
+    def init_state(key: jax.Array) -> TrainState:
+        init_key, dropout_key, step_key = jax.random.split(key, 3)
+        variables = model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)
+        params = variables.pop("params")
+        return TrainState(jnp.zeros((), jnp.int32), params, dict(variables), tx.init(params), step_key)
+
+    mesh = _mesh()
+    state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(
+        jax.random.PRNGKey(config.seed))
+
+    loss_fn = get_loss(config.loss)
+    if opt.name == "csam":
+        def descent_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+            return csam_loss(logits, labels, opt.gamma)
+    else:
+        descent_loss = loss_fn
+    train_step = make_train_step(model, tx, loss_fn, descent_loss,
+                                 m=opt.m if opt.name in SAM_FAMILY and opt.m < batch_size else 0,
+                                 uses_clean_gradient=opt.name != "bsam")
+    return Run(config, run_data, model, batch_size, steps_per_epoch, total_steps, state,
+               jax.jit(train_step), jax.jit(make_eval_step(model)), mesh)
+
+
+def predict(run: Run, params: Any, model_state: Any, dataset: data.ArrayDataset) -> np.ndarray:
+    """Inference-mode logits ``[N, K]`` for every example of ``dataset``, in order."""
+    batch_size = min(run.config.eval_batch_size, max(len(dataset.labels), 1))
+    sharding = _batch_sharding(run.mesh, batch_size)
+    outputs = []
+    for batch in data.prefetch_to_device(data.eval_batches(dataset, batch_size), sharding=sharding):
+        logits = run.eval_step(params, model_state, batch["image"])
+        outputs.append(np.asarray(logits)[np.asarray(batch["mask"]) > 0])
+    return np.concatenate(outputs) if outputs else np.zeros((0, run.data.num_classes), np.float32)
+
+
+def _pad(logits: np.ndarray, labels: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Zero-pads to ``length`` examples with a mask, so every evaluation set shares one compiled shape."""
+    extra = length - len(labels)
+    return {"logits": np.pad(logits, ((0, extra), (0, 0))), "labels": np.pad(labels, (0, extra)),
+            "mask": np.pad(np.ones(len(labels), np.float32), (0, extra))}
+
+
+def evaluate(run: Run, state: TrainState) -> dict[str, float]:
+    """The calibration suite on the train subset, validation and test sets (``train/``, ``val/``, ``test/``).
+
+    TCE and the fitted temperature use the validation split; they are absent when it is empty.
+    """
+    train = run.data.train
+    if run.config.eval_train_size:
+        train = data.ArrayDataset(train.images[:run.config.eval_train_size],
+                                  train.labels[:run.config.eval_train_size], train.num_classes)
+    sets = {name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test))
+            if len(ds.labels)}
+    length = max(len(ds.labels) for ds in sets.values())
+    padded = {name: _pad(predict(run, state.params, state.model_state, ds), ds.labels, length)
+              for name, ds in sets.items()}
+    val = padded.get("val")
+    val_kwargs = {"val_logits": val["logits"], "val_labels": val["labels"], "val_mask": val["mask"]} if val else {}
+    results = {}
+    for name, arrays in padded.items():
+        metrics = calibration_metrics(arrays["logits"], arrays["labels"], mask=arrays["mask"],
+                                      num_bins=run.config.num_bins, loss=run.config.loss, **val_kwargs)
+        results.update({f"{name}/{k}": v for k, v in metrics.items()})
+    return results
+
+
+def _curvature_hook(run: Run) -> Optional[Hook]:
+    config = run.config
+    if config.curvature.every <= 0:
+        return None
+    train = run.data.train
+    size = config.curvature.subset_size or len(train.labels)
+    index = data.epoch_permutation(len(train.labels), config.curvature.seed, 0)[:size]
+    images, labels = jnp.asarray(train.images[index]), jnp.asarray(train.labels[index])
+    rho = config.optimizer.rho if config.optimizer.name in SAM_FAMILY else None
+    tracker = make_curvature_tracker(config.curvature, run.eval_step, get_loss(config.loss),
+                                     batch_size=run.batch_size, perturbation_rho=rho)
+    key = jax.random.PRNGKey(config.curvature.seed)
+
+    def track(state: TrainState) -> Mapping[str, Any]:
+        return tracker(state.params, state.model_state, images, labels,
+                       jax.random.fold_in(key, state.step))
+
+    return Hook(config.curvature.every, track)
+
+
+def _check_finite(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointer) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        checkpointer.wait()
+        last = checkpointer.latest_step()
+        raise TrainingDivergedError(
+            f"Training loss is {loss} at step {step}: the run diverged. The last good checkpoint "
+            f"(step {last}) is kept in {checkpointer.directory}; lower optimizer.learning_rate "
+            f"(or rho) and start again.")
+
+
+def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    return {f"train_step/{k}": float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+                       hooks: Sequence[Hook] = (), run: Optional[Run] = None) -> dict[str, Any]:
+    """Trains and evaluates one run; writes config, metrics, checkpoints and a summary to ``workdir``.
+
+    Args:
+      config: the run config (``sam_jax.training.default_config`` plus overrides).
+      workdir: output directory (default ``config.workdir``).
+      hooks: extra :class:`Hook` s whose metrics join ``metrics.jsonl``.
+      run: a prebuilt :func:`build_run` (to share loaded data between runs); built when None.
+
+    Returns:
+      The summary: final evaluation metrics, steps, wall time.
+
+    Raises:
+      TrainingDivergedError: the loss became non-finite (the last good checkpoint is kept).
+    """
+    workdir = workdir or config.workdir
+    run = run or build_run(config)
+    writer = MetricsWriter(workdir)
+    checkpointer = Checkpointer(workdir)
+    state = run.init_state
+    if config.resume and checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        logger.info("Resumed from step %d in %s.", int(state.step), workdir)
+    elif checkpointer.latest_step() is not None:
+        logger.warning("Starting afresh in %s: removing its old checkpoints (resume=False).", workdir)
+        checkpointer.clear()
+    start_step = int(state.step)
+    writer.reset(keep_up_to_step=start_step)
+    writer.write_config(config)
+
+    eval_every = config.eval_every_steps or run.steps_per_epoch
+    all_hooks = [Hook(eval_every, lambda s: evaluate(run, s)), *hooks]
+    curvature_hook = _curvature_hook(run)
+    if curvature_hook is not None:
+        all_hooks.append(curvature_hook)
+
+    batch_sharding = _batch_sharding(run.mesh, run.batch_size)
+    shuffle = config.optimizer.name != "gd"
+    step, pending, window = start_step, None, []
+    started = time.time()
+    progress = tqdm(total=run.total_steps, initial=start_step, disable=not config.progress_bar,
+                    desc=os.path.basename(os.path.normpath(workdir)), unit="step", dynamic_ncols=True)
+    try:
+        while step < run.total_steps:
+            epoch, start_batch = divmod(step, run.steps_per_epoch)
+            batches = data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=epoch,
+                                         start_batch=start_batch, shuffle=shuffle)
+            for batch in data.prefetch_to_device(batches, sharding=batch_sharding):
+                state, metrics = run.train_step(state, batch)
+                if pending is not None:  # checked one step late so the host never stalls the device
+                    _check_finite(step, pending, checkpointer)
+                    window.append(jax.device_get(pending))
+                pending, step = metrics, step + 1
+                progress.update(1)
+                due = [h for h in all_hooks if step % h.every_steps == 0 or step == run.total_steps]
+                if due or step % config.checkpoint_every_steps == 0 or step % config.log_every_steps == 0:
+                    _check_finite(step, pending, checkpointer)
+                    window.append(jax.device_get(pending))
+                    pending = None
+                record = {}
+                if step % config.log_every_steps == 0 or step == run.total_steps:
+                    record.update(_mean_metrics(window), epoch=step / run.steps_per_epoch)
+                    progress.set_postfix(loss=f"{record['train_step/loss']:.4f}")
+                    window = []
+                for hook in due:
+                    record.update(hook.fn(state))
+                if record:
+                    writer.write(step, record)
+                if step % config.checkpoint_every_steps == 0 or step == run.total_steps:
+                    checkpointer.save(state)
+                if step >= run.total_steps:
+                    break
+    finally:
+        progress.close()
+        checkpointer.close()
+
+    records = read_metrics(workdir)
+    if curvature_hook is not None:
+        plot_sharpness(records, os.path.join(workdir, "sharpness.png"),
+                       learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)))
+    final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
+    summary = {**final, "total_steps": run.total_steps, "wall_time_s": time.time() - started,
+               "resumed_from_step": start_step}
+    writer.write_summary(summary)
+    return summary

@@ -1,0 +1,100 @@
+"""The jit-compiled train and eval steps shared by every experiment.
+
+The train step computes the clean loss and gradient, builds a ``grad_fn(params) -> grads`` closure
+over the batch for optimizers that need more gradients (the SAM family, bSAM, BulkSGD) and lets the
+transformation do the rest. BatchNorm running statistics come from the clean pass; those of the
+extra passes through ``grad_fn`` are dropped.
+"""
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sam_jax.optim import split_into_sub_batches
+from sam_jax.training.state import TrainState
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[..., jax.Array]
+
+
+def model_forward(model: nn.Module, params: Any, model_state: Any, images: jax.Array, *, train: bool,
+                  rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """Logits and the updated model state (running statistics change only when ``train``)."""
+    variables = {"params": params, **model_state}
+    rngs = {"dropout": rng} if rng is not None else {}
+    if train and model_state:
+        return model.apply(variables, images, train=True, mutable=list(model_state), rngs=rngs)
+    return model.apply(variables, images, train=train, rngs=rngs), model_state
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, loss_fn: LossFn,
+                    descent_loss_fn: LossFn, *, m: int = 0,
+                    uses_clean_gradient: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
+
+    Args:
+      model: the Flax module.
+      tx: the optimizer; called as ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
+      loss_fn: the training loss (its gradient at ``params`` is ``grads``: the ascent loss for SAM).
+      descent_loss_fn: the loss ``grad_fn`` differentiates (CSAM's eq. 4 loss; else ``loss_fn``).
+      m: m-sharpness sub-batch size; 0 for none. Then ``grads`` and ``grad_fn`` work on stacked
+        sub-batches (see ``sam_jax.optim.m_sharpness_sam``) and the running statistics are the mean
+        of the sub-batches'.
+      uses_clean_gradient: False for bSAM, whose gradients all come from ``grad_fn``; the clean
+        pass is then a forward pass only.
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def objective(loss: LossFn) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
+            def value(params: Any, data: Batch) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+                logits, new_state = model_forward(model, params, state.model_state, data["image"],
+                                                  train=True, rng=rng)
+                return loss(logits, data["label"]), (logits, new_state)
+            return value
+
+        clean, descent = objective(loss_fn), objective(descent_loss_fn)
+        descent_grad = jax.grad(descent, has_aux=True)
+        if m:
+            sub_batches = split_into_sub_batches(batch, m)
+            (losses, (logits, sub_states)), grads = jax.vmap(
+                jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0))(state.params, sub_batches)
+            loss = jnp.mean(losses)
+            logits = logits.reshape((-1, logits.shape[-1]))
+            model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
+
+            def grad_fn(stacked_params: Any) -> Any:
+                return jax.vmap(descent_grad)(stacked_params, sub_batches)[0]
+        else:
+            def grad_fn(params: Any) -> Any:
+                return descent_grad(params, batch)[0]
+
+            if uses_clean_gradient:
+                (loss, (logits, model_state)), grads = jax.value_and_grad(clean, has_aux=True)(
+                    state.params, batch)
+            else:
+                loss, (logits, model_state) = clean(state.params, batch)
+                grads = None
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "update_norm": optax.tree.norm(updates),
+        }
+        return TrainState(state.step + 1, params, model_state, opt_state, state.rng), metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[Any, Any, jax.Array], jax.Array]:
+    """``eval_step(params, model_state, images) -> logits`` in inference mode."""
+
+    def eval_step(params: Any, model_state: Any, images: jax.Array) -> jax.Array:
+        return model_forward(model, params, model_state, images, train=False)[0]
+
+    return eval_step

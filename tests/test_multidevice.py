@@ -1,0 +1,39 @@
+"""The loop's step has no single-device assumption: 8 CPU devices give the 1-device result."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_training import digits_config
+from sam_jax.training import train_and_evaluate, Checkpointer, build_run
+config = digits_config({workdir!r}, **{{"optimizer.name": "sam", "num_steps": 10}})
+summary = train_and_evaluate(config)
+state = Checkpointer({workdir!r}).restore(build_run(config).init_state)
+leaves = [np.asarray(x).ravel().tolist() for x in jax.tree_util.tree_leaves(state.params)]
+print(json.dumps({{"devices": jax.device_count(), "leaves": leaves, "loss": summary["train_step/loss"]}}))
+"""
+
+
+def _run(tmp_path, devices: int) -> dict:
+    workdir = str(tmp_path / f"devices{devices}")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir)], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_eight_devices_match_one(tmp_path):
+    one, eight = _run(tmp_path, 1), _run(tmp_path, 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
+    for a, b in zip(one["leaves"], eight["leaves"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

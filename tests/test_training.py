@@ -1,0 +1,184 @@
+"""The shared train loop: config errors, determinism, SIGKILL + resume bit-identity, NaN halt, BN state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sam_jax import models
+from sam_jax.training import (Checkpointer, Hook, TrainingDivergedError, build_run, default_config,
+                              read_metrics, train_and_evaluate, validate_config)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
+    """A tiny MLP on scikit-learn's digits: seconds per run."""
+    config = default_config()
+    config.workdir = workdir
+    config.data.name = "digits"
+    config.data.val_size = 200
+    config.model.name = "mlp"
+    config.model.kwargs = ml_collections.ConfigDict({"widths": (32,), "activation": "tanh"})
+    config.optimizer.learning_rate = 0.1
+    config.batch_size = 64
+    config.num_steps = 40
+    config.eval_every_steps = 20
+    config.eval_batch_size = 256
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 20
+    config.progress_bar = False
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.name", "resnet9000", "model.name"),
+    ("data.name", "imagenet22k", "data.name"),
+    ("optimizer.name", "lion", "optimizer.name"),
+    ("optimizer.learning_rate", -0.1, "learning_rate"),
+    ("optimizer.rho", -1.0, "rho"),
+    ("optimizer.schedule", "exp", "schedule"),
+    ("loss", "hinge", "loss"),
+    ("num_epochs", 0, "num_epochs"),
+])
+def test_bad_config_fails_with_clear_message(tmp_path, field, value, message):
+    config = digits_config(str(tmp_path), **{field: value})
+    if field == "num_epochs":
+        config.num_steps = 0
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def test_batch_larger_than_dataset_fails(tmp_path):
+    config = digits_config(str(tmp_path), batch_size=100_000)
+    with pytest.raises(ValueError, match="larger than the training set"):
+        build_run(config)
+
+
+def test_csam_gamma_and_m_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="gamma"):
+        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.gamma": 3.0}))
+    with pytest.raises(ValueError, match="divide"):
+        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "sam", "optimizer.m": 7}))
+
+
+def test_outputs_and_same_seed_gives_identical_metrics(tmp_path):
+    first = train_and_evaluate(digits_config(str(tmp_path / "a")))
+    second = train_and_evaluate(digits_config(str(tmp_path / "b")))
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        assert os.path.exists(tmp_path / "a" / name)
+    records_a, records_b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+    assert records_a == records_b
+    assert [r["step"] for r in records_a] == [10, 20, 30, 40]
+    assert first["test/accuracy"] == second["test/accuracy"] > 0.5
+    for key in ("test/ece", "test/nll", "val/ece", "train/accuracy", "test/tce"):
+        assert np.isfinite(first[key]), key
+    assert json.load(open(tmp_path / "a" / "config.json"))["data"]["name"] == "digits"
+
+
+def test_different_seed_gives_different_run(tmp_path):
+    first = train_and_evaluate(digits_config(str(tmp_path / "a")))
+    second = train_and_evaluate(digits_config(str(tmp_path / "b"), seed=1))
+    assert first["test/nll"] != second["test/nll"]
+
+
+def test_hooks_run_on_schedule(tmp_path):
+    calls = []
+
+    def hook(state):
+        calls.append(int(state.step))
+        return {"hook/step": int(state.step)}
+
+    train_and_evaluate(digits_config(str(tmp_path)), hooks=[Hook(15, hook)])
+    assert calls == [15, 30, 40]
+    assert [r["hook/step"] for r in read_metrics(str(tmp_path)) if "hook/step" in r] == calls
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
+    config = digits_config(str(tmp_path), **{"optimizer.learning_rate": 1e30, "optimizer.schedule": "constant",
+                                             "checkpoint_every_steps": 1,
+                                             "model.kwargs": ml_collections.ConfigDict(
+                                                 {"widths": (32,), "activation": "relu"})})
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train_and_evaluate(config)
+    checkpointer = Checkpointer(str(tmp_path))
+    last = checkpointer.latest_step()
+    assert last is not None and last < config.num_steps
+    state = checkpointer.restore(build_run(config).init_state)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state.params))
+
+
+def _train_command(workdir: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", f"--config={ROOT}/tests/configs/resume.py",
+            f"--config.workdir={workdir}", *extra]
+
+
+def _final_params(workdir: str) -> list[np.ndarray]:
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+    checkpointer = Checkpointer(workdir)
+    state = checkpointer.restore(build_run(config).init_state, step=config.num_steps)
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.params, state.opt_state))]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    reference = str(tmp_path / "reference")
+    subprocess.run(_train_command(reference), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    killed = str(tmp_path / "killed")
+    process = subprocess.Popen(_train_command(killed), cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        steps = [d for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
+        if steps:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed; make tests/configs/resume.py longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(_train_command(killed, "--config.resume=True"), cwd=ROOT, env=env, check=True,
+                             capture_output=True, text=True)
+    summary = json.load(open(os.path.join(killed, "summary.json")))
+    assert 0 < summary["resumed_from_step"] < summary["total_steps"], resumed.stdout
+    for a, b in zip(_final_params(reference), _final_params(killed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _BatchNormMLP(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(16)(x))
+        return nn.Dense(self.num_classes)(nn.relu(x))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam"])
+def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, optimizer):
+    monkeypatch.setitem(models.MODELS, "bn_mlp", _BatchNormMLP)
+    config = digits_config(str(tmp_path), **{"model.name": "bn_mlp", "model.kwargs": ml_collections.ConfigDict(),
+                                             "optimizer.name": optimizer, "num_steps": 1})
+    run = build_run(config)
+    state = jax.tree_util.tree_map(jnp.copy, run.init_state)
+    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64])}
+    new_state, _ = run.train_step(state, batch)
+    variables = {"params": run.init_state.params, **run.init_state.model_state}
+    _, expected = run.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    jax.tree_util.tree_map(np.testing.assert_allclose, new_state.model_state, dict(expected))
