@@ -1,0 +1,51 @@
+"""The CSAM descent loss, eq. (4) of calibration-benefits-of-sam.txt (Tan et al.).
+
+CSAM is SAM whose descent gradient (Algorithm 1, lines 5-6) comes from this loss at the perturbed
+weights, while the ascent (lines 3-4) uses plain cross-entropy. Confident examples
+(``p_y > 1/2``) get their cross-entropy down-weighted by ``(1 + p_y)^(-gamma)``, which Theorem 3
+shows strengthens SAM's implicit entropy penalty on them.
+"""
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from sam_jax.losses.classification import _masked_mean
+
+
+def csam_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    gamma: float,
+    *,
+    stop_gradient_weight: bool = False,
+    mask: Optional[jax.Array] = None,
+) -> jax.Array:
+    """Mean over the batch of eq. (4): ``-log p`` if ``p <= 1/2``, else ``-(1 + p)^(-gamma) log p``.
+
+    ``p`` is the softmax probability of the true label. Algorithm 1 (line 6) differentiates this
+    loss as written, so by default the gradient flows through the weight ``(1 + p)^(-gamma)`` too;
+    ``stop_gradient_weight=True`` treats the weight as a constant (focal-loss-style reweighting of
+    the cross-entropy gradient). ``gamma = 0`` is cross-entropy, i.e. plain SAM.
+
+    Args:
+      logits: ``[B, K]`` unnormalised log-probabilities.
+      labels: ``[B]`` integer labels.
+      gamma: ``gamma`` in [0, 2] (the paper requires ``gamma <= 2``; 0.5-1 works best there).
+      stop_gradient_weight: block the gradient through the reweighting factor.
+      mask: optional ``[B]`` weights (1 real example, 0 padding).
+
+    Returns:
+      Scalar (masked) mean loss.
+
+    Raises:
+      ValueError: when ``gamma`` is outside [0, 2].
+    """
+    if not 0.0 <= gamma <= 2.0:
+        raise ValueError(f"csam gamma must lie in [0, 2] (eq. 4 of Tan et al.), got {gamma}.")
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
+    p = jnp.exp(log_p)
+    weight = jnp.where(p <= 0.5, 1.0, (1.0 + p) ** (-gamma))
+    if stop_gradient_weight:
+        weight = jax.lax.stop_gradient(weight)
+    return _masked_mean(-weight * log_p, mask)

@@ -1,0 +1,128 @@
+"""bSAM (``sam_jax.optim.bsam``) against a NumPy float64 transcription of Algorithm 1 of sam-as-bayes.txt."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sam_jax import optim
+
+NUM_DATA = 50
+NUM_STEPS = 3
+HYPER = dict(beta1=0.8, beta2=0.9, prior_precision=5.0, damping=0.1, init_precision=2.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def make_problem(seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Two-leaf tanh regression ``tanh(x w + b)``: params, inputs ``[8, 3]``, targets ``[8, 2]``."""
+    rng = np.random.default_rng(seed)
+    params = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))}
+    return params, rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+
+
+def loss(params, x, y):
+    return 0.5 * jnp.mean(jnp.sum((jnp.tanh(x @ params["w"] + params["b"]) - y) ** 2, axis=-1))
+
+
+def numpy_grad(params: dict, x: np.ndarray, y: np.ndarray) -> dict:
+    """Hand-written gradient of ``loss``."""
+    out = np.tanh(x @ params["w"] + params["b"])
+    dz = (out - y) * (1.0 - out**2) / x.shape[0]
+    return {"w": x.T @ dz, "b": dz.sum(axis=0)}
+
+
+def numpy_bsam(params, x, y, noises, learning_rates, rho, beta1, beta2, prior_precision, damping,
+               init_precision) -> tuple[dict, dict, dict]:
+    """Algorithm 1, lines 1-9, with ``delta = prior_precision / N`` and the given standard-normal draws."""
+    delta = prior_precision / NUM_DATA
+    w = {k: v.copy() for k, v in params.items()}
+    s = {k: np.full_like(v, init_precision) for k, v in params.items()}
+    gm = {k: np.zeros_like(v) for k, v in params.items()}
+    for z, alpha in zip(noises, learning_rates):
+        theta = {k: w[k] + z[k] / np.sqrt(NUM_DATA * s[k]) for k in w}
+        g = numpy_grad(theta, x, y)
+        g_eps = numpy_grad({k: w[k] + rho * g[k] / s[k] for k in w}, x, y)
+        gm = {k: beta1 * gm[k] + (1 - beta1) * (g_eps[k] + delta * w[k]) for k in w}
+        s = {k: beta2 * s[k] + (1 - beta2) * (np.sqrt(s[k]) * np.abs(g[k]) + delta + damping) for k in w}
+        w = {k: w[k] - alpha * gm[k] / s[k] for k in w}
+    return w, s, gm
+
+
+class BsamTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_algorithm_1_with_given_noise(self):
+        params, x, y = make_problem()
+        rng = np.random.default_rng(1)
+        noises = [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(NUM_STEPS)]
+        schedule = optax.cosine_decay_schedule(0.5, NUM_STEPS)
+        rho = 0.2
+        tx = optim.bsam(schedule, rho, NUM_DATA, **HYPER)
+        grad_fn = jax.grad(lambda p: loss(p, x, y))
+
+        @self.variant
+        def step(params, state, noise):
+            updates, state = tx.update(None, state, params, grad_fn=grad_fn, noise=noise)
+            return optax.apply_updates(params, updates), state
+
+        ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+        for noise in noises:
+            ours, state = step(ours, state, noise)
+        learning_rates = [0.5 * 0.5 * (1 + np.cos(np.pi * t / NUM_STEPS)) for t in range(NUM_STEPS)]
+        w, s, gm = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER)
+        chex.assert_trees_all_close((ours, state.precision, state.momentum), (w, s, gm), rtol=1e-10, atol=1e-12)
+        self.assertEqual(int(state.count), NUM_STEPS)
+
+    def test_own_noise_is_reproducible_and_advances_the_key(self):
+        params, x, y = make_problem(2)
+        grad_fn = jax.grad(lambda p: loss(p, x, y))
+        tx = optim.bsam(0.1, 0.05, NUM_DATA, seed=3)
+        chex.clear_trace_counter()
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def step(params, state):
+            return tx.update(None, state, params, grad_fn=grad_fn)
+
+        state = tx.init(params)
+        first, next_state = step(params, state)
+        again, _ = step(params, state)
+        second, _ = step(params, next_state)
+        chex.assert_trees_all_equal(first, again)
+        self.assertFalse(np.array_equal(state.key, next_state.key))
+        self.assertFalse(np.allclose(first["w"], second["w"]))
+        chex.assert_tree_all_finite(second)
+
+    def test_posterior_samples_have_variance_one_over_n_s(self):
+        # One draw of wide leaves whose rows share a precision: each row holds 20k samples of N(w, 1/(N s)).
+        width = 20_000
+        params = {"w": jnp.full((3, width), 0.5), "b": jnp.zeros((3, width))}
+        row_precision = {"w": jnp.array([0.5, 1.0, 2.0]), "b": jnp.array([4.0, 8.0, 16.0])}
+        state = optim.bsam(0.1, 0.05, NUM_DATA).init(params)
+        state = state._replace(precision=jax.tree.map(lambda s, w: jnp.broadcast_to(s[:, None], w.shape),
+                                                      row_precision, params))
+        sample = optim.bsam_sample(params, state, jax.random.PRNGKey(0), NUM_DATA)
+        for name in params:
+            std = 1.0 / np.sqrt(NUM_DATA * row_precision[name])
+            # 20k draws: the mean is within 4 / sqrt(20k) = 0.03 std, the variance within 5 * sqrt(2 / 20k) = 5 %.
+            np.testing.assert_array_less(np.abs(sample[name].mean(1) - params[name][:, 0]) / std, 0.03)
+            np.testing.assert_allclose(sample[name].var(1), std**2, rtol=0.05)
+
+    def test_invalid_arguments_raise(self):
+        for bad in (dict(rho=-0.1), dict(num_data=0), dict(beta1=1.0), dict(beta2=-0.1), dict(damping=-1.0),
+                    dict(prior_precision=-1.0), dict(init_precision=0.0), dict(learning_rate=0.0)):
+            kwargs = dict(learning_rate=0.1, rho=0.05, num_data=10) | bad
+            with self.assertRaisesRegex(ValueError, "Bad bSAM hyper-parameters"):
+                optim.bsam(**kwargs)
+        params = {"w": jnp.ones(2)}
+        tx = optim.bsam(0.1, 0.05, 10)
+        with self.assertRaisesRegex(ValueError, "grad_fn"):
+            tx.update(None, tx.init(params), params)

@@ -1,0 +1,123 @@
+"""CSAM loss (eq. 4) and a CSAM step against NumPy float64 references with hand-written gradients."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from sam_jax import optim
+from sam_jax.losses import cross_entropy, csam_loss
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def numpy_csam(logits, labels, gamma, stop_gradient_weight=False, mask=None) -> tuple[float, np.ndarray]:
+    """Eq. (4) averaged over the (masked) batch, and its gradient w.r.t. the logits, by hand.
+
+    With ``w = (1 + p)^(-gamma)`` and ``dp/dz = p (e_y - P)``:
+    ``d(-w log p)/dz = w (P - e_y) + gamma (1 + p)^(-gamma - 1) p log(p) (e_y - P)``; the second
+    term is dropped when the weight is a constant (stop-gradient) or ``p <= 1/2`` (``w = 1``).
+    """
+    probs = softmax(logits)
+    onehot = np.eye(logits.shape[1])[labels]
+    p = probs[np.arange(len(labels)), labels]
+    confident = p > 0.5
+    weight = np.where(confident, (1.0 + p) ** -gamma, 1.0)
+    per_example = -weight * np.log(p)
+    dz = weight[:, None] * (probs - onehot)
+    if not stop_gradient_weight:
+        through_weight = np.where(confident, gamma * (1.0 + p) ** (-gamma - 1) * p * np.log(p), 0.0)
+        dz += through_weight[:, None] * (onehot - probs)
+    example_weight = np.ones(len(labels)) if mask is None else mask.astype(float)
+    example_weight = example_weight / example_weight.sum()
+    return float(per_example @ example_weight), dz * example_weight[:, None]
+
+
+def make_logits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logits = 3.0 * rng.normal(size=(16, 4))
+    labels = rng.integers(0, 4, size=16)
+    return logits, labels
+
+
+class CsamLossTest(parameterized.TestCase):
+
+    @parameterized.product(gamma=(0.0, 0.5, 1.0, 2.0), stop_gradient_weight=(False, True), masked=(False, True))
+    def test_value_and_gradient_match_numpy(self, gamma, stop_gradient_weight, masked):
+        logits, labels = make_logits()
+        mask = (np.arange(16) % 3 != 0).astype(np.float64) if masked else None
+        p = softmax(logits)[np.arange(16), labels]
+        self.assertTrue(np.any(p > 0.5) and np.any(p <= 0.5), msg="both branches of eq. (4) must be exercised")
+        expected_value, expected_grad = numpy_csam(logits, labels, gamma, stop_gradient_weight, mask)
+        value, grad = jax.value_and_grad(csam_loss)(
+            jnp.asarray(logits), jnp.asarray(labels), gamma, stop_gradient_weight=stop_gradient_weight,
+            mask=None if mask is None else jnp.asarray(mask))
+        np.testing.assert_allclose(value, expected_value, rtol=1e-10)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-14)
+
+    def test_threshold_is_inclusive_at_one_half(self):
+        logits = jnp.array([[0.0, 0.0], [1e-3, 0.0], [-1e-3, 0.0]])
+        labels = jnp.array([0, 0, 0])
+        per_example = [float(csam_loss(logits[i:i + 1], labels[i:i + 1], 2.0)) for i in range(3)]
+        p = jax.nn.softmax(logits)[:, 0]
+        np.testing.assert_allclose(per_example[0], np.log(2.0), rtol=1e-12)  # p = 1/2 exactly: plain CE
+        np.testing.assert_allclose(per_example[1], -(1 + p[1]) ** -2.0 * np.log(p[1]), rtol=1e-12)
+        np.testing.assert_allclose(per_example[2], -np.log(p[2]), rtol=1e-12)
+
+    def test_gamma_zero_is_cross_entropy(self):
+        logits, labels = make_logits(1)
+        np.testing.assert_allclose(csam_loss(logits, labels, 0.0), cross_entropy(logits, labels), rtol=1e-12)
+
+    @parameterized.parameters(-0.1, 2.5)
+    def test_gamma_out_of_range_raises(self, gamma):
+        with self.assertRaisesRegex(ValueError, r"gamma must lie in \[0, 2\]"):
+            csam_loss(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), gamma)
+
+    def test_csam_step_ascends_on_cross_entropy_and_descends_on_eq4(self):
+        """Algorithm 1 of calibration-benefits-of-sam.txt on a linear softmax model, two steps."""
+        rng = np.random.default_rng(2)
+        x, labels = rng.normal(size=(16, 5)), rng.integers(0, 4, size=16)
+        params = {"w": 2.0 * rng.normal(size=(5, 4)), "b": rng.normal(size=4)}
+        gamma, rho, learning_rate = 1.0, 0.5, 0.2
+
+        def numpy_grads(params, csam):
+            logits = x @ params["w"] + params["b"]
+            dz = numpy_csam(logits, labels, gamma)[1] if csam else (softmax(logits) - np.eye(4)[labels]) / 16
+            return {"w": x.T @ dz, "b": dz.sum(axis=0)}
+
+        expected = {k: v.copy() for k, v in params.items()}
+        for _ in range(2):
+            g = numpy_grads(expected, csam=False)
+            norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+            descent = numpy_grads({k: expected[k] + rho * g[k] / norm for k in g}, csam=True)
+            expected = {k: expected[k] - learning_rate * descent[k] for k in expected}
+
+        def logits_fn(p):
+            return jnp.asarray(x) @ p["w"] + p["b"]
+
+        ce_grad = jax.grad(lambda p: cross_entropy(logits_fn(p), labels))
+        csam_grad = jax.grad(lambda p: csam_loss(logits_fn(p), labels, gamma))
+        tx = optim.sam(optax.sgd(learning_rate), rho)
+
+        @jax.jit
+        def step(params, state):
+            updates, state = tx.update(ce_grad(params), state, params, grad_fn=csam_grad)
+            return optax.apply_updates(params, updates), state
+
+        ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+        for _ in range(2):
+            ours, state = step(ours, state)
+        chex.assert_trees_all_close(ours, expected, rtol=1e-10, atol=1e-12)
