@@ -1,0 +1,125 @@
+"""``load_dataset``: find a dataset split wherever it already is, in a fixed order.
+
+Resolution order (the first place that has the split wins):
+
+1. ``<data_dir>/<folder>/`` for an explicit ``data_dir`` argument,
+2. ``$SAM_JAX_DATA_DIR/<folder>/``,
+3. a TFDS data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) that already holds it,
+4. for Fashion-MNIST, the Debian package's ``/usr/share/datasets/fashion-mnist/``,
+5. a TFDS download into that TFDS data dir.
+
+``<folder>`` is the dataset's folder of :data:`sam_jax.data.local.FOLDERS`. A missing file
+moves on to the next place; a corrupted one stops with its ``ValueError``. When no place has
+the split, one ``FileNotFoundError`` lists every place and why it failed, and how to get the
+data. ``"digits"`` ships with scikit-learn and is always found.
+"""
+
+import os
+
+from sam_jax.data import debian, tfds_source
+from sam_jax.data.catalog import validate_request
+from sam_jax.data.dataset import ArrayDataset
+from sam_jax.data.digits import load_digits_split
+from sam_jax.data.local import FOLDERS, expected_files, load_from_folder
+
+DATA_DIR_ENV = "SAM_JAX_DATA_DIR"
+
+_RELEASES: dict[str, str] = {
+    "mnist": "the MNIST release files",
+    "fashion_mnist": "the release files of github.com/zalandoresearch/fashion-mnist",
+    "cifar10": "the extracted cifar-10-python.tar.gz of www.cs.toronto.edu/~kriz/cifar.html",
+    "cifar100": "the extracted cifar-100-python.tar.gz of www.cs.toronto.edu/~kriz/cifar.html",
+    "svhn": "the cropped-digits files of ufldl.stanford.edu/housenumbers",
+    "cifar10_corrupted": "the extracted CIFAR-10-C.tar of zenodo.org/record/2535967",
+}
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def _not_found_message(name: str, split: str, looked: list[str]) -> str:
+    places = "\n".join(f"  {i}. {place}" for i, place in enumerate(looked, start=1))
+    files = ", ".join(expected_files(name, split))
+    tfds_name = tfds_source.tfds_name_and_split(name, split)[0]
+    fixes = [
+        f"put {files} in <DIR>/{FOLDERS[name]}/ ({_RELEASES[name]}) and pass "
+        f"data_dir=<DIR> or set {DATA_DIR_ENV}=<DIR>",
+        f"or, on a machine with a network, run tfds.builder({tfds_name!r}).download_and_prepare() "
+        "and copy its TFDS data dir here, pointing $TFDS_DATA_DIR at it",
+    ]
+    if name == "fashion_mnist":
+        fixes.append(
+            "or install the Debian package: "
+            f"sudo apt-get install {debian.DEBIAN_FASHION_MNIST_PACKAGE} "
+            f"(it puts the files in {debian.DEBIAN_FASHION_MNIST_DIR}/)"
+        )
+    hints = "\n".join(f"  - {fix}" for fix in fixes)
+    return (
+        f"Dataset {name!r}, split {split!r} was not found. Looked in, in order:\n{places}\n"
+        f"To get it:\n{hints}"
+    )
+
+
+def load_dataset(name: str, split: str, *, data_dir: str | None = None,
+                 download: bool = True) -> ArrayDataset:
+    """Loads one split of a dataset from the first place that has it (see the module docstring).
+
+    Args:
+      name: one of :data:`sam_jax.data.DATASETS`.
+      split: ``"train"`` or ``"test"``; svhn also ``"extra"``; for ``"cifar10_corrupted"``
+        ``"<corruption>_<severity>"``, e.g. ``"gaussian_noise_3"`` (severity 1..5), which is
+        a corrupted version of the CIFAR-10 test set.
+      data_dir: a data root holding ``<folder>/`` with the release files; checked first.
+      download: try a TFDS download as the last resort; False when the data is optional
+        (e.g. looking for CIFAR-10-C corruptions) and a multi-GB download is not wanted.
+
+    Returns:
+      The split as stored: ``uint8`` images ``[N, H, W, C]``, ``int32`` labels.
+
+    Raises:
+      ValueError: for an unknown ``name`` or ``split`` (listing the valid ones), or a
+        corrupted file.
+      FileNotFoundError: if no place has the split; the message lists every place looked at.
+    """
+    validate_request(name, split)
+    if name == "digits":
+        return load_digits_split(split)
+
+    looked: list[str] = []
+    for label, root in (
+        ("data_dir argument", data_dir),
+        (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)),
+    ):
+        if not root:
+            looked.append(f"{label}: not set")
+            continue
+        try:
+            return load_from_folder(name, split, os.path.join(root, FOLDERS[name]))
+        except FileNotFoundError as err:
+            looked.append(f"{label}: {err}")
+
+    tfds_dir = tfds_source.tfds_data_dir()
+    builder_name, _ = tfds_source.tfds_name_and_split(name, split)
+    if tfds_source.has_dataset_folder(name, split, tfds_dir):
+        try:
+            return tfds_source.load_from_tfds(name, split, tfds_dir=tfds_dir, download=False)
+        except Exception as err:  # pylint: disable=broad-except  # reported below, then next place
+            looked.append(f"TFDS data dir {tfds_dir}: {_describe(err)}")
+    else:
+        looked.append(f"TFDS data dir {tfds_dir}: has no {builder_name!r} folder")
+
+    if name == "fashion_mnist":
+        try:
+            return load_from_folder(name, split, debian.DEBIAN_FASHION_MNIST_DIR)
+        except FileNotFoundError as err:
+            looked.append(f"Debian package {debian.DEBIAN_FASHION_MNIST_PACKAGE}: {err}")
+
+    if not download:
+        looked.append(f"TFDS download of {builder_name!r}: not attempted (download=False)")
+        raise FileNotFoundError(_not_found_message(name, split, looked))
+    try:
+        return tfds_source.load_from_tfds(name, split, tfds_dir=tfds_dir, download=True)
+    except Exception as err:  # pylint: disable=broad-except  # no network, no TensorFlow, ...
+        looked.append(f"TFDS download of {builder_name!r} into {tfds_dir}: {_describe(err)}")
+        raise FileNotFoundError(_not_found_message(name, split, looked)) from err
