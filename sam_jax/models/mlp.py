@@ -19,19 +19,22 @@ class MLP(nn.Module):
       num_classes: width of the output layer (logits).
       widths: hidden layer widths, e.g. ``(200, 200)``.
       activation: one of ``ACTIVATIONS`` ("tanh", "relu", "gelu").
+      dropout_rate: dropout after each hidden activation when > 0 (MC-dropout; needs a ``dropout``
+        rng when ``train``).
       dtype: computation dtype; parameters stay float32 (or float64 under ``jax_enable_x64``).
     """
 
     num_classes: int
     widths: Sequence[int] = (200, 200)
     activation: str = "tanh"
+    dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train  # no dropout or batch statistics in this model
         act = ACTIVATIONS[self.activation]
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width in self.widths:
             x = act(nn.Dense(width, dtype=self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -2,7 +2,7 @@
 from sam_jax.training.checkpoint import Checkpointer
 from sam_jax.training.config import OPTIMIZERS, SAM_FAMILY, default_config, validate_config
 from sam_jax.training.inputs import RunData, load_run_data
-from sam_jax.training.loop import (Hook, Run, TrainingDivergedError, build_run, evaluate, predict,
+from sam_jax.training.loop import (Hook, Run, TrainingDivergedError, build_run, evaluate, load_trained, predict,
                                    train_and_evaluate)
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.state import TrainState
@@ -12,6 +12,6 @@ from sam_jax.training.writers import MetricsWriter, read_metrics
 __all__ = [
     "Checkpointer", "Hook", "MetricsWriter", "OPTIMIZERS", "Run", "RunData", "SAM_FAMILY", "TrainState",
     "TrainingDivergedError", "build_run", "default_config", "evaluate", "learning_rate_schedule",
-    "load_run_data", "make_eval_step", "make_optimizer", "make_train_step", "model_forward", "predict",
+    "load_run_data", "load_trained", "make_eval_step", "make_optimizer", "make_train_step", "model_forward", "predict",
     "read_metrics", "train_and_evaluate", "validate_config",
 ]

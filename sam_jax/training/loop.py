@@ -6,6 +6,7 @@ an uninterrupted one. Evaluation, curvature tracking and user hooks run every fe
 the same ``metrics.jsonl``.
 """
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step
-from sam_jax.training.writers import MetricsWriter, read_metrics
+from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,28 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
                                  uses_clean_gradient=opt.name != "bsam")
     return Run(config, run_data, model, batch_size, steps_per_epoch, total_steps, state,
                jax.jit(train_step), jax.jit(make_eval_step(model)), mesh)
+
+
+def load_trained(workdir: str, step: Optional[int] = None,
+                 run_data: Optional[RunData] = None) -> tuple[Run, TrainState]:
+    """Rebuilds a saved run from ``<workdir>/config.json`` and restores its checkpoint.
+
+    Args:
+      workdir: a run directory written by :func:`train_and_evaluate`.
+      step: the checkpoint step (default: the newest).
+      run_data: the run's data, when already loaded (must match the saved config).
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a sam_jax run directory.")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    run = build_run(config, run_data)
+    checkpointer = Checkpointer(workdir)
+    try:
+        return run, checkpointer.restore(run.init_state, step)
+    finally:
+        checkpointer.close()
 
 
 def predict(run: Run, params: Any, model_state: Any, dataset: data.ArrayDataset) -> np.ndarray:
@@ -215,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     state = run.init_state
     if config.resume and checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
-        logger.info("Resumed from step %d in %s.", int(state.step), workdir)
+        logger.warning("Resumed from step %d in %s.", int(state.step), workdir)
     elif checkpointer.latest_step() is not None:
         logger.warning("Starting afresh in %s: removing its old checkpoints (resume=False).", workdir)
         checkpointer.clear()

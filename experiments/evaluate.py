@@ -1,0 +1,178 @@
+"""Evaluates saved runs: calibration suite, reliability diagram, OOD detection, corruptions.
+
+    python -m experiments.evaluate --config.checkpoint=runs/quickstart --config.ood_dataset=mnist
+
+Predictions are a Monte-Carlo predictive average when asked: a deep ensemble
+(``--config.ensemble=runs/b,runs/c``), MC-dropout (``--config.mc_dropout_samples=K``) or, for bSAM
+runs, ``--config.bsam_samples`` posterior samples (sam-as-bayes.txt, Sec. 5). Writes
+``evaluation.json``, ``reliability_test.png`` and, when corruption files exist, ``corruptions.csv``
+to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
+"""
+import csv
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, logging
+from ml_collections import config_flags
+
+from sam_jax import calibration, data
+from sam_jax.optim import bsam_sample
+from sam_jax.training import Run, TrainState, load_trained, model_forward
+from sam_jax.training.writers import to_python
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "evaluate.py"), "Evaluation config.",
+    lock_config=True)
+
+Member = tuple[Run, TrainState]
+
+
+def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
+                   ) -> Callable[[data.ArrayDataset], np.ndarray]:
+    """``predict(dataset) -> probs [N, K]``: the predictive average over members and samples."""
+    run = members[0][0]
+    use_bsam = run.config.optimizer.name == "bsam" and config.bsam_samples > 0
+    mc_samples = config.mc_dropout_samples
+    if mc_samples and any(state.model_state for _, state in members):
+        raise ValueError("MC-dropout needs a model without BatchNorm state (its train mode would use "
+                         "batch statistics); set mc_dropout_samples=0.")
+    num_train = len(run.data.train.labels)
+
+    def member_logits(member: Member, states: TrainState, images: jax.Array, key: jax.Array) -> jax.Array:
+        member_run = member[0]
+        if use_bsam:
+            def sample(k: jax.Array) -> jax.Array:
+                params = bsam_sample(states.params, states.opt_state, k, num_train)
+                return member_run.eval_step(params, states.model_state, images)
+            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=config.bsam_samples))
+        if mc_samples:
+            def sample(k: jax.Array) -> jax.Array:
+                return model_forward(member_run.model, states.params, states.model_state, images,
+                                     train=True, rng=k)[0]
+            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=mc_samples))
+        return member_run.eval_step(states.params, states.model_state, images)
+
+    @jax.jit
+    def batch_probs(states: Sequence[TrainState], images: jax.Array, key: jax.Array) -> jax.Array:
+        keys = jax.random.split(key, len(members))
+        return calibration.predictive_average(
+            [lambda m=m, s=s, k=k: member_logits(m, s, images, k) for m, s, k in zip(members, states, keys)])
+
+    states = [state for _, state in members]
+
+    def predict(dataset: data.ArrayDataset) -> np.ndarray:
+        outputs, key = [], jax.random.PRNGKey(config.seed)
+        for index, batch in enumerate(data.eval_batches(dataset, min(config.batch_size, len(dataset.labels)))):
+            probs = batch_probs(states, jnp.asarray(batch["image"]), jax.random.fold_in(key, index))
+            outputs.append(np.asarray(probs)[batch["mask"] > 0])
+        return np.concatenate(outputs)
+
+    return predict
+
+
+def _metrics(probs: np.ndarray, labels: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray,
+             num_bins: int) -> dict[str, float]:
+    """The calibration suite on predictive probabilities (log-probabilities act as logits)."""
+    log_probs = np.log(np.maximum(probs, np.finfo(probs.dtype).tiny))
+    val_log_probs = np.log(np.maximum(val_probs, np.finfo(val_probs.dtype).tiny))
+    return calibration.calibration_metrics(log_probs, labels, val_logits=val_log_probs, val_labels=val_labels,
+                                           num_bins=num_bins)
+
+
+def _ood(predict: Callable[[data.ArrayDataset], np.ndarray], run: Run, test_probs: np.ndarray,
+         config: ml_collections.ConfigDict) -> dict[str, float]:
+    ood = data.load_dataset(config.ood_dataset, "test", data_dir=config.ood_data_dir or None)
+    if ood.images.shape[1:] != run.data.test.images.shape[1:]:
+        raise ValueError(f"OOD dataset {config.ood_dataset!r} has images of shape {ood.images.shape[1:]}, "
+                         f"the model takes {run.data.test.images.shape[1:]}.")
+    ood_probs = predict(run.data.prepare(ood))
+    return {
+        "auroc_max_prob": float(calibration.auroc(calibration.max_probability_score(test_probs),
+                                                  calibration.max_probability_score(ood_probs))),
+        "auroc_entropy": float(calibration.auroc(calibration.negative_entropy_score(test_probs),
+                                                 calibration.negative_entropy_score(ood_probs))),
+        "num_ood": int(len(ood.labels)),
+    }
+
+
+def _corruptions(predict: Callable[[data.ArrayDataset], np.ndarray], run: Run, val_probs: np.ndarray,
+                 config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """Metrics per CIFAR-10-C corruption and severity whose files are present."""
+    rows = []
+    for corruption in data.CIFAR10_CORRUPTIONS:
+        for severity in range(1, 6):
+            try:
+                shifted = data.load_dataset("cifar10_corrupted", f"{corruption}_{severity}",
+                                            data_dir=config.corruption_data_dir or None, download=False)
+            except FileNotFoundError:
+                break
+            metrics = _metrics(predict(run.data.prepare(shifted)), shifted.labels, val_probs,
+                               run.data.val.labels, config.num_bins)
+            rows.append({"corruption": corruption, "severity": severity,
+                         **{k: metrics[k] for k in ("accuracy", "nll", "ece", "tce", "brier")}})
+    return rows
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Runs the whole evaluation of ``config.checkpoint`` and writes its files; returns the results."""
+    if not config.checkpoint:
+        raise ValueError("Set --config.checkpoint=<run directory> (a workdir of the train loop).")
+    step = None if config.step < 0 else config.step
+    run, state = load_trained(config.checkpoint, step)
+    members = [(run, state)]
+    for workdir in filter(None, (d.strip() for d in config.ensemble.split(","))):
+        member_run, member_state = load_trained(workdir, run_data=run.data)
+        if member_run.config.data.to_dict() != run.config.data.to_dict():
+            raise ValueError(f"Ensemble member {workdir} was trained on other data than {config.checkpoint}.")
+        members.append((member_run, member_state))
+    output_dir = config.output_dir or os.path.join(config.checkpoint, "evaluation")
+    os.makedirs(output_dir, exist_ok=True)
+
+    predict = make_predictor(members, config)
+    val_probs, test_probs = predict(run.data.val), predict(run.data.test)
+    results: dict[str, Any] = {
+        "checkpoint": config.checkpoint, "step": int(state.step), "members": len(members),
+        "predictive": ("bsam_posterior" if run.config.optimizer.name == "bsam" and config.bsam_samples
+                       else "mc_dropout" if config.mc_dropout_samples else "ensemble" if len(members) > 1
+                       else "point"),
+        "test": _metrics(test_probs, run.data.test.labels, val_probs, run.data.val.labels, config.num_bins),
+    }
+    calibration.reliability_diagram(test_probs, run.data.test.labels, config.num_bins,
+                                    path=os.path.join(output_dir, "reliability_test.png"))
+    if config.ood_dataset:
+        results["ood"] = {"dataset": config.ood_dataset, **_ood(predict, run, test_probs, config)}
+    if config.corruptions == "auto" and run.config.data.name == "cifar10":
+        rows = _corruptions(predict, run, val_probs, config)
+        results["corruptions"] = rows or "no CIFAR-10-C files found"
+        if rows:
+            with open(os.path.join(output_dir, "corruptions.csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    with open(os.path.join(output_dir, "evaluation.json"), "w") as f:
+        json.dump(to_python(results), f, indent=2)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    results = evaluate_checkpoint(_CONFIG.value)
+    test = results["test"]
+    print(f"{results['checkpoint']} (step {results['step']}, {results['predictive']} predictive)")
+    print(" | ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece",
+                                                     "tce", "brier")))
+    if "ood" in results:
+        ood = results["ood"]
+        print(f"OOD vs {ood['dataset']}: AUROC max-prob {ood['auroc_max_prob']:.4f}, "
+              f"entropy {ood['auroc_entropy']:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

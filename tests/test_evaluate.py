@@ -1,0 +1,85 @@
+"""experiments.evaluate: saved run -> calibration suite, reliability PNG, OOD AUROC, ensembles, MC-dropout."""
+import json
+import os
+import struct
+
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs.evaluate import get_config
+from experiments.evaluate import evaluate_checkpoint
+from sam_jax import calibration
+from sam_jax.training import load_trained, predict, train_and_evaluate
+from tests.test_training import digits_config
+
+
+def _write_idx(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    kwargs = ml_collections.ConfigDict({"widths": (32,), "activation": "relu", "dropout_rate": 0.2})
+    workdirs = []
+    for seed in (0, 1):
+        workdir = str(root / f"seed{seed}")
+        train_and_evaluate(digits_config(workdir, seed=seed, **{"model.kwargs": kwargs}))
+        workdirs.append(workdir)
+    ood_dir = root / "data" / "mnist"
+    ood_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    _write_idx(str(ood_dir / "t10k-images-idx3-ubyte"), rng.integers(0, 256, (300, 8, 8)))
+    _write_idx(str(ood_dir / "t10k-labels-idx1-ubyte"), rng.integers(0, 10, (300,)))
+    return workdirs, str(root / "data")
+
+
+def _config(checkpoint: str, **overrides) -> ml_collections.ConfigDict:
+    config = get_config()
+    config.checkpoint = checkpoint
+    config.update(overrides)
+    return config
+
+
+def test_point_evaluation_matches_the_loop_and_writes_files(trained_runs):
+    (workdir, _), data_dir = trained_runs
+    results = evaluate_checkpoint(_config(workdir, ood_dataset="mnist", ood_data_dir=data_dir))
+    output = os.path.join(workdir, "evaluation")
+    assert os.path.getsize(os.path.join(output, "reliability_test.png")) > 0
+    assert json.load(open(os.path.join(output, "evaluation.json")))["predictive"] == "point"
+    run, state = load_trained(workdir)
+    logits = predict(run, state.params, state.model_state, run.data.test)
+    direct = calibration.ece(np.asarray(calibration.predictive_average([lambda: logits])), run.data.test.labels)
+    np.testing.assert_allclose(results["test"]["ece"], float(direct), atol=1e-5)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    np.testing.assert_allclose(results["test"]["accuracy"], summary["test/accuracy"], atol=1e-6)
+    # Digits vs uniform noise images: the detector must beat chance clearly.
+    assert results["ood"]["auroc_max_prob"] > 0.8 and results["ood"]["num_ood"] == 300
+
+
+def test_ensemble_and_mc_dropout_average_probabilities(trained_runs):
+    (first, second), _ = trained_runs
+    ensemble = evaluate_checkpoint(_config(first, ensemble=second, output_dir=os.path.join(first, "ens")))
+    assert ensemble["predictive"] == "ensemble" and ensemble["members"] == 2
+    runs = [load_trained(w) for w in (first, second)]
+    member_logits = [predict(run, state.params, state.model_state, run.data.test) for run, state in runs]
+    probs = np.mean([np.exp(l - l.max(1, keepdims=True)) / np.exp(l - l.max(1, keepdims=True)).sum(1, keepdims=True)
+                     for l in member_logits], axis=0)
+    np.testing.assert_allclose(ensemble["test"]["accuracy"],
+                               np.mean(probs.argmax(1) == runs[0][0].data.test.labels), atol=1e-6)
+    mc = evaluate_checkpoint(_config(first, mc_dropout_samples=8, output_dir=os.path.join(first, "mc")))
+    point = evaluate_checkpoint(_config(first, output_dir=os.path.join(first, "pt")))
+    assert mc["predictive"] == "mc_dropout"
+    assert mc["test"]["nll"] != point["test"]["nll"]
+    assert np.isfinite(mc["test"]["nll"])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        evaluate_checkpoint(_config(""))
+    with pytest.raises(FileNotFoundError, match="not a sam_jax run directory"):
+        evaluate_checkpoint(_config(str(tmp_path)))
