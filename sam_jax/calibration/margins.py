@@ -1,0 +1,70 @@
+"""Logit margins and the exponential margin moment of calibration-follows-curvature.txt, Sec. 4.
+
+The true (logit) margin of an example is ``m_i = z_{i, y_i} - max_{j != y_i} z_ij``; the empirical
+exponential margin moment ``Q = mean_i exp(-m_i)`` bounds the binned ECE from above by ``(K - 1) Q``
+(Theorem 4.1) and, once every margin is positive, from below by ``Q / K`` (Theorem 4.2).
+"""
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from sam_jax.calibration import _common
+
+
+@jax.jit
+def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """True logit margins ``m_i = z_{i, y_i} - max_{j != y_i} z_ij`` (paper Sec. 4, "true margin").
+
+    Args:
+      logits: ``[N, K]`` logits.
+      labels: ``[N]`` integer labels.
+
+    Returns:
+      ``[N]`` margins; positive exactly when the label is the strict argmax.
+    """
+    _common.check_predictions("margins", logits, labels, None)
+    dtype = _common.float_dtype(logits)
+    logits = logits.astype(dtype)
+    is_label = jnp.arange(logits.shape[1]) == labels[:, None]
+    runner_up = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+    return _common.true_class_values(logits, labels) - runner_up
+
+
+@jax.jit
+def margin_moment(logits: jax.Array, labels: jax.Array, *,
+                  mask: Optional[jax.Array] = None) -> jax.Array:
+    """Empirical exponential margin moment ``Q_D = mean_i exp(-m_i)`` (paper Sec. 4.2).
+
+    Args:
+      logits: ``[N, K]`` logits.
+      labels: ``[N]`` integer labels.
+      mask: optional ``[N]`` example weights (0 for padding).
+
+    Returns:
+      Scalar ``Q``; it overflows to ``inf`` when some margin is below about ``-88`` in float32.
+    """
+    _common.check_predictions("margin_moment", logits, labels, mask)
+    values = jnp.exp(-margins(logits, labels))
+    weights = _common.example_weights(mask, labels.shape[0], values.dtype)
+    # Multiplying exp(-m) = inf by a zero padding weight would give NaN; padding must not count.
+    return jnp.sum(jnp.where(weights > 0, weights * values, 0)) / _common.safe_total(weights)
+
+
+def mse_optimum_confidence(num_classes: int) -> float:
+    """Softmax confidence ``e / (e + K - 1)`` at the optimum of the one-hot MSE loss.
+
+    calibration-follows-curvature.txt, App. D.1: the MSE minimiser has logits ``e_y`` exactly, so a
+    model trained to it reports this confidence (0.23 for ``K = 10``) while being always right.
+
+    Args:
+      num_classes: number of classes ``K >= 2``.
+
+    Returns:
+      The confidence as a Python float.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"mse_optimum_confidence: num_classes must be an int >= 2, got "
+                         f"{num_classes!r}.")
+    return math.e / (math.e + num_classes - 1)
