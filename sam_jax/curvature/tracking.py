@@ -1,0 +1,211 @@
+"""Curvature tracked during training: the config block, its validation, and the tracker factory.
+
+The train loop calls ``tracker(params, model_state, images, labels, key)`` every
+``config.every`` steps on a fixed, seeded subset of the training set that it picks (``seed`` and
+``subset_size`` below); every quantity is computed on all of that subset, as one batch, except
+batch sharpness, which splits it into mini-batches of the training batch size. The model is
+evaluated in inference mode: BatchNorm uses the running statistics in ``model_state``.
+"""
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sam_jax.curvature.density import stochastic_lanczos_quadrature
+from sam_jax.curvature.lanczos import eigenvalues
+from sam_jax.curvature.products import gauss_newton_operator, hessian_operator
+from sam_jax.curvature.sharpness import batch_sharpness, tree_vdot
+from sam_jax.curvature.trace import hutchinson_trace
+
+QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")
+
+Params = Any
+Tracker = Callable[..., dict[str, float | list[float]]]
+
+
+def default_curvature_config() -> ml_collections.ConfigDict:
+    """Returns the default ``curvature`` block of a run config (tracking off: ``every = 0``).
+
+    Fields:
+      every: track every this many steps; 0 turns tracking off.
+      quantities: comma-separated subset of ``QUANTITIES``.
+      top_k: number of top Hessian / Gauss-Newton eigenvalues.
+      num_iters: Lanczos steps per eigenvalue computation.
+      subset_size: training examples the loop feeds the tracker; 0 = the full training set.
+      seed: seed with which the loop picks the subset.
+      trace_probes: Rademacher probes of the Hutchinson trace.
+      density_probes: probes of stochastic Lanczos quadrature.
+      density_iters: Lanczos steps per density probe.
+    """
+    config = ml_collections.ConfigDict()
+    config.every = 0
+    config.quantities = "hessian,gauss_newton,batch_sharpness"
+    config.top_k = 1
+    config.num_iters = 30
+    config.subset_size = 1000
+    config.seed = 0
+    config.trace_probes = 10
+    config.density_probes = 1
+    config.density_iters = 80
+    return config
+
+
+def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Checks a ``curvature`` config block and returns its quantities as a tuple.
+
+    Args:
+      config: a block shaped like ``default_curvature_config()``.
+
+    Returns:
+      The requested quantities, in the order given.
+
+    Raises:
+      ValueError: on an unknown field or quantity, or a count out of range.
+    """
+    unknown = set(config.keys()) - set(default_curvature_config().keys())
+    if unknown:
+        raise ValueError(
+            f"Unknown curvature config fields {sorted(unknown)}; the fields are "
+            f"{sorted(default_curvature_config().keys())}."
+        )
+    quantities = tuple(q.strip() for q in config.quantities.split(",") if q.strip())
+    bad = [q for q in quantities if q not in QUANTITIES]
+    if bad or not quantities:
+        raise ValueError(
+            f"curvature.quantities={config.quantities!r} must be a comma-separated, nonempty "
+            f"subset of {QUANTITIES}."
+        )
+    minimums = {"every": 0, "top_k": 1, "num_iters": 1, "subset_size": 0, "trace_probes": 2,
+                "density_probes": 1, "density_iters": 1}
+    for field, minimum in minimums.items():
+        if config[field] < minimum:
+            raise ValueError(f"curvature.{field}={config[field]} must be >= {minimum}.")
+    if config.top_k > config.num_iters:
+        raise ValueError(
+            f"curvature.top_k={config.top_k} exceeds num_iters={config.num_iters}: Lanczos finds at "
+            "most num_iters eigenvalues; raise num_iters (about 30 + 10 per eigenvalue)."
+        )
+    return quantities
+
+
+def _minibatches(images: jax.Array, labels: jax.Array, batch_size: int, key: jax.Array):
+    """Splits a random permutation of the subset into ``n // batch_size`` mini-batches."""
+    num_batches = images.shape[0] // batch_size
+    if num_batches == 0:
+        raise ValueError(
+            f"batch_sharpness needs at least batch_size={batch_size} examples, got "
+            f"{images.shape[0]}; raise curvature.subset_size."
+        )
+    order = jax.random.permutation(key, images.shape[0])[: num_batches * batch_size]
+    shape = (num_batches, batch_size)
+    return {"image": images[order].reshape(shape + images.shape[1:]),
+            "label": labels[order].reshape(shape)}
+
+
+def make_curvature_tracker(
+    config: ml_collections.ConfigDict,
+    model_apply: Callable[[Params, Any, jax.Array], jax.Array],
+    loss_fn: Callable[..., jax.Array],
+    *,
+    batch_size: int,
+    perturbation_rho: Optional[float] = None,
+) -> Tracker:
+    """Builds the curvature hook of the train loop; its computation is jitted once per shape.
+
+    Metric keys (all under ``curvature/``):
+      ``hessian_top{i}`` / ``gauss_newton_top{i}`` for ``i = 1..top_k``: top eigenvalues of the
+      Hessian / Gauss-Newton matrix of the subset loss; ``hessian_min``: smallest Hessian
+      eigenvalue; ``batch_sharpness``: Andreyev & Beneventano's ``E_B[g^T H g / g^T g]``;
+      ``hessian_trace`` and ``hessian_trace_stderr``: Hutchinson; ``density_nodes`` and
+      ``density_weights``: SLQ nodes and weights of all probes concatenated, the weights divided
+      by the number of probes so that they sum to 1. With ``perturbation_rho`` (SAM-family runs,
+      calibration-benefits-of-sam.txt, Lemma 1 and Figure 2a): ``kappa_min_theta`` and
+      ``kappa_min_perturbed``, the smallest Hessian eigenvalue at ``theta`` and at
+      ``theta + rho g / ||g||`` (``g`` the subset gradient), and ``kappa_min_bound = -||g|| / rho``,
+      the lower bound the lemma assumes on them.
+
+    Args:
+      config: the ``curvature`` block (see ``default_curvature_config``); validated here.
+      model_apply: ``model_apply(params, model_state, x) -> logits`` in inference mode.
+      loss_fn: ``loss_fn(logits, labels, mask=None) -> scalar mean``.
+      batch_size: training mini-batch size, used by batch sharpness.
+      perturbation_rho: SAM radius; when given, the ``kappa_min`` metrics are added.
+
+    Returns:
+      ``tracker(params, model_state, images, labels, key) -> dict[str, float | list[float]]``.
+    """
+    quantities = validate_curvature_config(config)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if perturbation_rho is not None and perturbation_rho <= 0:
+        raise ValueError(f"perturbation_rho={perturbation_rho} must be > 0 (or None for non-SAM runs).")
+    if "batch_sharpness" in quantities and 0 < config.subset_size < batch_size:
+        raise ValueError(
+            f"batch_sharpness needs curvature.subset_size={config.subset_size} >= batch_size="
+            f"{batch_size} (or 0 for the full training set)."
+        )
+    top_k, num_iters = config.top_k, config.num_iters
+
+    def smallest_eigenvalue(matvec, params, key):
+        return eigenvalues(matvec, params, k=1, num_iters=num_iters, which="smallest", key=key)[0][0]
+
+    def compute(params, model_state, images, labels, key):
+        def batch_loss(p, batch):
+            return loss_fn(model_apply(p, model_state, batch["image"]), batch["label"])
+
+        def apply_fn(p, x):
+            return model_apply(p, model_state, x)
+
+        subset = {"image": images, "label": labels}
+
+        def subset_loss(p):
+            return batch_loss(p, subset)
+
+        hessian = hessian_operator(subset_loss, params)
+        keys = dict(zip(QUANTITIES + ("kappa",), jax.random.split(key, len(QUANTITIES) + 1)))
+        metrics = {}
+        if "hessian" in quantities:
+            values = eigenvalues(hessian, params, k=top_k, num_iters=num_iters, key=keys["hessian"])[0]
+            metrics.update({f"curvature/hessian_top{i + 1}": values[i] for i in range(top_k)})
+        if "gauss_newton" in quantities:
+            matvec = gauss_newton_operator(apply_fn, loss_fn, params, subset)
+            values = eigenvalues(matvec, params, k=top_k, num_iters=num_iters,
+                                 key=keys["gauss_newton"])[0]
+            metrics.update({f"curvature/gauss_newton_top{i + 1}": values[i] for i in range(top_k)})
+        if "hessian_min" in quantities or perturbation_rho is not None:
+            kappa_min = smallest_eigenvalue(hessian, params, keys["hessian_min"])
+            if "hessian_min" in quantities:
+                metrics["curvature/hessian_min"] = kappa_min
+        if perturbation_rho is not None:
+            grad = jax.grad(subset_loss)(params)
+            grad_norm = jnp.sqrt(tree_vdot(grad, grad))
+            perturbed = jax.tree.map(lambda p, g: p + perturbation_rho * g / grad_norm, params, grad)
+            metrics["curvature/kappa_min_theta"] = kappa_min
+            metrics["curvature/kappa_min_perturbed"] = smallest_eigenvalue(
+                hessian_operator(subset_loss, perturbed), perturbed, keys["kappa"])
+            metrics["curvature/kappa_min_bound"] = -grad_norm / perturbation_rho
+        if "batch_sharpness" in quantities:
+            batches = _minibatches(images, labels, batch_size, keys["batch_sharpness"])
+            metrics["curvature/batch_sharpness"] = batch_sharpness(batch_loss, params, batches)
+        if "trace" in quantities:
+            estimate, stderr = hutchinson_trace(hessian, params, num_probes=config.trace_probes,
+                                                key=keys["trace"])
+            metrics["curvature/hessian_trace"] = estimate
+            metrics["curvature/hessian_trace_stderr"] = stderr
+        if "density" in quantities:
+            nodes, weights = stochastic_lanczos_quadrature(
+                hessian, params, num_probes=config.density_probes,
+                num_iters=config.density_iters, key=keys["density"])
+            metrics["curvature/density_nodes"] = nodes.ravel()
+            metrics["curvature/density_weights"] = weights.ravel() / config.density_probes
+        return metrics
+
+    compiled = jax.jit(compute)
+
+    def tracker(params, model_state, images, labels, key) -> dict[str, float | list[float]]:
+        metrics = jax.device_get(compiled(params, model_state, images, labels, key))
+        return {name: value.tolist() if value.ndim else float(value)
+                for name, value in metrics.items()}
+
+    return tracker

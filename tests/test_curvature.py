@@ -1,0 +1,253 @@
+"""Curvature engine against dense float64 references (jax.hessian, explicit Jacobians, numpy eigh)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from sam_jax import curvature
+from sam_jax.losses import cross_entropy, mse
+from sam_jax.models import MLP
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+class TinyBNConv(nn.Module):
+    """conv3x3(5) -> BatchNorm -> tanh -> global mean pool -> dense, all float64."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        f64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
+        x = nn.Conv(5, (3, 3), **f64)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.0, **f64)(x)
+        x = jnp.tanh(x).mean(axis=(1, 2))
+        return nn.Dense(NUM_CLASSES, **f64)(x)
+
+
+def _mlp_problem():
+    """A 6-10-3 tanh MLP (103 parameters) on 16 random examples."""
+    key_x, key_y, key_p = jax.random.split(jax.random.PRNGKey(1), 3)
+    x = jax.random.normal(key_x, (16, 6), jnp.float64)
+    y = jax.random.randint(key_y, (16,), 0, NUM_CLASSES)
+    model = MLP(num_classes=NUM_CLASSES, widths=(10,), dtype=jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(key_p, x)["params"])
+    return (lambda p, inputs: model.apply({"params": p}, inputs)), params, {"image": x, "label": y}
+
+
+def _conv_problem():
+    """TinyBNConv (83 parameters) in inference mode, with non-trivial running statistics."""
+    key_x, key_y, key_p = jax.random.split(jax.random.PRNGKey(2), 3)
+    x = 1.0 + jax.random.normal(key_x, (8, 5, 5, 1), jnp.float64)
+    y = jax.random.randint(key_y, (8,), 0, NUM_CLASSES)
+    model = TinyBNConv()
+    variables = model.init(key_p, x)
+    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    def apply_fn(p, inputs):
+        return model.apply({"params": p, **state}, inputs)
+
+    return apply_fn, variables["params"], {"image": x, "label": y}
+
+
+PROBLEMS = {"mlp": _mlp_problem, "bn_conv": _conv_problem}
+
+
+@pytest.fixture(scope="module", params=sorted(PROBLEMS))
+def problem(request, float64):
+    apply_fn, params, batch = PROBLEMS[request.param]()
+    flat, unravel = ravel_pytree(params)
+    assert flat.size > 30  # more parameters than Lanczos steps, or the tests prove nothing
+
+    def loss_fn(p, b):
+        return cross_entropy(apply_fn(p, b["image"]), b["label"])
+
+    hessian = np.asarray(jax.jit(jax.hessian(lambda t: loss_fn(unravel(t), batch)))(flat))
+    return dict(apply_fn=apply_fn, params=params, batch=batch, flat=np.asarray(flat),
+                unravel=unravel, loss_fn=loss_fn, hessian=hessian)
+
+
+def _dense_gauss_newton(apply_fn, params, batch, loss):
+    """sum_b J_b^T H_b J_b with explicit Jacobians and the closed-form output Hessians."""
+    flat, unravel = ravel_pytree(params)
+    logits = np.asarray(apply_fn(params, batch["image"]))
+    jac = np.asarray(jax.jit(jax.jacfwd(lambda t: apply_fn(unravel(t), batch["image"])))(flat))
+    num = logits.shape[0]
+    if loss == "mse":
+        out_hessians = np.broadcast_to(np.eye(NUM_CLASSES), (num, NUM_CLASSES, NUM_CLASSES)) / num
+    else:
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out_hessians = (np.einsum("bi,ij->bij", p, np.eye(NUM_CLASSES))
+                        - np.einsum("bi,bj->bij", p, p)) / num
+    return np.einsum("bkn,bkl,blm->nm", jac, out_hessians, jac)
+
+
+def _relative(a, b):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
+
+
+def _random_direction(problem, seed=0):
+    v = np.random.default_rng(seed).standard_normal(problem["flat"].size)
+    return v, problem["unravel"](jnp.asarray(v))
+
+
+def test_hvp_matches_dense_hessian(problem):
+    v, v_tree = _random_direction(problem)
+    loss = lambda p: problem["loss_fn"](p, problem["batch"])  # noqa: E731
+    product = jax.jit(curvature.hvp, static_argnums=0)(loss, problem["params"], v_tree)
+    assert _relative(ravel_pytree(product)[0], problem["hessian"] @ v) < 1e-10
+    operator_product = jax.jit(lambda p, u: curvature.hessian_operator(loss, p)(u))
+    product = operator_product(problem["params"], v_tree)
+    assert _relative(ravel_pytree(product)[0], problem["hessian"] @ v) < 1e-10
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
+def test_gnvp_matches_dense_gauss_newton(problem, loss_name):
+    loss = {"cross_entropy": cross_entropy, "mse": mse}[loss_name]
+    dense = _dense_gauss_newton(problem["apply_fn"], problem["params"], problem["batch"], loss_name)
+    v, v_tree = _random_direction(problem, seed=1)
+    product = jax.jit(curvature.gnvp, static_argnums=(0, 1))(
+        problem["apply_fn"], loss, problem["params"], problem["batch"], v_tree)
+    assert _relative(ravel_pytree(product)[0], dense @ v) < 1e-10
+    eigs = np.linalg.eigvalsh(dense)
+    assert eigs.min() > -1e-12 * eigs.max()  # PSD up to rounding
+
+
+def test_top_hessian_eigenpairs(problem):
+    @jax.jit
+    def top_five(params):
+        matvec = curvature.hessian_operator(lambda p: problem["loss_fn"](p, problem["batch"]), params)
+        return curvature.eigenvalues(matvec, params, k=5, num_iters=30)
+
+    values, vectors = top_five(problem["params"])
+    reference = np.linalg.eigvalsh(problem["hessian"])[::-1][:5]
+    np.testing.assert_allclose(values[0], reference[0], rtol=1e-6)
+    np.testing.assert_allclose(values, reference, rtol=1e-6)
+    flat_vectors = np.asarray(jax.vmap(lambda v: ravel_pytree(v)[0])(vectors))
+    np.testing.assert_allclose(flat_vectors @ flat_vectors.T, np.eye(5), atol=1e-12)
+    residual = flat_vectors @ problem["hessian"] - np.asarray(values)[:, None] * flat_vectors
+    assert np.abs(residual).max() < 1e-3 * abs(float(values[0]))
+
+
+def test_eigenvalues_of_a_scalar_loss_mean_its_hessian(problem):
+    loss = lambda p: problem["loss_fn"](p, problem["batch"])
+    values, _ = curvature.eigenvalues(loss, problem["params"], k=5, num_iters=30)
+    reference = np.linalg.eigvalsh(problem["hessian"])[::-1][:5]
+    np.testing.assert_allclose(values, reference, rtol=1e-6)
+
+
+def test_smallest_hessian_eigenvalue(problem):
+    value = curvature.hessian_sharpness(problem["loss_fn"], problem["params"], problem["batch"],
+                                        num_iters=30, which="smallest")
+    reference = np.linalg.eigvalsh(problem["hessian"])
+    np.testing.assert_allclose(value[0], reference[0], rtol=1e-6)
+    assert reference[0] < 0  # a non-convex point, so "smallest" is not the same as "closest to 0"
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
+def test_top_gauss_newton_eigenvalues(problem, loss_name):
+    loss = {"cross_entropy": cross_entropy, "mse": mse}[loss_name]
+    dense = _dense_gauss_newton(problem["apply_fn"], problem["params"], problem["batch"], loss_name)
+    values = curvature.gauss_newton_sharpness(problem["apply_fn"], problem["params"],
+                                              problem["batch"], loss_from_logits=loss, k=5,
+                                              num_iters=30)
+    reference = np.linalg.eigvalsh(dense)[::-1][:5]
+    np.testing.assert_allclose(values[0], reference[0], rtol=1e-6)
+    np.testing.assert_allclose(values, reference, rtol=1e-6)
+
+
+def test_gauss_newton_equals_hessian_for_linear_model_with_mse(float64):
+    model = nn.Dense(NUM_CLASSES, dtype=jnp.float64, param_dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(3), (12, 7), jnp.float64)
+    batch = {"image": x, "label": jnp.arange(12) % NUM_CLASSES}
+    params = model.init(jax.random.PRNGKey(4), x)["params"]
+    flat, unravel = ravel_pytree(params)
+
+    def apply_fn(p, inputs):
+        return model.apply({"params": p}, inputs)
+
+    columns = jax.jit(jax.vmap(lambda e: ravel_pytree(
+        curvature.gnvp(apply_fn, mse, params, batch, unravel(e)))[0]))(jnp.eye(flat.size))
+    hessian = jax.jit(jax.hessian(lambda t: mse(apply_fn(unravel(t), x), batch["label"])))(flat)
+    np.testing.assert_allclose(columns, hessian, atol=1e-12)
+
+
+def test_batch_sharpness_matches_dense(problem):
+    batch = problem["batch"]
+    batches = jax.tree.map(lambda a: a.reshape((2, -1) + a.shape[1:]), batch)
+    value = curvature.batch_sharpness(problem["loss_fn"], problem["params"], batches)
+    loss = lambda t, b: problem["loss_fn"](problem["unravel"](t), b)  # noqa: E731
+    grad_and_hessian = jax.jit(lambda t, b: (jax.grad(loss)(t, b), jax.hessian(loss)(t, b)))
+    ratios = []
+    for i in range(2):
+        g, h = map(np.asarray, grad_and_hessian(problem["flat"], jax.tree.map(lambda a: a[i], batches)))
+        ratios.append(g @ h @ g / (g @ g))
+    np.testing.assert_allclose(value, np.mean(ratios), rtol=1e-10)
+
+
+def test_hutchinson_trace_within_three_standard_errors(problem):
+    estimate, stderr = curvature.hessian_trace(problem["loss_fn"], problem["params"],
+                                               problem["batch"], num_probes=100)
+    exact = np.trace(problem["hessian"])
+    assert 0 < stderr < abs(exact)
+    assert abs(estimate - exact) < 3 * stderr
+
+
+def test_lanczos_quadrature_is_exact_for_low_moments(problem):
+    loss = lambda p: problem["loss_fn"](p, problem["batch"])  # noqa: E731
+    matvec = curvature.hessian_operator(loss, problem["params"])
+    v, v_tree = _random_direction(problem, seed=2)
+    num_iters = 4
+    result = jax.jit(curvature.lanczos, static_argnums=(0, 2))(matvec, v_tree, num_iters)
+    nodes, coordinates = np.linalg.eigh(np.asarray(curvature.tridiagonal(result)))
+    weights = coordinates[0] ** 2
+    u = v / np.linalg.norm(v)
+    for power in range(2 * num_iters):
+        exact = u @ np.linalg.matrix_power(problem["hessian"], power) @ u
+        np.testing.assert_allclose(weights @ nodes**power, exact, rtol=1e-9)
+
+
+def test_spectral_density_normalised_and_moments_match(problem):
+    density = curvature.spectral_density(problem["loss_fn"], problem["params"], problem["batch"],
+                                         num_probes=20, num_iters=20)
+    np.testing.assert_allclose(density.weights.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.trapezoid(density.density, density.grid), 1.0, rtol=1e-6)
+    eigs = np.linalg.eigvalsh(problem["hessian"])
+    for power in (1, 2, 3):
+        per_probe = np.sum(density.weights * density.nodes**power, axis=1)
+        stderr = per_probe.std(ddof=1) / np.sqrt(per_probe.size)
+        assert abs(per_probe.mean() - np.mean(eigs**power)) < 3 * stderr
+
+
+def test_functions_compile_once_per_shape(problem):
+    traces = []
+
+    def counted_loss(p, b):
+        traces.append(None)
+        return problem["loss_fn"](p, b)
+
+    shifted = jax.tree.map(lambda a: a + 0.01, problem["params"])
+    counts = []
+    for params, seed in ((problem["params"], 0), (shifted, 1)):
+        key = jax.random.PRNGKey(seed)
+        curvature.hessian_sharpness(counted_loss, params, problem["batch"], num_iters=5, key=key)
+        curvature.hessian_trace(counted_loss, params, problem["batch"], num_probes=4, key=key)
+        counts.append(len(traces))
+    assert counts[0] > 0 and counts[1] == counts[0]
+
+
+def test_eigenvalues_rejects_bad_arguments(problem):
+    matvec = lambda v: v  # noqa: E731
+    with pytest.raises(ValueError, match="num_iters"):
+        curvature.eigenvalues(matvec, problem["params"], k=11, num_iters=10)
+    with pytest.raises(ValueError, match="which"):
+        curvature.eigenvalues(matvec, problem["params"], which="middle")

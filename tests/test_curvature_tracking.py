@@ -1,0 +1,119 @@
+"""The training-time curvature tracker, its config validation, and the sharpness plot."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from sam_jax.curvature import (
+    default_curvature_config,
+    make_curvature_tracker,
+    plot_sharpness,
+    validate_curvature_config,
+)
+from sam_jax.losses import cross_entropy
+
+BATCH_SIZE = 8
+
+
+class TinyBNConv(nn.Module):
+    """conv3x3(4) -> BatchNorm -> relu -> global mean pool -> dense(3)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x))
+        return nn.Dense(3)(nn.relu(x).mean(axis=(1, 2)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = TinyBNConv()
+    key_x, key_y, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
+    images = jax.random.normal(key_x, (24, 6, 6, 1))
+    labels = jax.random.randint(key_y, (24,), 0, 3)
+    variables = model.init(key_p, images)
+    _, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    traces = []
+
+    def model_apply(params, model_state, x):
+        traces.append(None)
+        return model.apply({"params": params, **model_state}, x)
+
+    config = default_curvature_config()
+    config.every = 10
+    config.quantities = "hessian,gauss_newton,hessian_min,batch_sharpness,trace,density"
+    config.top_k = 2
+    config.num_iters = 10
+    config.density_probes = 2
+    config.density_iters = 6
+    tracker = make_curvature_tracker(config, model_apply, cross_entropy, batch_size=BATCH_SIZE,
+                                     perturbation_rho=0.05)
+    return dict(tracker=tracker, params=variables["params"], state=state, images=images,
+                labels=labels, traces=traces)
+
+
+def test_tracker_returns_finite_values_for_every_quantity(setup):
+    metrics = setup["tracker"](setup["params"], setup["state"], setup["images"], setup["labels"],
+                               jax.random.PRNGKey(1))
+    expected = {f"curvature/{name}" for name in (
+        "hessian_top1", "hessian_top2", "gauss_newton_top1", "gauss_newton_top2", "hessian_min",
+        "batch_sharpness", "hessian_trace", "hessian_trace_stderr", "density_nodes",
+        "density_weights", "kappa_min_theta", "kappa_min_perturbed", "kappa_min_bound")}
+    assert set(metrics) == expected
+    for name, value in metrics.items():
+        assert np.all(np.isfinite(value)), name
+    assert metrics["curvature/hessian_top1"] >= metrics["curvature/hessian_top2"]
+    assert metrics["curvature/gauss_newton_top2"] >= 0
+    assert metrics["curvature/hessian_min"] == metrics["curvature/kappa_min_theta"]
+    assert metrics["curvature/hessian_min"] <= metrics["curvature/hessian_top2"]
+    assert metrics["curvature/kappa_min_bound"] < 0
+    assert len(metrics["curvature/density_nodes"]) == 2 * 6
+    np.testing.assert_allclose(sum(metrics["curvature/density_weights"]), 1.0, rtol=1e-5)
+
+
+def test_tracker_compiles_once(setup):
+    args = (setup["state"], setup["images"], setup["labels"])
+    setup["tracker"](setup["params"], *args, jax.random.PRNGKey(2))
+    traced = len(setup["traces"])
+    shifted = jax.tree.map(lambda a: a * 1.1, setup["params"])
+    setup["tracker"](shifted, *args, jax.random.PRNGKey(3))
+    assert traced > 0 and len(setup["traces"]) == traced
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("quantities", "hessian,curvature", "quantities"),
+    ("quantities", "", "quantities"),
+    ("top_k", 40, "num_iters"),
+    ("trace_probes", 1, "trace_probes"),
+    ("every", -1, "every"),
+])
+def test_config_validation(field, value, match):
+    config = default_curvature_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=match):
+        validate_curvature_config(config)
+
+
+def test_config_rejects_unknown_field_and_small_subset():
+    config = default_curvature_config()
+    config.unlocked = True
+    with pytest.raises(ValueError, match="unlocked"):
+        validate_curvature_config(config)
+    config = default_curvature_config()
+    config.subset_size = 4
+    with pytest.raises(ValueError, match="subset_size"):
+        make_curvature_tracker(config, None, cross_entropy, batch_size=BATCH_SIZE)
+    assert validate_curvature_config(default_curvature_config()) == (
+        "hessian", "gauss_newton", "batch_sharpness")
+
+
+def test_plot_sharpness_writes_png(tmp_path):
+    records = [{"step": s, "train/loss": 1.0 / (s + 1), "curvature/hessian_top1": 10.0 + s,
+                "curvature/batch_sharpness": 5.0 + s, "curvature/hessian_trace": 50.0,
+                "curvature/hessian_trace_stderr": 2.0, "curvature/kappa_min_theta": -0.5,
+                "curvature/density_nodes": [0.0, 1.0]} for s in (0, 100, 200)]
+    records.insert(1, {"step": 50, "train/loss": 0.5})
+    path = tmp_path / "sharpness.png"
+    plot_sharpness(records, str(path), learning_rate=0.1)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="curvature"):
+        plot_sharpness([{"step": 0, "train/loss": 1.0}], str(path))
