@@ -17,17 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, logging
-from ml_collections import config_flags
 
+from experiments import cli
 from sam_jax import calibration, data
 from sam_jax.optim import bsam_sample
 from sam_jax.training import Run, TrainState, load_trained, model_forward
 from sam_jax.training.writers import to_python
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "evaluate.py"), "Evaluation config.",
-    lock_config=True)
 
 Member = tuple[Run, TrainState]
 
@@ -159,11 +154,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return results
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    results = evaluate_checkpoint(_CONFIG.value)
+def main(config: ml_collections.ConfigDict) -> None:
+    results = evaluate_checkpoint(config)
     test = results["test"]
     print(f"{results['checkpoint']} (step {results['step']}, {results['predictive']} predictive)")
     print(" | ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece",
@@ -175,4 +167,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, os.path.join(os.path.dirname(__file__), "configs", "evaluate.py"))

@@ -6,21 +6,14 @@ Installs the Debian Fashion-MNIST package first when the data is missing and apt
 """
 import os
 
-from absl import app
-from ml_collections import config_flags
+import ml_collections
 
+from experiments import cli
 from sam_jax.data import ensure_debian_fashion_mnist
 from sam_jax.training import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"), "Run config.",
-    lock_config=True)
 
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+def main(config: ml_collections.ConfigDict) -> None:
     if config.data.name == "fashion_mnist" and not config.data.data_dir:
         ensure_debian_fashion_mnist()
     summary = train_and_evaluate(config)
@@ -30,4 +23,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"))

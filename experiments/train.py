@@ -6,24 +6,18 @@
 import json
 import os
 
-from absl import app
-from ml_collections import config_flags
+import ml_collections
 
+from experiments import cli
 from sam_jax.training import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"), "Run config.",
-    lock_config=True)
 
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    summary = train_and_evaluate(_CONFIG.value)
+def main(config: ml_collections.ConfigDict) -> None:
+    summary = train_and_evaluate(config)
     shown = {k: v for k, v in summary.items() if k.startswith("test/")}
     shown.update(total_steps=summary["total_steps"], wall_time_s=summary["wall_time_s"])
     print(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, os.path.join(os.path.dirname(__file__), "configs", "default.py"))
