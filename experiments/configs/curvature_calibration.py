@@ -1,0 +1,121 @@
+""""Too Sharp, Too Sure" (calibration-follows-curvature.txt, Sec. 3, App. C-D): the grid presets.
+
+    python -m experiments.curvature_calibration --config=experiments/configs/curvature_calibration.py:quick
+
+Presets: ``quick`` (smoke test: six optimizers, one learning rate, a few steps), ``fmnist`` (the README
+run on Fashion-MNIST, sized for a 2-core CPU), ``paper`` (the full grid: three seeds, longer).
+Setup of Sec. 3: a 2x200 tanh MLP on a seeded 5k/5k train/validation subset, cross-entropy for every
+optimizer and MSE (App. D) for GD and SGD; four learning rates per optimizer, those of the plain
+gradient methods of the form 2/c (the paper shows BulkSGD at 2/70 and 2/30). Where the paper is silent
+(steps, batch size, momentum, SAM's rho, adaptive learning rates) the choices are ours and are listed
+in docs/curvature_calibration.md.
+"""
+import ml_collections
+
+from sam_jax.training import default_config
+
+PRESETS = ("quick", "fmnist", "paper")
+
+# Plain gradient methods: 2/lr is the edge-of-stability threshold of the sharpness (Cohen et al.).
+EOS_LEARNING_RATES = (2 / 70, 2 / 30, 2 / 15, 2 / 8)
+ADAMW_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+MUON_LEARNING_RATES = (3e-3, 1e-2, 3e-2, 1e-1)
+# MSE's logit Hessian is the identity, not diag(p) - pp^T: GN sharpness starts near 117 on
+# Fashion-MNIST (vs 14 for cross-entropy), so its edge-of-stability rates are smaller.
+MSE_LEARNING_RATES = (2 / 400, 2 / 250, 2 / 150, 2 / 100)
+
+
+def _optimizer(learning_rates, losses=("cross_entropy",), ks=(), **overrides) -> ml_collections.ConfigDict:
+    by_loss = {"mse": MSE_LEARNING_RATES} if "mse" in losses else {}
+    return ml_collections.ConfigDict({"learning_rates": tuple(learning_rates), "losses": tuple(losses),
+                                      "learning_rates_by_loss": by_loss, "ks": tuple(ks),
+                                      "overrides": overrides})
+
+
+def _grid(learning_rates: dict[str, tuple[float, ...]], mse: bool,
+          bulk_ks: tuple[int, ...]) -> ml_collections.ConfigDict:
+    both = ("cross_entropy", "mse") if mse else ("cross_entropy",)
+    # Full-batch GD has one batch: its batch sharpness is not defined on the tracker's subset.
+    gd_curvature = {"curvature": {"quantities": "hessian,gauss_newton"}}
+    grid = ml_collections.ConfigDict()
+    grid.optimizers = ml_collections.ConfigDict({
+        "gd": _optimizer(learning_rates["gd"], both, **gd_curvature),
+        "sgd": _optimizer(learning_rates["sgd"], both),
+        "adamw": _optimizer(learning_rates["adamw"]),
+        "muon": _optimizer(learning_rates["muon"]),
+        "sam": _optimizer(learning_rates["sam"]),
+        "bulk_sgd": _optimizer(learning_rates["bulk_sgd"], ks=bulk_ks),
+    })
+    return grid
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = default_config()
+    config.workdir = "runs/curvature_calibration"
+    config.data.name = "fashion_mnist"
+    config.data.train_size = 5000
+    config.data.val_size = 5000
+    config.model.name = "mlp"
+    config.model.kwargs = ml_collections.ConfigDict({"widths": (200, 200), "activation": "tanh"})
+    config.loss = "cross_entropy"
+    # Constant step sizes and no momentum: the 2/lr stability threshold is that of plain (S)GD.
+    config.optimizer.schedule = "constant"
+    config.optimizer.momentum = 0.0
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.rho = 0.05
+    config.optimizer.bulk_num_iters = 12
+    config.batch_size = 128
+    config.eval_train_size = 5000
+    config.log_every_steps = 25
+    config.checkpoint_every_steps = 100
+    config.progress_bar = False  # the grid shows one bar over jobs
+    config.curvature.quantities = "hessian,gauss_newton,batch_sharpness"
+    config.curvature.top_k = 1
+    return config
+
+
+def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
+    """Returns the grid config of ``preset`` (one of ``PRESETS``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r} for curvature_calibration; use one of {PRESETS}, "
+                         "e.g. --config=experiments/configs/curvature_calibration.py:quick.")
+    config = _base()
+    eos = {"gd": EOS_LEARNING_RATES, "sgd": EOS_LEARNING_RATES, "sam": EOS_LEARNING_RATES,
+           "bulk_sgd": EOS_LEARNING_RATES, "adamw": ADAMW_LEARNING_RATES, "muon": MUON_LEARNING_RATES}
+    if preset == "quick":
+        config.workdir = "runs/curvature_calibration_quick"
+        config.data.train_size = 1000
+        config.data.val_size = 1000
+        config.eval_train_size = 1000
+        config.batch_size = 100
+        config.num_steps = 12
+        config.eval_every_steps = 4
+        config.curvature.every = 4
+        config.curvature.subset_size = 1000  # = the train subset, so GD's batch matches it
+        config.curvature.num_iters = 6
+        config.optimizer.bulk_num_iters = 4
+        first = {name: (rates[1],) for name, rates in eos.items()}
+        config.grid = _grid(first, mse=True, bulk_ks=(1,))
+        config.grid.optimizers.gd.learning_rates_by_loss.mse = MSE_LEARNING_RATES[1:2]
+        config.grid.optimizers.sgd.losses = ("cross_entropy",)
+        del config.grid.optimizers.sgd["learning_rates_by_loss"]
+        config.grid.seeds = (0,)
+        return config
+    fmnist = preset == "fmnist"
+    # fmnist: ~10 epochs of mini-batch steps, 150 full-batch GD steps, 10 tracked points per run.
+    config.num_steps = 400 if fmnist else 3000
+    config.eval_every_steps = config.num_steps // (10 if fmnist else 50)
+    config.curvature.every = config.eval_every_steps
+    config.curvature.subset_size = 1000 if fmnist else 0
+    config.curvature.num_iters = 12 if fmnist else 30
+    config.grid = _grid(eos, mse=True, bulk_ks=(1, 3, 5))
+    gd_steps = 150 if fmnist else 2000
+    gd_every = gd_steps // (10 if fmnist else 50)
+    config.grid.optimizers.gd.overrides.update(
+        {"num_steps": gd_steps, "eval_every_steps": gd_every})
+    config.grid.optimizers.gd.overrides.curvature.every = gd_every
+    config.grid.seeds = (0,) if fmnist else (0, 1, 2)
+    if not fmnist:
+        config.workdir = "runs/curvature_calibration_paper"
+        config.optimizer.bulk_num_iters = 20
+    return config

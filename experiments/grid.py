@@ -1,0 +1,227 @@
+"""A small grid runner: expand a grid config into independent, resumable training jobs.
+
+A grid config is a run config (``sam_jax.training.default_config``) plus a ``grid`` block::
+
+    grid.seeds = (0, 1)
+    grid.optimizers.<name> = ConfigDict(
+        learning_rates=(...),            # one job per learning rate
+        losses=("cross_entropy",),       # and per loss
+        learning_rates_by_loss=ConfigDict(mse=(...)),  # optional: other rates for one loss
+        ks=(1, 3, 5),                    # bulk_sgd only: one job per optimizer.bulk_k
+        overrides=ConfigDict(...))       # nested fields set on that optimizer's runs
+
+Each job trains in its own directory ``<workdir>/<optimizer>[_k<k>]/<loss>/lr<lr>/seed<seed>``, so
+jobs can run in any order, in several processes (``shard_jobs``), and be interrupted: a job restarts
+from the loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists is skipped.
+"""
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import jax
+import ml_collections
+from jax.experimental.compilation_cache import compilation_cache
+from tqdm.auto import tqdm
+
+from sam_jax.training import RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
+from sam_jax.training.writers import SUMMARY_FILE
+
+logger = logging.getLogger(__name__)
+
+GRID_FIELDS = ("learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training run of a grid.
+
+    Attributes:
+      name: the job's directory relative to the grid workdir (``sgd/cross_entropy/lr0.05/seed0``).
+      group: the optimizer label the report groups by (``sgd``, ``bulk_sgd_k3``).
+      config: the complete run config of this job; its ``workdir`` is the job directory.
+    """
+
+    name: str
+    group: str
+    config: ml_collections.ConfigDict
+
+    @property
+    def workdir(self) -> str:
+        return self.config.workdir
+
+    @property
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.workdir, SUMMARY_FILE))
+
+
+def format_learning_rate(learning_rate: float) -> str:
+    """Directory-safe text of a learning rate with four significant digits (``0.02857``)."""
+    return f"{learning_rate:.4g}"
+
+
+def _set_nested(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> None:
+    for key, value in overrides.items():
+        if key not in config:
+            raise ValueError(f"grid.optimizers.{where}.overrides names {key!r}, which the run config "
+                             f"does not have; its fields are {sorted(config.keys())}.")
+        if isinstance(value, Mapping):
+            _set_nested(config[key], value, f"{where}.{key}")
+        else:
+            config[key] = value
+
+
+def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
+    unknown = set(spec.keys()) - set(GRID_FIELDS)
+    if unknown:
+        raise ValueError(f"grid.optimizers.{name} has unknown fields {sorted(unknown)}; "
+                         f"allowed: {list(GRID_FIELDS)}.")
+    if not spec.get("learning_rates") or any(lr <= 0 for lr in spec.learning_rates):
+        raise ValueError(f"grid.optimizers.{name}.learning_rates={spec.get('learning_rates')!r} must "
+                         "be a nonempty tuple of positive numbers.")
+    by_loss = spec.get("learning_rates_by_loss") or {}
+    for loss, rates in by_loss.items():
+        if loss not in tuple(spec.get("losses") or ()) or not rates or any(lr <= 0 for lr in rates):
+            raise ValueError(f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
+                             "one of its losses and give a nonempty tuple of positive numbers.")
+    if spec.get("ks") and name != "bulk_sgd":
+        raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_k).")
+
+
+def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
+    """All jobs of a grid config, in a fixed order (optimizer, k, loss, learning rate, seed).
+
+    Args:
+      config: a run config with a ``grid`` block (see the module docstring).
+
+    Returns:
+      The jobs; each config is a copy of ``config`` without ``grid``, with the job's optimizer,
+      ``bulk_k``, loss, learning rate, seed, overrides, ``workdir`` and ``resume=True`` set.
+
+    Raises:
+      ValueError: the grid block is missing or malformed.
+    """
+    if "grid" not in config or not config.grid.get("optimizers"):
+        raise ValueError("The config has no grid.optimizers block; use a grid preset such as "
+                         "experiments/configs/curvature_calibration.py:quick.")
+    seeds = tuple(config.grid.get("seeds") or (config.seed,))
+    base = ml_collections.ConfigDict(config.to_dict())
+    del base["grid"]
+    jobs = []
+    for name, spec in config.grid.optimizers.items():
+        _check_spec(name, spec)
+        for k in tuple(spec.get("ks") or ()) or (None,):
+            group = name if k is None else f"{name}_k{k}"
+            by_loss = spec.get("learning_rates_by_loss") or {}
+            for loss in tuple(spec.get("losses") or (config.loss,)):
+                for learning_rate in by_loss.get(loss, spec.learning_rates):
+                    for seed in seeds:
+                        job_name = os.path.join(group, loss, f"lr{format_learning_rate(learning_rate)}",
+                                                f"seed{seed}")
+                        job = ml_collections.ConfigDict(base.to_dict())
+                        _set_nested(job, (spec.get("overrides") or ml_collections.ConfigDict()).to_dict(),
+                                    name)
+                        job.optimizer.name = name
+                        if k is not None:
+                            job.optimizer.bulk_k = k
+                        job.loss = loss
+                        job.optimizer.learning_rate = float(learning_rate)
+                        job.seed = int(seed)
+                        job.workdir = os.path.join(config.workdir, job_name)
+                        job.resume = True
+                        jobs.append(Job(job_name, group, job))
+    return jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parses ``"i/n"`` (shard ``i`` of ``n``, zero-based) into ``(i, n)``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard={text!r} must look like i/n, e.g. 0/4.") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard={text!r}: need 0 <= i < n.")
+    return index, count
+
+
+def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
+    """Every ``count``-th job from ``index``: interleaving spreads slow optimizers over the shards."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} must be in [0, {count}).")
+    return list(jobs[index::count])
+
+
+def _data_key(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.data.to_dict(), sort_keys=True)
+
+
+def run_job(job: Job, run_data: Optional[RunData] = None) -> dict[str, Any]:
+    """Trains one job (resuming from its checkpoint) unless its ``summary.json`` exists.
+
+    A diverged run gets a summary ``{"diverged": true, ...}`` so that it is not retried; its
+    metrics up to the divergence stay in ``metrics.jsonl``.
+
+    Returns:
+      The job's summary.
+    """
+    path = os.path.join(job.workdir, SUMMARY_FILE)
+    if job.done:
+        with open(path) as f:
+            return json.load(f)
+    try:
+        return train_and_evaluate(job.config, job.workdir, run=build_run(job.config, run_data))
+    except TrainingDivergedError as err:
+        logger.warning("%s diverged: %s", job.name, err)
+        summary = {"diverged": True, "error": str(err)}
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+
+
+@contextlib.contextmanager
+def _compilation_cache(directory: Optional[str]):
+    """JAX's persistent compilation cache in ``directory`` for the duration (off when None).
+
+    JAX decides once per process whether the cache is on, so it is reset on entry and exit.
+    """
+    if directory is None:
+        yield
+        return
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    previous = {name: jax.config.values[name] for name in names}
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def run_jobs(jobs: Iterable[Job], progress: bool = True,
+             compilation_cache_dir: Optional[str] = None) -> None:
+    """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
+
+    Args:
+      jobs: the jobs to run; finished ones (``summary.json`` present) are skipped.
+      progress: show the bar over jobs.
+      compilation_cache_dir: where to keep JAX's persistent compilation cache. Jobs of one grid
+        share shapes, so the evaluation step and the curvature tracker compile once for all of
+        them, in this process and in the other shards'.
+    """
+    jobs = list(jobs)
+    cache: dict[str, RunData] = {}
+    with _compilation_cache(compilation_cache_dir), \
+            tqdm(total=len(jobs), disable=not progress, desc="jobs", unit="job") as bar:
+        for job in jobs:
+            bar.set_postfix_str(job.name)
+            if not job.done:
+                key = _data_key(job.config)
+                if key not in cache:
+                    cache[key] = load_run_data(job.config)
+                run_job(job, cache[key])
+            bar.update(1)

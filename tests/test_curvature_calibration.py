@@ -1,0 +1,268 @@
+"""The "Too Sharp, Too Sure" experiment: grid runner, Table 1 correlations, and an end-to-end smoke run."""
+import csv
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import scipy.stats
+
+from experiments import curvature_calibration as driver
+from experiments import grid
+from experiments.configs.curvature_calibration import get_config
+from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _quick(workdir) -> ml_collections.ConfigDict:
+    config = get_config("quick")
+    config.workdir = str(workdir)
+    return config
+
+
+# --- grid expansion, shards, skip-if-done ---------------------------------------------------------
+
+def test_expand_grid_names_and_fields(tmp_path):
+    config = get_config("fmnist")
+    config.workdir = str(tmp_path)
+    config.grid.seeds = (0, 1)
+    jobs = grid.expand_grid(config)
+    spec = config.grid.optimizers
+    expected = sum(len(s.learning_rates) * len(s.losses) * max(len(s.ks), 1) for s in spec.values()) * 2
+    assert len(jobs) == expected
+    assert len({job.workdir for job in jobs}) == len(jobs)
+    by_name = {job.name: job for job in jobs}
+    bulk = by_name[os.path.join("bulk_sgd_k3", "cross_entropy", "lr0.02857", "seed1")]
+    assert bulk.group == "bulk_sgd_k3"
+    assert bulk.config.optimizer.name == "bulk_sgd" and bulk.config.optimizer.bulk_k == 3
+    assert bulk.config.optimizer.learning_rate == pytest.approx(2 / 70)
+    assert bulk.config.seed == 1 and bulk.config.resume
+    assert bulk.workdir == os.path.join(str(tmp_path), "bulk_sgd_k3", "cross_entropy", "lr0.02857", "seed1")
+    assert "grid" not in bulk.config
+    gd_mse = by_name[os.path.join("gd", "mse", "lr0.02", "seed0")]
+    assert gd_mse.config.loss == "mse"
+    # learning_rates_by_loss replaces the rates for that loss only.
+    assert {job.config.optimizer.learning_rate for job in jobs if job.group == "sgd"
+            and job.config.loss == "mse"} == set(spec.sgd.learning_rates_by_loss.mse)
+    assert os.path.join("gd", "cross_entropy", "lr0.25", "seed0") in by_name
+    # Per-optimizer overrides reach only that optimizer's jobs.
+    assert gd_mse.config.curvature.quantities == "hessian,gauss_newton"
+    assert gd_mse.config.num_steps != bulk.config.num_steps
+    assert "batch_sharpness" in bulk.config.curvature.quantities
+
+
+def test_expand_grid_is_deterministic():
+    names = [job.name for job in grid.expand_grid(get_config("paper"))]
+    assert names == [job.name for job in grid.expand_grid(get_config("paper"))]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.grid.optimizers.sgd.update({"learning_rates": ()}), "learning_rates"),
+    (lambda c: c.grid.optimizers.sgd.update({"ks": (1,)}), "only for bulk_sgd"),
+    (lambda c: c.grid.optimizers.gd.learning_rates_by_loss.update({"hinge": (0.1,)}), "one of its losses"),
+    (lambda c: c.grid.optimizers.sgd.overrides.update({"no_such_field": 1}), "no_such_field"),
+])
+def test_expand_grid_rejects_bad_grids(change, message):
+    config = get_config("quick")
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        grid.expand_grid(config)
+
+
+def test_expand_grid_needs_grid_block():
+    config = get_config("quick")
+    del config["grid"]
+    with pytest.raises(ValueError, match="no grid.optimizers"):
+        grid.expand_grid(config)
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="quick"):
+        get_config("huge")
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 10])
+def test_shards_partition_the_jobs(count):
+    jobs = grid.expand_grid(get_config("fmnist"))
+    shards = [grid.shard_jobs(jobs, i, count) for i in range(count)]
+    names = [job.name for shard in shards for job in shard]
+    assert sorted(names) == sorted(job.name for job in jobs)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "a/b", "1", "0/0"])
+def test_parse_shard_rejects(text):
+    with pytest.raises(ValueError, match="shard"):
+        grid.parse_shard(text)
+
+
+def test_parse_shard():
+    assert grid.parse_shard("3/4") == (3, 4)
+
+
+def test_done_jobs_are_skipped(tmp_path, monkeypatch):
+    jobs = grid.expand_grid(_quick(tmp_path))
+    done, todo = jobs[0], jobs[1]
+    os.makedirs(done.workdir)
+    with open(os.path.join(done.workdir, "summary.json"), "w") as f:
+        json.dump({"test/accuracy": 0.5}, f)
+    trained = []
+    monkeypatch.setattr(grid, "load_run_data", lambda config: "data")
+    monkeypatch.setattr(grid, "build_run", lambda config, run_data: (config.workdir, run_data))
+    monkeypatch.setattr(grid, "train_and_evaluate",
+                        lambda config, workdir, run: trained.append((workdir, run)) or {})
+    assert grid.run_job(done) == {"test/accuracy": 0.5}
+    grid.run_jobs([done, todo], progress=False)
+    assert trained == [(todo.workdir, (todo.workdir, "data"))]
+
+
+def test_diverged_job_is_recorded_and_not_retried(tmp_path, monkeypatch):
+    job = grid.expand_grid(_quick(tmp_path))[0]
+    os.makedirs(job.workdir)
+
+    def diverge(config, workdir, run):
+        raise grid.TrainingDivergedError("loss is nan")
+
+    monkeypatch.setattr(grid, "build_run", lambda config, run_data: None)
+    monkeypatch.setattr(grid, "train_and_evaluate", diverge)
+    assert grid.run_job(job)["diverged"]
+    assert job.done
+
+
+# --- correlations and Table 1 against numpy / scipy -------------------------------------------------
+
+def _synthetic_records(rng, steps, ece_scale, noise):
+    sharp = 10 + 5 * np.sin(steps / 40.0)
+    records = []
+    for step, s in zip(steps, sharp):
+        records.append({
+            "step": int(step), "curvature/gauss_newton_top1": float(s),
+            "train/ece": float(ece_scale * s + noise * rng.normal()),
+            "train/kce": float(-ece_scale * s + noise * rng.normal()),
+            "val/ece": float(rng.normal()), "val/kce": float(rng.normal()),
+            "train/loss": 1.0, "train/accuracy": 0.5, "train/mean_margin": 0.1,
+            "val/loss": 1.0, "val/accuracy": 0.5, "val/mean_margin": 0.1,
+            "train/mean_confidence": 0.3, "val/mean_confidence": 0.3,
+        })
+        records.append({"step": int(step) + 1, "train_step/loss": 1.0})  # a log-only record
+    return records
+
+
+def test_pearson_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.normal(size=17), rng.normal(size=17)
+        y = y + rng.uniform(-2, 2) * x
+        assert pearson(x, y) == pytest.approx(scipy.stats.pearsonr(x, y)[0], abs=1e-12)
+
+
+def test_pearson_undefined_cases():
+    assert math.isnan(pearson(np.ones(5), np.arange(5.0)))
+    assert math.isnan(pearson(np.arange(2.0), np.arange(2.0)))
+    with pytest.raises(ValueError, match="equal length"):
+        pearson(np.arange(3.0), np.arange(4.0))
+
+
+def test_trajectory_keeps_steps_where_all_keys_are_finite():
+    records = [{"step": 1, "a": 1.0, "b": 2.0}, {"step": 2, "a": 3.0}, {"step": 3, "a": "nan", "b": 1.0},
+               {"step": 4, "a": float("inf"), "b": 1.0}, {"step": 5, "a": 5.0, "b": 0.0}]
+    series = trajectory(records, ("a", "b"))
+    np.testing.assert_array_equal(series["step"], [1, 5])
+    np.testing.assert_array_equal(series["a"], [1.0, 5.0])
+
+
+def test_trajectory_correlation_matches_scipy():
+    rng = np.random.default_rng(1)
+    records = _synthetic_records(rng, np.arange(10, 410, 10), 0.01, 0.02)
+    rows = [r for r in records if "train/ece" in r]
+    ece = [r["train/ece"] for r in rows]
+    sharp = [r["curvature/gauss_newton_top1"] for r in rows]
+    assert trajectory_correlation(records, "train/ece") == pytest.approx(
+        scipy.stats.pearsonr(ece, sharp)[0], abs=1e-12)
+
+
+def test_mean_std_over_learning_rates():
+    correlations = {0.1: [0.9, 0.7], 0.2: [0.5], 0.3: [float("nan")], 0.4: [0.2, float("nan")]}
+    mean, std, n = mean_std_over_learning_rates(correlations)
+    per_rate = np.array([0.8, 0.5, 0.2])
+    assert n == 3
+    assert mean == pytest.approx(per_rate.mean()) and std == pytest.approx(per_rate.std())
+    assert all(math.isnan(v) for v in mean_std_over_learning_rates({0.1: [float("nan")]})[:2])
+
+
+def test_report_table_matches_scipy(tmp_path):
+    config = _quick(tmp_path)
+    config.grid.seeds = (0, 1)
+    config.grid.optimizers.sgd.learning_rates = (0.05, 0.1)
+    jobs = grid.expand_grid(config)
+    rng = np.random.default_rng(2)
+    expected = {}
+    for job in jobs:
+        records = _synthetic_records(rng, np.arange(5, 105, 5), rng.uniform(0.005, 0.02), 0.03)
+        os.makedirs(job.workdir)
+        with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        rows = [r for r in records if "train/ece" in r]
+        value = scipy.stats.pearsonr([r["train/ece"] for r in rows],
+                                     [r["curvature/gauss_newton_top1"] for r in rows])[0]
+        key = (job.config.loss, job.group)
+        expected.setdefault(key, {}).setdefault(job.config.optimizer.learning_rate, []).append(value)
+    out = driver.report(config, jobs)
+    with open(os.path.join(out, "table1.csv")) as f:
+        table = list(csv.DictReader(f))
+    checked = 0
+    for row in table:
+        if (row["split"], row["metric"]) != ("train", "ece"):
+            continue
+        per_rate = np.array([np.mean(v) for v in expected[(row["loss"], row["optimizer"])].values()])
+        assert float(row["mean"]) == pytest.approx(per_rate.mean(), abs=1e-9)
+        assert float(row["std"]) == pytest.approx(per_rate.std(), abs=1e-9)
+        checked += 1
+    assert checked == len(expected)
+    sgd = [r for r in table if r["optimizer"] == "sgd" and r["split"] == "train" and r["metric"] == "ece"]
+    assert int(sgd[0]["num_learning_rates"]) == 2 and int(sgd[0]["seeds"]) == 2
+
+
+# --- end to end on real data --------------------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
+                    reason=f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}; install the "
+                           "Debian Fashion-MNIST package to run the smoke test.")
+def test_quick_preset_end_to_end(tmp_path):
+    config = _quick(tmp_path)
+    jobs = grid.expand_grid(config)
+    assert {job.config.optimizer.name for job in jobs} == {"gd", "sgd", "adamw", "muon", "sam", "bulk_sgd"}
+    grid.run_jobs(jobs, progress=False, compilation_cache_dir=str(tmp_path / "jax_cache"))
+    out = driver.report(config, jobs)
+
+    tracked = ["train/loss", "train/accuracy", "train/ece", "train/kce", "train/mean_margin",
+               "train/margin_moment", "val/loss", "val/accuracy", "val/ece", "val/kce",
+               "val/mean_margin", "val/margin_moment", "curvature/gauss_newton_top1",
+               "curvature/hessian_top1"]
+    for job in jobs:
+        assert job.done
+        records = [r for r in driver.read_metrics(job.workdir) if "train/ece" in r]
+        assert [r["step"] for r in records] == list(range(config.eval_every_steps, config.num_steps + 1,
+                                                          config.eval_every_steps))
+        keys = tracked + (["curvature/batch_sharpness"] if job.config.optimizer.name != "gd" else [])
+        for record in records:
+            for key in keys:
+                assert isinstance(record[key], float) and math.isfinite(record[key]), (job.name, key)
+
+    expected_files = ["table1.md", "table1.csv", "mse_confidence.md", "mse_confidence.csv",
+                      "ece_vs_gn_sharpness_cross_entropy.png", "ece_vs_gn_sharpness_mse.png",
+                      "dynamics_gd_mse.png"]
+    expected_files += [f"dynamics_{job.group}_cross_entropy.png" for job in jobs]
+    for name in expected_files:
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "table1.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert {r["optimizer"] for r in table if r["loss"] == "cross_entropy"} == {job.group for job in jobs}
+    assert all(-1 <= float(r["mean"]) <= 1 for r in table)
+    with open(os.path.join(out, "mse_confidence.csv")) as f:
+        (mse,) = list(csv.DictReader(f))
+    assert float(mse["optimum_confidence"]) == pytest.approx(math.e / (math.e + 9))
+    assert 0 < float(mse["train_confidence"]) <= 1
