@@ -1,11 +1,12 @@
-"""Shared test settings: quiet progress bars, and a float64 fixture for reference comparisons."""
+"""Shared fixtures: float64 for the tests that compare against NumPy float64 references."""
 import jax
 import pytest
 
 
-@pytest.fixture
-def enable_x64():
-    """Runs a test with ``jax_enable_x64`` on, restoring the previous value afterwards."""
+@pytest.fixture(scope="module")
+def float64():
+    """Turns ``jax_enable_x64`` on for a test module (``pytestmark = pytest.mark.usefixtures("float64")``)
+    and restores the previous value afterwards."""
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield

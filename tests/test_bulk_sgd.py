@@ -14,10 +14,11 @@ from sam_jax.optim.bulk_sgd import bulk_sgd
 LEARNING_RATE, K = 0.1, 3
 
 
+pytestmark = pytest.mark.usefixtures("float64")
+
+
 @pytest.fixture(scope="module")
-def problem():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
+def problem(float64):
     key_x, key_y, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(key_x, (16, 5), jnp.float64)
     y = jax.random.randint(key_y, (16,), 0, 3)
@@ -27,8 +28,7 @@ def problem():
     def loss(p):
         return cross_entropy(model.apply({"params": p}, x), y)
 
-    yield params, loss
-    jax.config.update("jax_enable_x64", previous)
+    return params, loss
 
 
 def _dense_projection(params, loss):

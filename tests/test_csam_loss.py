@@ -11,12 +11,7 @@ from sam_jax import optim
 from sam_jax.losses import cross_entropy, csam_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

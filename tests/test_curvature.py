@@ -13,12 +13,7 @@ from sam_jax.models import MLP
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class TinyBNConv(nn.Module):

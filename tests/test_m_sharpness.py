@@ -8,38 +8,25 @@ import pytest
 from absl.testing import parameterized
 
 from sam_jax import optim
+from tests import tanh_regression
+from tests.tanh_regression import numpy_grad
 
 BATCH_SIZE = 8
 LEARNING_RATE = 0.1
 NUM_STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def make_problem(seed: int = 0) -> tuple[dict, dict]:
-    """Two-leaf tanh regression ``tanh(x w + b)`` with a batch of 8 examples."""
-    rng = np.random.default_rng(seed)
-    params = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))}
-    batch = {"image": rng.normal(size=(BATCH_SIZE, 3)), "label": rng.normal(size=(BATCH_SIZE, 2))}
-    return params, batch
+    """The shared tanh regression with a batch of ``BATCH_SIZE`` examples as a batch dict."""
+    params, x, y = tanh_regression.make_problem(seed, BATCH_SIZE)
+    return params, {"image": x, "label": y}
 
 
 def loss(params, batch):
-    out = jnp.tanh(batch["image"] @ params["w"] + params["b"])
-    return 0.5 * jnp.mean(jnp.sum((out - batch["label"]) ** 2, axis=-1))
-
-
-def numpy_grad(params: dict, x: np.ndarray, y: np.ndarray) -> dict:
-    """Hand-written gradient of ``loss`` on inputs ``x``, targets ``y``."""
-    out = np.tanh(x @ params["w"] + params["b"])
-    dz = (out - y) * (1.0 - out**2) / x.shape[0]
-    return {"w": x.T @ dz, "b": dz.sum(axis=0)}
+    return tanh_regression.loss(params, batch["image"], batch["label"])
 
 
 def np_norm(tree: dict) -> float:

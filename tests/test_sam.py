@@ -10,36 +10,14 @@ import pytest
 from absl.testing import parameterized
 
 from sam_jax import optim
+from tests.tanh_regression import loss, make_problem, numpy_grad
 
 LEARNING_RATE = 0.1
 MOMENTUM = 0.9
 NUM_STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
-def make_problem(seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Two-leaf tanh regression ``tanh(x w + b)``: params, inputs ``[8, 3]``, targets ``[8, 2]``."""
-    rng = np.random.default_rng(seed)
-    params = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))}
-    return params, rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
-
-
-def loss(params, x, y):
-    return 0.5 * jnp.mean(jnp.sum((jnp.tanh(x @ params["w"] + params["b"]) - y) ** 2, axis=-1))
-
-
-def numpy_grad(params: dict, x: np.ndarray, y: np.ndarray) -> dict:
-    """Hand-written gradient of ``loss``: d/dz of 0.5 mean ||tanh(z) - y||^2 is (tanh - y)(1 - tanh^2) / B."""
-    out = np.tanh(x @ params["w"] + params["b"])
-    dz = (out - y) * (1.0 - out**2) / x.shape[0]
-    return {"w": x.T @ dz, "b": dz.sum(axis=0)}
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def np_norm(tree: dict) -> float:
