@@ -245,7 +245,7 @@ def test_quick_preset_end_to_end(tmp_path):
     for job in jobs:
         assert job.done
         records = [r for r in driver.read_metrics(job.workdir) if "train/ece" in r]
-        assert [r["step"] for r in records] == list(range(config.eval_every_steps, config.num_steps + 1,
+        assert [r["step"] for r in records] == list(range(0, config.num_steps + 1,
                                                           config.eval_every_steps))
         keys = tracked + (["curvature/batch_sharpness"] if job.config.optimizer.name != "gd" else [])
         for record in records:

@@ -83,7 +83,7 @@ def test_outputs_and_same_seed_gives_identical_metrics(tmp_path):
         assert os.path.exists(tmp_path / "a" / name)
     records_a, records_b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
     assert records_a == records_b
-    assert [r["step"] for r in records_a] == [10, 20, 30, 40]
+    assert [r["step"] for r in records_a] == [0, 10, 20, 30, 40]
     assert first["test/accuracy"] == second["test/accuracy"] > 0.5
     for key in ("test/ece", "test/nll", "val/ece", "train/accuracy", "test/tce"):
         assert np.isfinite(first[key]), key
@@ -104,7 +104,7 @@ def test_hooks_run_on_schedule(tmp_path):
         return {"hook/step": int(state.step)}
 
     train_and_evaluate(digits_config(str(tmp_path)), hooks=[Hook(15, hook)])
-    assert calls == [15, 30, 40]
+    assert calls == [0, 15, 30, 40]
     assert [r["hook/step"] for r in read_metrics(str(tmp_path)) if "hook/step" in r] == calls
 
 

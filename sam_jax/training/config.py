@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_steps = 0  # > 0 overrides num_epochs
 
     config.eval_every_steps = 0  # 0 = at the end of every epoch
+    config.eval_at_start = True  # evaluation, curvature and user hooks also run on the initial parameters
     config.eval_batch_size = 1000
     config.eval_train_size = 5000  # train examples in the train-set evaluation (0 = all)
     config.num_bins = 15  # calibration bins

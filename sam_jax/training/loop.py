@@ -43,7 +43,8 @@ class TrainingDivergedError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-    """Calls ``fn(state) -> metrics`` every ``every_steps`` steps (and after the last step).
+    """Calls ``fn(state) -> metrics`` every ``every_steps`` steps, after the last step, and at step 0
+    when ``config.eval_at_start``.
 
     The returned metrics (a flat mapping, may be empty) go to ``metrics.jsonl`` under the step.
     """
@@ -251,6 +252,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     curvature_hook = _curvature_hook(run)
     if curvature_hook is not None:
         all_hooks.append(curvature_hook)
+
+    if start_step == 0 and config.eval_at_start:
+        initial: dict[str, Any] = {"epoch": 0.0}
+        for hook in all_hooks:
+            initial.update(hook.fn(state))
+        writer.write(0, initial)
 
     batch_sharding = _batch_sharding(run.mesh, run.batch_size)
     shuffle = config.optimizer.name != "gd"
