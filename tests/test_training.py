@@ -182,3 +182,47 @@ def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, op
     variables = {"params": run.init_state.params, **run.init_state.model_state}
     _, expected = run.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     jax.tree_util.tree_map(np.testing.assert_allclose, new_state.model_state, dict(expected))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"optimizer.name": "gd"},
+    {"optimizer.name": "adamw", "optimizer.learning_rate": 3e-3},
+    {"optimizer.name": "muon", "optimizer.learning_rate": 0.02},
+    {"optimizer.name": "asam", "optimizer.rho": 0.5},
+    {"optimizer.name": "ssam"},
+    {"optimizer.name": "csam", "optimizer.gamma": 1.5},
+    {"optimizer.name": "sam", "optimizer.base": "adamw", "optimizer.learning_rate": 3e-3},
+    {"optimizer.name": "sam", "optimizer.m": 16},
+    {"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.rho": 0.01},
+    {"optimizer.name": "bulk_sgd", "optimizer.bulk_k": 2, "optimizer.bulk_num_iters": 8},
+], ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_every_optimizer_trains_in_the_loop(tmp_path, overrides):
+    config = digits_config(str(tmp_path), num_steps=30, eval_every_steps=30, checkpoint_every_steps=30,
+                           **overrides)
+    summary = train_and_evaluate(config)
+    assert summary["test/accuracy"] > 0.5, summary["test/accuracy"]
+    assert np.isfinite(summary["test/nll"])
+
+
+def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
+    import optax
+
+    from sam_jax import optim
+    from sam_jax.losses import cross_entropy, csam_loss
+
+    config = digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.gamma": 2.0,
+                                             "optimizer.rho": 0.3, "optimizer.schedule": "constant"})
+    run = build_run(config)
+    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64])}
+    new_state, _ = run.train_step(run.init_state, batch)
+
+    def objective(loss):
+        return lambda p: loss(run.model.apply({"params": p}, batch["image"]), batch["label"])
+
+    params = run.init_state.params
+    tx = optim.sam(optax.sgd(config.optimizer.learning_rate, momentum=config.optimizer.momentum), 0.3)
+    updates, _ = tx.update(jax.grad(objective(cross_entropy))(params), tx.init(params), params,
+                           grad_fn=jax.grad(objective(lambda z, y: csam_loss(z, y, 2.0))))
+    expected = optax.apply_updates(params, updates)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           new_state.params, expected)
