@@ -82,3 +82,51 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         evaluate_checkpoint(_config(""))
     with pytest.raises(FileNotFoundError, match="not a sam_jax run directory"):
         evaluate_checkpoint(_config(str(tmp_path)))
+
+
+def _write_cifar10_and_shifts(root) -> None:
+    """Tiny CIFAR-10 release (class = mean brightness band), CIFAR-10-C noise, SVHN: real file formats."""
+    import pickle
+
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+
+    def images_for(labels):
+        base = (labels[:, None, None, None] * 25 + 10).astype(np.float64)
+        return np.clip(base + rng.normal(0, 8, (len(labels), 32, 32, 3)), 0, 255).astype(np.uint8)
+
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, 60)
+        data = images_for(labels).transpose(0, 3, 1, 2).reshape(len(labels), -1)
+        with open(cifar / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels.tolist()}, f)
+    corrupted = root / "CIFAR-10-C"
+    corrupted.mkdir()
+    labels = np.tile(rng.integers(0, 10, 40), 5)
+    severity = np.repeat(np.arange(1, 6), 40)[:, None, None, None]
+    noisy = images_for(labels).astype(np.float64) + rng.normal(0, 1, (200, 32, 32, 3)) * 20 * severity
+    np.save(corrupted / "gaussian_noise.npy", np.clip(noisy, 0, 255).astype(np.uint8))
+    np.save(corrupted / "labels.npy", labels.astype(np.int64))
+    svhn = root / "svhn"
+    svhn.mkdir()
+    scipy.io.savemat(svhn / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 50)).astype(np.uint8),
+                                                "y": rng.integers(1, 11, (50, 1))})
+
+
+def test_cifar10_run_gets_corruption_and_svhn_ood_results(tmp_path):
+    data_root = tmp_path / "data"
+    _write_cifar10_and_shifts(data_root)
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(digits_config(workdir, **{"data.name": "cifar10", "data.data_dir": str(data_root),
+                                                 "data.val_size": 50, "batch_size": 50}))
+    results = evaluate_checkpoint(_config(workdir, ood_dataset="svhn", ood_data_dir=str(data_root),
+                                          corruption_data_dir=str(data_root)))
+    rows = results["corruptions"]
+    assert [(r["corruption"], r["severity"]) for r in rows] == [("gaussian_noise", s) for s in range(1, 6)]
+    assert all(0 <= r["accuracy"] <= 1 and np.isfinite(r["nll"]) for r in rows)
+    assert rows[0]["accuracy"] > rows[-1]["accuracy"]  # stronger noise hurts
+    assert os.path.exists(os.path.join(workdir, "evaluation", "corruptions.csv"))
+    assert results["ood"]["num_ood"] == 50 and 0 <= results["ood"]["auroc_entropy"] <= 1
