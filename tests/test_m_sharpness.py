@@ -9,7 +9,7 @@ from absl.testing import parameterized
 
 from sam_jax import optim
 from tests import tanh_regression
-from tests.tanh_regression import numpy_grad
+from tests.tanh_regression import numpy_grad, run_steps
 
 BATCH_SIZE = 8
 LEARNING_RATE = 0.1
@@ -58,18 +58,8 @@ def run_m_sharpness(tx, params, batch, m, step_fn=jax.jit) -> list[dict]:
     per_sub_batch_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0))
     stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_batches)  # noqa: E731
 
-    def step(params, state):
-        updates, state = tx.update(per_sub_batch_grad(params, sub_batches), state, params, grad_fn=stacked_grad_fn)
-        return optax.apply_updates(params, updates), state
-
-    step = step_fn(step)
-    params = jax.tree.map(jnp.asarray, params)
-    state = tx.init(params)
-    history = []
-    for _ in range(NUM_STEPS):
-        params, state = step(params, state)
-        history.append(params)
-    return history
+    return run_steps(tx, params, lambda p: per_sub_batch_grad(p, sub_batches), stacked_grad_fn, NUM_STEPS,
+                     step_fn)
 
 
 class MSharpnessTest(chex.TestCase):

@@ -10,7 +10,7 @@ import pytest
 from absl.testing import parameterized
 
 from sam_jax import optim
-from tests.tanh_regression import loss, make_problem, numpy_grad
+from tests.tanh_regression import loss, make_problem, numpy_grad, run_steps
 
 LEARNING_RATE = 0.1
 MOMENTUM = 0.9
@@ -60,19 +60,7 @@ def run(tx: optax.GradientTransformationExtraArgs, params, x, y, num_steps: int,
     closure to the signature ``tx`` expects as ``grad_fn``.
     """
     grad_fn = jax.grad(lambda p: loss(p, x, y))
-
-    def step(params, state):
-        updates, state = tx.update(grad_fn(params), state, params, grad_fn=adapt_grad_fn(grad_fn))
-        return optax.apply_updates(params, updates), state
-
-    step = step_fn(step)
-    params = jax.tree.map(jnp.asarray, params)
-    state = tx.init(params)
-    history = []
-    for _ in range(num_steps):
-        params, state = step(params, state)
-        history.append(params)
-    return history
+    return run_steps(tx, params, grad_fn, adapt_grad_fn(grad_fn), num_steps, step_fn)
 
 
 class SamTest(chex.TestCase):
