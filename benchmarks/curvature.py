@@ -63,7 +63,7 @@ def amortised(make_matvec, count):
 
         def body(_, u):
             u = matvec(u)
-            return jax.tree.map(lambda a: a / curvature.tree_vdot(u, u) ** 0.5, u)
+            return jax.tree.map(lambda a: a / optax.tree.norm(u), u)
 
         return jax.lax.fori_loop(0, count, body, v)
 

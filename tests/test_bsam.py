@@ -1,10 +1,12 @@
-"""bSAM (``sam_jax.optim.bsam``) against a NumPy float64 transcription of Algorithm 1 of sam-as-bayes.txt."""
+"""bSAM (``sam_jax.optim.bsam``, ``scale_by_bsam``) against a NumPy float64 transcription of Algorithm 1 of
+Möllenhoff & Khan (2023), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620."""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 
 from sam_jax import optim
 from tests.tanh_regression import loss, make_problem, numpy_grad
@@ -18,8 +20,12 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 def numpy_bsam(params, x, y, noises, learning_rates, rho, beta1, beta2, prior_precision, damping,
-               init_precision) -> tuple[dict, dict, dict]:
-    """Algorithm 1, lines 1-9, with ``delta = prior_precision / N`` and the given standard-normal draws."""
+               init_precision, max_direction_norm=None) -> tuple[dict, dict, dict]:
+    """Algorithm 1, lines 1-9, with ``delta = prior_precision / N`` and the given standard-normal draws.
+
+    With ``max_direction_norm`` the direction ``gm / s`` of line 9 is clipped to that global norm
+    before it is scaled by ``alpha`` (``optax.clip_by_global_norm`` between the two).
+    """
     delta = prior_precision / NUM_DATA
     w = {k: v.copy() for k, v in params.items()}
     s = {k: np.full_like(v, init_precision) for k, v in params.items()}
@@ -30,39 +36,83 @@ def numpy_bsam(params, x, y, noises, learning_rates, rho, beta1, beta2, prior_pr
         g_eps = numpy_grad({k: w[k] + rho * g[k] / s[k] for k in w}, x, y)
         gm = {k: beta1 * gm[k] + (1 - beta1) * (g_eps[k] + delta * w[k]) for k in w}
         s = {k: beta2 * s[k] + (1 - beta2) * (np.sqrt(s[k]) * np.abs(g[k]) + delta + damping) for k in w}
-        w = {k: w[k] - alpha * gm[k] / s[k] for k in w}
+        direction = {k: gm[k] / s[k] for k in w}
+        if max_direction_norm is not None:
+            norm = np.sqrt(sum(np.sum(d**2) for d in direction.values()))
+            direction = {k: d * min(1.0, max_direction_norm / norm) for k, d in direction.items()}
+        w = {k: w[k] - alpha * direction[k] for k in w}
     return w, s, gm
+
+
+def _step_fn(tx, grad_fn, with_clean_gradient=False):
+    def step(params, state, noise):
+        grads = grad_fn(params) if with_clean_gradient else None
+        updates, state = tx.update(grads, state, params, grad_fn=grad_fn, noise=noise)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def _noises(params, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(NUM_STEPS)]
+
+
+def _cosine(t):
+    return 0.5 * 0.5 * (1 + np.cos(np.pi * t / NUM_STEPS))
 
 
 class BsamTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_matches_algorithm_1_with_given_noise(self):
+    @parameterized.named_parameters(("constant", "constant"), ("cosine", "cosine"))
+    def test_bsam_matches_algorithm_1_with_given_noise(self, schedule):
         params, x, y = make_problem()
-        rng = np.random.default_rng(1)
-        noises = [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(NUM_STEPS)]
-        schedule = optax.cosine_decay_schedule(0.5, NUM_STEPS)
+        noises = _noises(params)
         rho = 0.2
-        tx = optim.bsam(schedule, rho, NUM_DATA, **HYPER)
-        grad_fn = jax.grad(lambda p: loss(p, x, y))
-
-        @self.variant
-        def step(params, state, noise):
-            updates, state = tx.update(None, state, params, grad_fn=grad_fn, noise=noise)
-            return optax.apply_updates(params, updates), state
-
+        if schedule == "constant":
+            learning_rate, learning_rates = 0.3, [0.3] * NUM_STEPS
+        else:
+            learning_rate = optax.cosine_decay_schedule(0.5, NUM_STEPS)
+            learning_rates = [_cosine(t) for t in range(NUM_STEPS)]
+        tx = optim.bsam(learning_rate, rho, NUM_DATA, **HYPER)
+        step = self.variant(_step_fn(tx, jax.grad(lambda p: loss(p, x, y))))
         ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
         for noise in noises:
             ours, state = step(ours, state, noise)
-        learning_rates = [0.5 * 0.5 * (1 + np.cos(np.pi * t / NUM_STEPS)) for t in range(NUM_STEPS)]
         w, s, gm = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER)
-        chex.assert_trees_all_close((ours, state.precision, state.momentum), (w, s, gm), rtol=1e-10, atol=1e-12)
-        self.assertEqual(int(state.count), NUM_STEPS)
+        bsam_state, _ = state
+        chex.assert_trees_all_close((ours, bsam_state.precision, bsam_state.momentum), (w, s, gm),
+                                    rtol=1e-10, atol=1e-12)
+
+    @parameterized.named_parameters(("clip_before", "before"), ("clip_after", "after"))
+    def test_chain_with_schedule_and_clipping_matches_reference(self, clip_position):
+        # Before scale_by_bsam the clip sees only `grads`, which Algorithm 1 never uses: no effect.
+        # After it, the clip acts on the direction gm / s of line 9.
+        params, x, y = make_problem(3)
+        noises = _noises(params, seed=4)
+        rho, max_norm = 0.1, 0.05
+        schedule = optax.cosine_decay_schedule(0.5, NUM_STEPS)
+        direction = optim.scale_by_bsam(rho, NUM_DATA, **HYPER)
+        clip = optax.clip_by_global_norm(max_norm)
+        parts = [clip, direction] if clip_position == "before" else [direction, clip]
+        tx = optax.chain(*parts, optax.scale_by_learning_rate(schedule))
+        step = jax.jit(_step_fn(tx, jax.grad(lambda p: loss(p, x, y)), with_clean_gradient=True))
+        ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+        for noise in noises:
+            ours, state = step(ours, state, noise)
+        learning_rates = [_cosine(t) for t in range(NUM_STEPS)]
+        unclipped, _, _ = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER)
+        clipped, _, _ = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER,
+                                   max_direction_norm=max_norm)
+        self.assertGreater(np.abs(clipped["w"] - unclipped["w"]).max(), 1e-3)  # the clip is active
+        chex.assert_trees_all_close(ours, unclipped if clip_position == "before" else clipped,
+                                    rtol=1e-10, atol=1e-12)
 
     def test_own_noise_is_reproducible_and_advances_the_key(self):
         params, x, y = make_problem(2)
         grad_fn = jax.grad(lambda p: loss(p, x, y))
-        tx = optim.bsam(0.1, 0.05, NUM_DATA, seed=3)
+        tx = optim.scale_by_bsam(0.05, NUM_DATA, prior_precision=1.0, seed=3)
         chex.clear_trace_counter()
 
         @jax.jit
@@ -84,10 +134,13 @@ class BsamTest(chex.TestCase):
         width = 20_000
         params = {"w": jnp.full((3, width), 0.5), "b": jnp.zeros((3, width))}
         row_precision = {"w": jnp.array([0.5, 1.0, 2.0]), "b": jnp.array([4.0, 8.0, 16.0])}
-        state = optim.bsam(0.1, 0.05, NUM_DATA).init(params)
-        state = state._replace(precision=jax.tree.map(lambda s, w: jnp.broadcast_to(s[:, None], w.shape),
-                                                      row_precision, params))
-        sample = optim.bsam_sample(params, state, jax.random.PRNGKey(0), NUM_DATA)
+        tx = optim.bsam(0.1, 0.05, NUM_DATA, prior_precision=1.0)
+        bsam_state, schedule_state = tx.init(params)
+        bsam_state = bsam_state._replace(precision=jax.tree.map(
+            lambda s, w: jnp.broadcast_to(s[:, None], w.shape), row_precision, params))
+        sample = optim.bsam_sample(params, (bsam_state, schedule_state), jax.random.PRNGKey(0), NUM_DATA)
+        # The chain's state and the BSAMState inside it give the same draw.
+        chex.assert_trees_all_equal(sample, optim.bsam_sample(params, bsam_state, jax.random.PRNGKey(0), NUM_DATA))
         for name in params:
             std = 1.0 / np.sqrt(NUM_DATA * row_precision[name])
             # 20k draws: the mean is within 4 / sqrt(20k) = 0.03 std, the variance within 5 * sqrt(2 / 20k) = 5 %.
@@ -97,10 +150,18 @@ class BsamTest(chex.TestCase):
     def test_invalid_arguments_raise(self):
         for bad in (dict(rho=-0.1), dict(num_data=0), dict(beta1=1.0), dict(beta2=-0.1), dict(damping=-1.0),
                     dict(prior_precision=-1.0), dict(init_precision=0.0), dict(learning_rate=0.0)):
-            kwargs = dict(learning_rate=0.1, rho=0.05, num_data=10) | bad
+            kwargs = dict(learning_rate=0.1, rho=0.05, num_data=10, prior_precision=1.0) | bad
             with self.assertRaisesRegex(ValueError, "Bad bSAM hyper-parameters"):
                 optim.bsam(**kwargs)
+            if "learning_rate" not in bad:
+                del kwargs["learning_rate"]
+                with self.assertRaisesRegex(ValueError, "Bad bSAM hyper-parameters"):
+                    optim.scale_by_bsam(**kwargs)
+        with self.assertRaises(TypeError):  # prior_precision is required: no hidden default
+            optim.scale_by_bsam(0.05, 10)
         params = {"w": jnp.ones(2)}
-        tx = optim.bsam(0.1, 0.05, 10)
+        tx = optim.bsam(0.1, 0.05, 10, prior_precision=1.0)
         with self.assertRaisesRegex(ValueError, "grad_fn"):
             tx.update(None, tx.init(params), params)
+        with self.assertRaisesRegex(ValueError, "exactly one BSAMState"):
+            optim.bsam_sample(params, optax.sgd(0.1).init(params), jax.random.PRNGKey(0), 10)

@@ -1,15 +1,19 @@
-"""BulkSGD against a dense float64 reference: SGD on the gradient minus its top-k Hessian part."""
+"""BulkSGD against a dense float64 reference: SGD on the gradient minus its top-k Hessian part.
+
+Song, Ahn & Yun (2025), "Does SGD really happen in tiny subspaces?", arXiv:2405.16002.
+"""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
 from sam_jax import curvature
 from sam_jax.losses import cross_entropy
 from sam_jax.models import MLP
-from sam_jax.optim.bulk_sgd import bulk_sgd
+from sam_jax.optim import bulk_sgd, project_out_top_hessian_directions
 
 LEARNING_RATE, K = 0.1, 3
 
@@ -31,10 +35,12 @@ def problem(float64):
     return params, loss
 
 
-def _dense_projection(params, loss):
-    """g - U U^T g with U the top-K eigenvectors of the dense Hessian (numpy eigh)."""
+def _dense_projection(params, loss, max_norm=None):
+    """g - U U^T g with U the top-K eigenvectors of the dense Hessian (numpy eigh); g clipped to max_norm."""
     flat, unravel = ravel_pytree(params)
     grad = np.asarray(jax.grad(lambda t: loss(unravel(t)))(flat))
+    if max_norm is not None:
+        grad = grad * min(1.0, max_norm / np.linalg.norm(grad))
     _, vectors = np.linalg.eigh(np.asarray(jax.hessian(lambda t: loss(unravel(t)))(flat)))
     top = vectors[:, -K:]
     return grad - top @ (top.T @ grad), top
@@ -81,6 +87,24 @@ def test_hvp_fn_and_grad_fn_agree_and_momentum_accumulates(problem):
     second, _ = update_with_hvp_fn(state)
     projected, _ = _dense_projection(params, loss)
     assert _relative(ravel_pytree(second)[0], -LEARNING_RATE * 1.9 * projected) < 1e-6
+
+
+def test_chain_with_clipping_and_schedule_matches_reference(problem):
+    params, loss = problem
+    max_norm = 0.5 * float(optax.tree.norm(jax.grad(loss)(params)))  # the clip is active
+    schedule = optax.linear_schedule(0.1, 0.0, 4)  # 0.1, then 0.075
+    tx = optax.chain(optax.clip_by_global_norm(max_norm), project_out_top_hessian_directions(K, num_iters=30),
+                     optax.sgd(schedule, momentum=0.9))
+    step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p, grad_fn=jax.grad(loss)))
+    state, ours, trace, reference = tx.init(params), params, 0.0, ravel_pytree(params)[0]
+    for learning_rate in (0.1, 0.075):
+        updates, state = step(ours, state)
+        ours = optax.apply_updates(ours, updates)
+        projected, _ = _dense_projection(ravel_pytree(params)[1](reference), loss, max_norm)
+        trace = projected + 0.9 * trace
+        reference = reference - learning_rate * trace
+    start = ravel_pytree(params)[0]
+    assert _relative(ravel_pytree(ours)[0] - start, reference - start) < 1e-6
 
 
 def test_bad_arguments():

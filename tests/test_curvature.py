@@ -1,4 +1,5 @@
 """Curvature engine against dense float64 references (jax.hessian, explicit Jacobians, numpy eigh)."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,14 +136,14 @@ def test_top_hessian_eigenpairs(problem):
 
 def test_eigenvalues_of_a_scalar_loss_mean_its_hessian(problem):
     loss = lambda p: problem["loss_fn"](p, problem["batch"])
-    values, _ = curvature.eigenvalues(loss, problem["params"], k=5, num_iters=30)
+    values, _ = jax.jit(lambda p: curvature.eigenvalues(loss, p, k=5, num_iters=30))(problem["params"])
     reference = np.linalg.eigvalsh(problem["hessian"])[::-1][:5]
     np.testing.assert_allclose(values, reference, rtol=1e-6)
 
 
 def test_smallest_hessian_eigenvalue(problem):
-    value = curvature.hessian_sharpness(problem["loss_fn"], problem["params"], problem["batch"],
-                                        num_iters=30, which="smallest")
+    value = jax.jit(lambda p, b: curvature.hessian_sharpness(problem["loss_fn"], p, b, num_iters=30,
+                                                             which="smallest"))(problem["params"], problem["batch"])
     reference = np.linalg.eigvalsh(problem["hessian"])
     np.testing.assert_allclose(value[0], reference[0], rtol=1e-6)
     assert reference[0] < 0  # a non-convex point, so "smallest" is not the same as "closest to 0"
@@ -152,9 +153,8 @@ def test_smallest_hessian_eigenvalue(problem):
 def test_top_gauss_newton_eigenvalues(problem, loss_name):
     loss = {"cross_entropy": cross_entropy, "mse": mse}[loss_name]
     dense = _dense_gauss_newton(problem["apply_fn"], problem["params"], problem["batch"], loss_name)
-    values = curvature.gauss_newton_sharpness(problem["apply_fn"], problem["params"],
-                                              problem["batch"], loss_from_logits=loss, k=5,
-                                              num_iters=30)
+    values = jax.jit(lambda p, b: curvature.gauss_newton_sharpness(
+        problem["apply_fn"], p, b, loss_from_logits=loss, k=5, num_iters=30))(problem["params"], problem["batch"])
     reference = np.linalg.eigvalsh(dense)[::-1][:5]
     np.testing.assert_allclose(values[0], reference[0], rtol=1e-6)
     np.testing.assert_allclose(values, reference, rtol=1e-6)
@@ -179,7 +179,7 @@ def test_gauss_newton_equals_hessian_for_linear_model_with_mse(float64):
 def test_batch_sharpness_matches_dense(problem):
     batch = problem["batch"]
     batches = jax.tree.map(lambda a: a.reshape((2, -1) + a.shape[1:]), batch)
-    value = curvature.batch_sharpness(problem["loss_fn"], problem["params"], batches)
+    value = jax.jit(lambda p, b: curvature.batch_sharpness(problem["loss_fn"], p, b))(problem["params"], batches)
     loss = lambda t, b: problem["loss_fn"](problem["unravel"](t), b)  # noqa: E731
     grad_and_hessian = jax.jit(lambda t, b: (jax.grad(loss)(t, b), jax.hessian(loss)(t, b)))
     ratios = []
@@ -190,8 +190,8 @@ def test_batch_sharpness_matches_dense(problem):
 
 
 def test_hutchinson_trace_within_three_standard_errors(problem):
-    estimate, stderr = curvature.hessian_trace(problem["loss_fn"], problem["params"],
-                                               problem["batch"], num_probes=100)
+    estimate, stderr = jax.jit(lambda p, b: curvature.hessian_trace(problem["loss_fn"], p, b, num_probes=100))(
+        problem["params"], problem["batch"])
     exact = np.trace(problem["hessian"])
     assert 0 < stderr < abs(exact)
     assert abs(estimate - exact) < 3 * stderr
@@ -212,8 +212,8 @@ def test_lanczos_quadrature_is_exact_for_low_moments(problem):
 
 
 def test_spectral_density_normalised_and_moments_match(problem):
-    density = curvature.spectral_density(problem["loss_fn"], problem["params"], problem["batch"],
-                                         num_probes=20, num_iters=20)
+    density = jax.jit(lambda p, b: curvature.spectral_density(problem["loss_fn"], p, b, num_probes=20, num_iters=20))(
+        problem["params"], problem["batch"])
     np.testing.assert_allclose(density.weights.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(np.trapezoid(density.density, density.grid), 1.0, rtol=1e-6)
     eigs = np.linalg.eigvalsh(problem["hessian"])
@@ -223,21 +223,39 @@ def test_spectral_density_normalised_and_moments_match(problem):
         assert abs(per_probe.mean() - np.mean(eigs**power)) < 3 * stderr
 
 
-def test_functions_compile_once_per_shape(problem):
-    traces = []
+def test_tracking_in_your_own_jit_compiles_once(float64):
+    # The pattern of docs/curvature.md: the caller jits track(params, batch), which builds new
+    # closures over the batch on every call; the library functions do not jit over callables.
+    apply_fn, initial_params, initial_batch = _mlp_problem()
 
-    def counted_loss(p, b):
-        traces.append(None)
-        return problem["loss_fn"](p, b)
+    def loss_fn(p, b):
+        return cross_entropy(apply_fn(p, b["image"]), b["label"])
 
-    shifted = jax.tree.map(lambda a: a + 0.01, problem["params"])
-    counts = []
-    for params, seed in ((problem["params"], 0), (shifted, 1)):
-        key = jax.random.PRNGKey(seed)
-        curvature.hessian_sharpness(counted_loss, params, problem["batch"], num_iters=5, key=key)
-        curvature.hessian_trace(counted_loss, params, problem["batch"], num_probes=4, key=key)
-        counts.append(len(traces))
-    assert counts[0] > 0 and counts[1] == counts[0]
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def track(params, batch, key):
+        hessian_keys = jax.random.split(key, 3)
+        halves = jax.tree.map(lambda a: a.reshape((2, -1) + a.shape[1:]), batch)
+        return {
+            "hessian_top1": curvature.eigenvalues(lambda p: loss_fn(p, batch), params, num_iters=5,
+                                                  key=hessian_keys[0])[0][0],
+            "hessian_min": curvature.hessian_sharpness(loss_fn, params, batch, num_iters=5, which="smallest",
+                                                       key=hessian_keys[1])[0],
+            "gauss_newton_top1": curvature.gauss_newton_sharpness(apply_fn, params, batch, num_iters=5)[0],
+            "batch_sharpness": curvature.batch_sharpness(loss_fn, params, halves),
+            "trace": curvature.hessian_trace(loss_fn, params, batch, num_probes=4, key=hessian_keys[2])[0],
+            "density_nodes": curvature.spectral_density(loss_fn, params, batch, num_iters=5, grid_size=50).nodes,
+        }
+
+    rng = np.random.default_rng(5)
+    for step in range(3):
+        params = jax.tree.map(lambda a: a + 0.01 * step, initial_params)
+        batch = dict(initial_batch, image=initial_batch["image"]
+                     + 0.1 * rng.standard_normal(initial_batch["image"].shape))
+        metrics = track(params, batch, jax.random.PRNGKey(step))
+        chex.assert_tree_all_finite(metrics)
 
 
 def test_eigenvalues_rejects_bad_arguments(problem):

@@ -1,4 +1,9 @@
-"""Trajectory figures of calibration-follows-curvature.txt, App. C (Figures A1-A14, A16-A17)."""
+"""Trajectory figures of Morosini et al. (2026), App. C (Figures A1-A14, A16-A17).
+
+References:
+  Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
+  Curvature. arXiv:2604.20614.
+"""
 import os
 from typing import Any, Mapping, Optional, Sequence
 

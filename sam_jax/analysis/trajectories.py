@@ -1,9 +1,13 @@
-"""Metric trajectories of training runs and their correlations (calibration-follows-curvature.txt).
+"""Metric trajectories of training runs and their correlations (Morosini et al. 2026).
 
 A trajectory is the sequence of values a metric takes at the steps where it was recorded in a
-run's ``metrics.jsonl``. Table 1 of the paper is the Pearson correlation between a calibration
+run's ``metrics.jsonl``. Table 1 of Morosini et al. is the Pearson correlation between a calibration
 trajectory (ECE, KCE) and the Gauss-Newton sharpness trajectory of the same run, averaged over
 learning rates.
+
+References:
+  Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
+  Curvature. arXiv:2604.20614.
 """
 import math
 from typing import Any, Mapping, Sequence

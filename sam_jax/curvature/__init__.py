@@ -12,12 +12,7 @@ from sam_jax.curvature.density import (
 from sam_jax.curvature.lanczos import LanczosResult, eigenvalues, lanczos, tridiagonal
 from sam_jax.curvature.plots import plot_sharpness
 from sam_jax.curvature.products import gauss_newton_operator, gnvp, hessian_operator, hvp
-from sam_jax.curvature.sharpness import (
-    batch_sharpness,
-    gauss_newton_sharpness,
-    hessian_sharpness,
-    tree_vdot,
-)
+from sam_jax.curvature.sharpness import batch_sharpness, gauss_newton_sharpness, hessian_sharpness
 from sam_jax.curvature.trace import hessian_trace, hutchinson_trace
 from sam_jax.curvature.tracking import (
     QUANTITIES,
@@ -47,7 +42,6 @@ __all__ = [
     "smoothed_density",
     "spectral_density",
     "stochastic_lanczos_quadrature",
-    "tree_vdot",
     "tridiagonal",
     "validate_curvature_config",
 ]

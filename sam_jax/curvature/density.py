@@ -1,5 +1,13 @@
-"""Spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019, Sec. 3)."""
-import functools
+"""Spectral density by stochastic Lanczos quadrature.
+
+References:
+  Ghorbani, Krishnan & Xiao, 2019. An Investigation into Neural Net Optimization via Hessian
+  Eigenvalue Density. ICML 2019, arXiv:1901.10159 (Sec. 3; eq. 8 for the Gaussian smoothing).
+  Golub & Meurant, 2009. Matrices, Moments and Quadrature with Applications. Princeton
+  University Press.
+
+Not jitted here (``spectral_density`` takes a callable); call it inside your own ``jax.jit``.
+"""
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -79,9 +87,6 @@ def smoothed_density(
     return jnp.sum(kernel * weights[None], axis=(1, 2)) / nodes.shape[0]
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "num_probes", "num_iters", "grid_size")
-)
 def spectral_density(
     loss_fn: Callable[[Params, Any], jax.Array],
     params: Params,

@@ -59,9 +59,10 @@ def gauss_newton_operator(
 
     ``J`` is the Jacobian of the logits of ``batch["image"]`` w.r.t. ``params`` and ``H_out`` the
     Hessian of ``loss_from_logits(logits, batch["label"])`` w.r.t. the logits; for the mean
-    cross-entropy ``H_out`` is ``(diag(p) - p p^T) / B`` per example, the ``H_z(p)`` of
-    calibration-follows-curvature.txt (Sec. 4), for the mean MSE it is ``I / B``. The model is
-    linearised once, so each product costs one linear forward and one transposed pass.
+    cross-entropy ``H_out`` is ``(diag(p) - p p^T) / B`` per example, the ``H_z(p)`` of Morosini
+    et al. (2026, "Too Sharp, Too Sure: When Calibration Follows Curvature", arXiv:2604.20614,
+    Sec. 4); for the mean MSE it is ``I / B``. The model is linearised once, so each product costs
+    one linear forward and one transposed pass.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> logits`` in inference mode.

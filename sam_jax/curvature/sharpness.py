@@ -1,14 +1,24 @@
 """Sharpness measures: top Hessian and Gauss-Newton eigenvalues, and batch sharpness.
 
-The functions are jit-compiled once per shape and per loss/model function: the callables are
-static arguments, compared by identity, so pass the same function objects across calls (define
-them once, or call these functions inside your own ``jit``) to avoid a retrace per call.
+References:
+  Cohen, Kaur, Li, Kolter & Talwalkar, 2021. Gradient Descent on Neural Networks Typically Occurs
+  at the Edge of Stability. ICLR 2021, arXiv:2103.00065.
+  Andreyev & Beneventano, 2024. Edge of Stochastic Stability: Revisiting the Edge of Stability for
+  SGD. arXiv:2412.20553.
+  Tan et al., 2025. Towards Understanding the Calibration Benefits of Sharpness-Aware
+  Minimization. ICLR 2026, arXiv:2505.23866.
+  Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
+  Curvature. arXiv:2604.20614.
+
+Like optax, these functions do not ``jax.jit`` themselves: they take callables, and a jit over a
+callable argument would retrace for every new closure. Call them inside your own jitted function
+(see "Tracking curvature in your own loop" in ``docs/curvature.md``).
 """
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sam_jax.curvature.lanczos import eigenvalues
 from sam_jax.curvature.products import gauss_newton_operator, hessian_operator
@@ -18,12 +28,6 @@ Params = Any
 Batch = dict[str, jax.Array]
 
 
-def tree_vdot(a: Params, b: Params) -> jax.Array:
-    """Euclidean inner product of two pytrees with the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-@functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "which"))
 def hessian_sharpness(
     loss_fn: Callable[[Params, Batch], jax.Array],
     params: Params,
@@ -36,8 +40,8 @@ def hessian_sharpness(
 ) -> jax.Array:
     """Top-``k`` Hessian eigenvalues of ``loss_fn(params, batch)`` (``lambda_max`` of Cohen et al. 2021).
 
-    This is ``kappa_max`` of calibration-benefits-of-sam.txt (Table S16); with
-    ``which="smallest"`` it is ``kappa_min`` (Lemma 1, Figure 2a).
+    This is ``kappa_max`` of Tan et al. (2025, arXiv:2505.23866, Table S16); with
+    ``which="smallest"`` it is ``kappa_min`` (their Lemma 1, Figure 2a).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
@@ -55,9 +59,6 @@ def hessian_sharpness(
     return eigenvalues(matvec, params, k=k, num_iters=num_iters, which=which, key=key)[0]
 
 
-@functools.partial(
-    jax.jit, static_argnames=("apply_fn", "loss_from_logits", "k", "num_iters")
-)
 def gauss_newton_sharpness(
     apply_fn: Callable[[Params, jax.Array], jax.Array],
     params: Params,
@@ -70,7 +71,7 @@ def gauss_newton_sharpness(
 ) -> jax.Array:
     """Top-``k`` eigenvalues of the Gauss-Newton matrix ``E[J^T H_z J]``.
 
-    The GN sharpness ``lambda_max(H_GN)`` of calibration-follows-curvature.txt (Sec. 4, the
+    The GN sharpness ``lambda_max(H_GN)`` of Morosini et al. (2026, arXiv:2604.20614, Sec. 4, the
     definition before Theorem 4.1); with ``loss_from_logits=sam_jax.losses.mse`` it is the MSE
     variant of their Appendix D, where ``H_z`` is the identity.
 
@@ -90,15 +91,15 @@ def gauss_newton_sharpness(
     return eigenvalues(matvec, params, k=k, num_iters=num_iters, key=key)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn",))
 def batch_sharpness(
     loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batches: Batch
 ) -> jax.Array:
-    """Batch sharpness ``E_B[g_B^T H_B g_B / ||g_B||^2]`` (Andreyev & Beneventano 2024).
+    """Batch sharpness ``E_B[g_B^T H_B g_B / ||g_B||^2]``.
 
-    The curvature of each mini-batch loss along its own gradient, averaged over mini-batches;
-    calibration-follows-curvature.txt (Sec. 3, Table 1) tracks it next to GN sharpness. It is the
-    quantity that SGD holds near ``2 / learning_rate`` at the edge of stochastic stability.
+    Andreyev & Beneventano (2024, arXiv:2412.20553): the curvature of each mini-batch loss along
+    its own gradient, averaged over mini-batches; Morosini et al. (2026, arXiv:2604.20614, Sec. 3,
+    Table 1) track it next to GN sharpness. It is the quantity that SGD holds near
+    ``2 / learning_rate`` at the edge of stochastic stability.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` for one mini-batch.
@@ -112,6 +113,6 @@ def batch_sharpness(
 
     def rayleigh_quotient(batch: Batch) -> jax.Array:
         grad, matvec = jax.linearize(jax.grad(lambda p: loss_fn(p, batch)), params)
-        return tree_vdot(grad, matvec(grad)) / tree_vdot(grad, grad)
+        return optax.tree.vdot(grad, matvec(grad)) / optax.tree.vdot(grad, grad)
 
     return jnp.mean(jax.lax.map(rayleigh_quotient, batches))

@@ -1,5 +1,11 @@
-"""Hutchinson's stochastic trace estimator with Rademacher probes."""
-import functools
+"""Hutchinson's stochastic trace estimator with Rademacher probes.
+
+References:
+  Hutchinson, 1990. A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
+  Smoothing Splines. Communications in Statistics - Simulation and Computation 19(2).
+
+Not jitted here (the functions take callables); call them inside your own ``jax.jit``.
+"""
 from typing import Any, Callable
 
 import jax
@@ -43,7 +49,6 @@ def hutchinson_trace(
     return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(num_probes)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_probes"))
 def hessian_trace(
     loss_fn: Callable[[Params, Any], jax.Array],
     params: Params,

@@ -11,11 +11,12 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+from optax.tree import vdot as tree_vdot
 
 from sam_jax.curvature.density import stochastic_lanczos_quadrature
 from sam_jax.curvature.lanczos import eigenvalues
 from sam_jax.curvature.products import gauss_newton_operator, hessian_operator
-from sam_jax.curvature.sharpness import batch_sharpness, tree_vdot
+from sam_jax.curvature.sharpness import batch_sharpness
 from sam_jax.curvature.trace import hutchinson_trace
 
 QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")

@@ -17,9 +17,10 @@ def train_val_split(
     A permutation of the ``N`` examples is drawn from ``seed``; ``train`` is its first
     ``train_size`` examples and ``val`` the next ``val_size``. The training subset therefore
     depends only on ``(seed, train_size)``, not on ``val_size``: e.g. the 5,000-example
-    CIFAR-10 subset with a 5,000-example validation split of calibration-follows-curvature.txt
-    (App. C.1) is ``train_size=5000, val_size=5000``. The validation split is the held-out set
-    for post-hoc temperature scaling.
+    CIFAR-10 subset with a 5,000-example validation split of Morosini et al. (2026, "Too Sharp,
+    Too Sure: When Calibration Follows Curvature", arXiv:2604.20614, App. C.1) is
+    ``train_size=5000, val_size=5000``. The validation split is the held-out set for post-hoc
+    temperature scaling.
 
     Args:
       ds: the dataset to split (usually a ``"train"`` split).

@@ -2,19 +2,23 @@
 
 - ``sam(base, rho, *, adaptive, eta, renormalize)``: SAM / ASAM / SSAM around any optax optimizer.
 - ``m_sharpness_sam(...)`` and ``split_into_sub_batches(batch, m)``: one perturbation per sub-batch.
-- ``bsam(learning_rate, rho, num_data, ...)`` and ``bsam_sample(params, state, key, num_data)``:
-  Bayesian SAM and draws from its Gaussian posterior.
-- ``bulk_sgd(learning_rate, k, ...)``: SGD with the top-k Hessian directions projected out.
+- ``scale_by_bsam(rho, num_data, *, prior_precision, ...)``: Bayesian SAM's direction ``gm / s``,
+  to chain with ``optax.scale_by_learning_rate``; ``bsam(learning_rate, rho, num_data, ...)`` is that
+  chain; ``bsam_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
+- ``project_out_top_hessian_directions(k, ...)``: the top-k Hessian directions removed from the
+  updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
+  with SGD.
 
 Each SAM-family ``update(grads, state, params, grad_fn=...)`` performs one whole step.
 """
-from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample
-from sam_jax.optim.bulk_sgd import bulk_sgd
+from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample, scale_by_bsam
+from sam_jax.optim.bulk_sgd import HessianProjectionState, bulk_sgd, project_out_top_hessian_directions
 from sam_jax.optim.m_sharpness import m_sharpness_sam, split_into_sub_batches
 from sam_jax.optim.sam import SAMState, ascent_perturbation, match_norm, sam
 
 __all__ = [
     "BSAMState",
+    "HessianProjectionState",
     "SAMState",
     "ascent_perturbation",
     "bsam",
@@ -22,6 +26,8 @@ __all__ = [
     "bulk_sgd",
     "m_sharpness_sam",
     "match_norm",
+    "project_out_top_hessian_directions",
     "sam",
+    "scale_by_bsam",
     "split_into_sub_batches",
 ]

@@ -1,8 +1,12 @@
-"""Bayesian SAM (bSAM; Möllenhoff & Khan 2023, sam-as-bayes.txt, Algorithm 1) as an optax step.
+"""Bayesian SAM (bSAM) as an optax gradient transformation.
+
+References:
+  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
+  (Algorithm 1; App. E.3, eqs. 29-31).
 
 bSAM learns a diagonal Gaussian posterior ``N(w, 1 / (N s))`` over the weights: ``w`` is the mean
 (the parameters the optimizer returns updates for) and ``s`` the precision vector kept in the
-state, which also adapts the step size. One ``update`` is Algorithm 1, lines 3-9:
+state, which also adapts the step size. One step is Algorithm 1, lines 3-9:
 
     theta = w + e,  e ~ N(0, 1 / (N s))                       (line 3)
     g     = grad L(theta)                                     (line 4)
@@ -12,13 +16,18 @@ state, which also adapts the step size. One ``update`` is Algorithm 1, lines 3-9
     s     = beta2 s + (1 - beta2) (sqrt(s) |g| + delta + gamma)   (line 8)
     w     = w - alpha gm / s                                  (line 9, with the new s)
 
+The learning rate ``alpha`` appears in line 9 only: lines 3-8 use ``rho``, ``beta1``, ``beta2``,
+``delta`` and ``gamma`` but never ``alpha``. So ``scale_by_bsam`` returns the direction
+``gm / s`` and ``optax.scale_by_learning_rate(alpha)`` turns it into ``-alpha gm / s``; the chain is
+Algorithm 1 exactly, for a constant ``alpha`` and for a schedule of the step count.
+
 ``delta`` is the L2 regulariser and ``gamma`` the damping. The paper's prior is
-``N(0, I / delta_0)`` with ``delta_0 = N delta`` (App. E.3) and its tables report ``N delta``;
-``bsam`` therefore takes ``prior_precision = delta_0 = N delta`` and uses
+``N(0, I / delta_0)`` with ``delta_0 = N delta`` (App. E.3) and its Tables 6-7 report ``N delta``;
+the transformation therefore takes ``prior_precision = delta_0 = N delta`` and uses
 ``delta = prior_precision / num_data``.
 """
 import numbers
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +37,8 @@ GradFn = Callable[[optax.Params], optax.Updates]
 
 
 class BSAMState(NamedTuple):
-    """State of ``bsam``."""
+    """State of ``scale_by_bsam``."""
 
-    count: jax.Array  # number of steps taken; indexes a learning-rate schedule
     key: jax.Array  # PRNG key for the weight noise of the next step (raw uint32 key)
     momentum: optax.Updates  # gm, moving average of g_eps + delta w (Alg. 1, line 7)
     precision: optax.Updates  # s, posterior precision per weight, divided by N (Alg. 1, line 8)
@@ -50,100 +58,142 @@ def _perturb_by_posterior_noise(
     return jax.tree.map(lambda w, s, z: w + z * jax.lax.rsqrt(num_data * s), params, precision, noise)
 
 
-def bsam_sample(params: optax.Params, state: BSAMState, key: jax.Array, num_data: int) -> optax.Params:
-    """Draws one sample from the bSAM posterior ``N(w, 1 / (N s))`` (Algorithm 1, line 11).
+def _find_bsam_state(state: optax.OptState) -> BSAMState:
+    """The one ``BSAMState`` inside ``state`` (itself, or a component of a chain's state)."""
+    found = [
+        leaf for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BSAMState))
+        if isinstance(leaf, BSAMState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"bsam_sample needs an optimizer state holding exactly one BSAMState, found {len(found)}; "
+            "pass the state of scale_by_bsam, bsam, or a chain containing one of them."
+        )
+    return found[0]
 
-    The paper's predictive distribution averages the softmax of ``K = 32`` such samples.
+
+def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num_data: int) -> optax.Params:
+    """Draws one sample from the bSAM posterior ``N(w, 1 / (N s))``.
+
+    Möllenhoff & Khan (2023, arXiv:2210.01620), Algorithm 1, line 11; the paper's predictive
+    distribution averages the softmax of ``K = 32`` such samples.
 
     Args:
       params: posterior mean ``w`` (the trained parameters).
-      state: ``BSAMState`` holding the precision ``s``.
+      state: the state of ``scale_by_bsam`` (``BSAMState``), or of any chain that contains it, such
+        as ``bsam``'s.
       key: PRNG key for this sample.
-      num_data: ``N``, the number of training examples (as given to ``bsam``).
+      num_data: ``N``, the number of training examples (as given to ``scale_by_bsam``).
 
     Returns:
       A pytree like ``params``.
+
+    Raises:
+      ValueError: when ``state`` does not hold exactly one ``BSAMState``.
     """
-    return _perturb_by_posterior_noise(params, state.precision, _standard_normal_like(key, params), num_data)
+    precision = _find_bsam_state(state).precision
+    return _perturb_by_posterior_noise(params, precision, _standard_normal_like(key, params), num_data)
 
 
-def bsam(
-    learning_rate: Union[float, optax.Schedule],
+def _check_bsam_hyper_parameters(**values: float) -> None:
+    """One ``ValueError`` naming every out-of-range bSAM hyper-parameter."""
+    checks = {
+        "rho must be >= 0": values["rho"] >= 0,
+        "num_data must be a positive integer": (
+            isinstance(values["num_data"], numbers.Integral) and values["num_data"] > 0
+        ),
+        "beta1 must lie in [0, 1)": 0 <= values["beta1"] < 1,
+        "beta2 must lie in [0, 1)": 0 <= values["beta2"] < 1,
+        "prior_precision must be >= 0": values["prior_precision"] >= 0,
+        "damping must be >= 0": values["damping"] >= 0,
+        "init_precision must be > 0": values["init_precision"] > 0,
+    }
+    if "learning_rate" in values and not callable(values["learning_rate"]):
+        checks["learning_rate must be > 0"] = values["learning_rate"] > 0
+    failed = [message for message, ok in checks.items() if not ok]
+    if failed:
+        got = ", ".join(f"{name}={value}" for name, value in values.items())
+        raise ValueError(f"Bad bSAM hyper-parameters: {'; '.join(failed)} (got {got}).")
+
+
+def scale_by_bsam(
     rho: float,
     num_data: int,
     *,
+    prior_precision: float,
     beta1: float = 0.9,
     beta2: float = 0.999,
-    prior_precision: float = 25.0,
     damping: float = 0.1,
     init_precision: float = 1.0,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    """Bayesian SAM, exactly Algorithm 1 of sam-as-bayes.txt (Möllenhoff & Khan, ICLR 2023).
+    """Bayesian SAM without its learning rate: Algorithm 1, lines 3-8, returning ``gm / s``.
+
+    Möllenhoff & Khan (2023), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620,
+    Algorithm 1 (eqs. 29-31 of App. E.3). Chain it with ``optax.scale_by_learning_rate(alpha)`` for
+    line 9, ``w <- w - alpha gm / s``; ``alpha`` enters nowhere else, so any ``optax.Schedule`` of
+    the step count works. ``bsam`` is that chain.
 
     ``update(grads, state, params, grad_fn=grad_fn)`` calls ``grad_fn`` twice, at the noisy sample
-    ``theta`` and at ``w + eps``; ``grads`` is not used (may be ``None``) because Algorithm 1 never
-    needs the gradient at ``w``. The optional extra argument ``noise`` (a pytree like ``params`` of
-    standard-normal draws ``z``, so that ``e = z / sqrt(N s)``) replaces the draw from the state's
-    key; it is the test hook for comparing against a reference with the same noise. The key is
-    split every step either way.
+    ``theta`` (line 4) and at ``w + eps`` (line 6). ``grads`` is not used (it may be ``None``):
+    Algorithm 1 never needs the gradient at ``w``. Consequently a transformation chained *before*
+    ``scale_by_bsam`` (e.g. ``optax.clip_by_global_norm``) acts on ``grads`` only and has no effect
+    on the step; chained *after* it, the transformation acts on the direction ``gm / s`` (clipping
+    the step, as it would for Adam's output). To change the gradients bSAM takes, transform them in
+    ``grad_fn``.
+
+    Which gradient goes where (Algorithm 1 as printed): the precision (line 8) uses ``|g|`` at the
+    noisy sample ``theta``; the momentum (line 7) uses ``g_eps`` at the perturbed mean plus the
+    prior term ``delta w``. No bias correction is applied to ``gm`` (Algorithm 1 has none). Line 9
+    divides by the *new* ``s``.
 
     Where this differs from the authors' code (team-approx-bayes/bayesian-sam), Algorithm 1 wins:
-    the code divides by the precision *before* its update in line 9 (we use the new ``s``, as
-    Algorithm 1 and eq. (31) write it); the code also splits each batch into sub-batches with their
-    own noise and perturbation, which Algorithm 1 does not. No bias correction is applied to ``gm``
-    (Algorithm 1 has none). ``precision`` is the paper's ``s`` (already divided by ``N``).
+    the code divides by the precision *before* its update in line 9; it also splits each batch into
+    sub-batches with their own noise and perturbation, which Algorithm 1 does not.
+
+    The optional extra argument ``noise`` of ``update`` (a pytree like ``params`` of standard-normal
+    draws ``z``, so that ``e = z / sqrt(N s)``) replaces the draw from the state's key; it is the
+    test hook for comparing against a reference with the same noise. The key is split every step
+    either way.
 
     Example::
 
-      tx = bsam(optax.cosine_decay_schedule(0.1, 10_000), rho=0.01, num_data=60_000)
+      tx = optax.chain(
+          scale_by_bsam(rho=0.01, num_data=60_000, prior_precision=25.0),
+          optax.clip_by_global_norm(1.0),  # clips the step direction gm / s
+          optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.1, 10_000)),
+      )
       state = tx.init(params)
       updates, state = tx.update(None, state, params, grad_fn=jax.grad(lambda p: loss(p, batch)))
       params = optax.apply_updates(params, updates)
 
     Args:
-      learning_rate: ``alpha`` > 0, or an ``optax.Schedule`` of the step count (the paper anneals it
-        with a cosine schedule, App. H).
       rho: ``rho`` >= 0, step size of the adversarial perturbation ``eps = rho g / s`` (line 5).
       num_data: ``N`` > 0, training-set size; sets the noise scale ``1 / (N s)`` and ``delta``.
+      prior_precision: ``delta_0 = N delta`` >= 0 of the prior ``N(0, I / delta_0)`` (the ``N delta``
+        column of the paper's Tables 6-7; 25 for its CIFAR-10 runs). Required: there is no default
+        that would silently tie it to a weight decay.
       beta1: momentum ``beta1`` in [0, 1) (line 7).
       beta2: precision averaging ``beta2`` in [0, 1) (line 8).
-      prior_precision: ``delta_0 = N delta`` >= 0 of the prior ``N(0, I / delta_0)`` (the ``N delta``
-        column of the paper's Tables 6-7); the default 25 is its CIFAR-10 value.
       damping: ``gamma`` >= 0 added to the precision (line 8; 0.1 in Algorithm 1).
       init_precision: initial ``s`` > 0 (line 1; 1 in Algorithm 1).
       seed: seed of the PRNG key stored in the state.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with ``BSAMState``.
+      An ``optax.GradientTransformationExtraArgs`` with ``BSAMState``; ``update`` needs ``params``
+      and ``grad_fn``.
 
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    checks = {
-        "rho must be >= 0": rho >= 0,
-        "num_data must be a positive integer": isinstance(num_data, numbers.Integral) and num_data > 0,
-        "beta1 must lie in [0, 1)": 0 <= beta1 < 1,
-        "beta2 must lie in [0, 1)": 0 <= beta2 < 1,
-        "prior_precision must be >= 0": prior_precision >= 0,
-        "damping must be >= 0": damping >= 0,
-        "init_precision must be > 0": init_precision > 0,
-    }
-    if not callable(learning_rate):
-        checks["learning_rate must be > 0"] = learning_rate > 0
-    failed = [message for message, ok in checks.items() if not ok]
-    if failed:
-        raise ValueError(
-            f"Bad bSAM hyper-parameters: {'; '.join(failed)} (got learning_rate={learning_rate}, rho={rho}, "
-            f"num_data={num_data}, beta1={beta1}, beta2={beta2}, prior_precision={prior_precision}, "
-            f"damping={damping}, init_precision={init_precision})."
-        )
-    learning_rate_fn = learning_rate if callable(learning_rate) else optax.constant_schedule(learning_rate)
+    _check_bsam_hyper_parameters(
+        rho=rho, num_data=num_data, prior_precision=prior_precision, beta1=beta1, beta2=beta2,
+        damping=damping, init_precision=init_precision,
+    )
     delta = prior_precision / num_data
 
     def init(params: optax.Params) -> BSAMState:
         return BSAMState(
-            count=jnp.zeros([], jnp.int32),
             key=jax.random.PRNGKey(seed),
             momentum=optax.tree.zeros_like(params),
             precision=optax.tree.full_like(params, init_precision),
@@ -176,11 +226,62 @@ def bsam(
         precision = jax.tree.map(
             lambda si, gi: beta2 * si + (1 - beta2) * (jnp.sqrt(si) * jnp.abs(gi) + delta + damping), s, g
         )
-        step_size = learning_rate_fn(state.count)
-        updates = jax.tree.map(lambda m, si: -step_size * m / si, momentum, precision)
-        new_state = BSAMState(
-            count=optax.safe_increment(state.count), key=key, momentum=momentum, precision=precision
-        )
-        return updates, new_state
+        direction = jax.tree.map(jnp.divide, momentum, precision)
+        return direction, BSAMState(key=key, momentum=momentum, precision=precision)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def bsam(
+    learning_rate: optax.ScalarOrSchedule,
+    rho: float,
+    num_data: int,
+    *,
+    prior_precision: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    damping: float = 0.1,
+    init_precision: float = 1.0,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """Bayesian SAM, Algorithm 1 of Möllenhoff & Khan (2023, arXiv:2210.01620), with its learning rate.
+
+    ``optax.chain(scale_by_bsam(rho, num_data, ...), optax.scale_by_learning_rate(learning_rate))``;
+    see ``scale_by_bsam`` for the step, the arguments and the ``noise`` test hook. Its state is the
+    chain's tuple; ``bsam_sample`` finds the ``BSAMState`` inside it.
+
+    Example::
+
+      tx = bsam(optax.cosine_decay_schedule(0.1, 10_000), rho=0.01, num_data=60_000,
+                prior_precision=25.0)
+      state = tx.init(params)
+      updates, state = tx.update(None, state, params, grad_fn=jax.grad(lambda p: loss(p, batch)))
+      params = optax.apply_updates(params, updates)
+
+    Args:
+      learning_rate: ``alpha`` > 0 of line 9, or an ``optax.Schedule`` of the step count (the paper
+        anneals it with a cosine schedule, App. H).
+      rho: see ``scale_by_bsam``.
+      num_data: see ``scale_by_bsam``.
+      prior_precision: see ``scale_by_bsam`` (required).
+      beta1: see ``scale_by_bsam``.
+      beta2: see ``scale_by_bsam``.
+      damping: see ``scale_by_bsam``.
+      init_precision: see ``scale_by_bsam``.
+      seed: see ``scale_by_bsam``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError: for out-of-range hyper-parameters.
+    """
+    _check_bsam_hyper_parameters(
+        learning_rate=learning_rate, rho=rho, num_data=num_data, prior_precision=prior_precision,
+        beta1=beta1, beta2=beta2, damping=damping, init_precision=init_precision,
+    )
+    return optax.chain(
+        scale_by_bsam(rho, num_data, prior_precision=prior_precision, beta1=beta1, beta2=beta2,
+                      damping=damping, init_precision=init_precision, seed=seed),
+        optax.scale_by_learning_rate(learning_rate),
+    )

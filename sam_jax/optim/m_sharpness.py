@@ -2,8 +2,14 @@
 
 Foret et al. (2021) compute the SAM perturbation separately on each of the ``S = B / m``
 sub-batches of a batch of ``B`` examples and average the descent gradients; small ``m`` generalises
-and calibrates better (calibration-benefits-of-sam.txt, Lemma 2 and Theorem 2 analyse this m-SAM).
+and calibrates better (Tan et al. 2025, Lemma 2 and Theorem 2 analyse this m-SAM).
 ``m = B`` is plain SAM. The sub-batches are evaluated with ``vmap``, not on separate devices.
+
+References:
+  Foret, Kleiner, Mobahi & Neyshabur, 2021. Sharpness-Aware Minimization for Efficiently
+  Improving Generalization. ICLR 2021, arXiv:2010.01412.
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Sharpness-aware minimisation (SAM), adaptive SAM (ASAM) and stable SAM (SSAM) as one optax step.
 
-One ``update`` call performs a whole SAM step (calibration-benefits-of-sam.txt, Sec. 3.2):
+One ``update`` call performs a whole SAM step (Foret et al. 2021, eq. 2; Tan et al. 2025, Sec. 3.2):
 
     e = rho * g / ||g||                         (ascent perturbation, ||.|| the global L2 norm)
     g_desc = grad L(w + e)                      (descent gradient, one call of ``grad_fn``)
@@ -8,6 +8,16 @@ One ``update`` call performs a whole SAM step (calibration-benefits-of-sam.txt, 
 
 The perturbation and the SSAM rescale are plain functions so that ``m_sharpness_sam`` can ``vmap``
 them over sub-batches instead of re-implementing them.
+
+References:
+  Foret, Kleiner, Mobahi & Neyshabur, 2021. Sharpness-Aware Minimization for Efficiently
+  Improving Generalization. ICLR 2021, arXiv:2010.01412.
+  Kwon, Kim, Park & Choi, 2021. ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
+  Learning of Deep Neural Networks. ICML 2021, arXiv:2102.11600.
+  Tan, Zhang, Liu, Wang & Hao, 2024. Stabilizing Sharpness-Aware Minimization Through A Simple
+  Renormalization Strategy. arXiv:2401.07250.
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -43,10 +53,10 @@ def ascent_perturbation(
 ) -> optax.Updates:
     """The SAM ascent step ``e`` added to ``params`` before the descent gradient is taken.
 
-    SAM (Foret et al. 2021; calibration-benefits-of-sam.txt, Sec. 3.2):
-    ``e = rho * g / ||g||``. ASAM (Kwon et al. 2021, SamsungLabs definition) with the elementwise
-    normalisation operator ``T = |w| + eta``: ``e = rho * T^2 g / ||T g||``. A zero gradient gives
-    ``e = 0``.
+    SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2; Tan et al. 2025, arXiv:2505.23866, Sec. 3.2):
+    ``e = rho * g / ||g||``. ASAM (Kwon et al. 2021, arXiv:2102.11600, as in the SamsungLabs code)
+    with the elementwise normalisation operator ``T = |w| + eta``: ``e = rho * T^2 g / ||T g||``. A
+    zero gradient gives ``e = 0``.
 
     Args:
       grads: loss gradient ``g`` at ``params`` (any pytree).
@@ -68,7 +78,7 @@ def ascent_perturbation(
 
 
 def match_norm(grads: optax.Updates, reference: optax.Updates) -> optax.Updates:
-    """SSAM renormalisation (Tan et al. 2024): ``grads * ||reference|| / ||grads||``.
+    """SSAM renormalisation (Tan et al. 2024, arXiv:2401.07250): ``grads * ||reference|| / ||grads||``.
 
     Args:
       grads: descent gradient (taken at the perturbed point).
@@ -153,7 +163,7 @@ def sam(
     eta: float = 0.0,
     renormalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """SAM (Foret et al. 2021), ASAM (``adaptive``) and SSAM (``renormalize``) around any optimizer.
+    """SAM (Foret et al. 2021), ASAM (Kwon et al. 2021) and SSAM (Tan et al. 2024) around any optimizer.
 
     One ``update`` is one whole step: ``grads`` is the loss gradient at ``params``; ``grad_fn`` is
     called once, at ``params + e`` (``ascent_perturbation``); the resulting descent gradient, SSAM-
@@ -161,7 +171,7 @@ def sam(
 
     Weight decay lives in ``base`` (``optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr))``):
     the ascent direction uses the loss gradient only, and the decay term is evaluated at the
-    unperturbed ``params``. CSAM (calibration-benefits-of-sam.txt, Algorithm 1) is this same
+    unperturbed ``params``. CSAM (Tan et al. 2025, arXiv:2505.23866, Algorithm 1) is this same
     transformation with ``grads`` the cross-entropy gradient and ``grad_fn`` the CSAM-loss
     gradient (``sam_jax.losses.csam_loss``).
 

@@ -71,7 +71,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                      renormalize=opt.name == "ssam")
     elif opt.name == "bsam":
         tx = optim.bsam(schedule, opt.rho, num_train, beta1=opt.b1, beta2=opt.b2,
-                        prior_precision=opt.prior_precision or opt.weight_decay * num_train,
+                        prior_precision=opt.prior_precision,
                         damping=opt.damping, init_precision=opt.init_precision, seed=config.seed)
     elif opt.name == "bulk_sgd":
         tx = optim.bulk_sgd(schedule, opt.bulk_k, num_iters=opt.bulk_num_iters, momentum=opt.momentum)
