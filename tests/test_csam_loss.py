@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 from sam_jax import optim
 from sam_jax.losses import cross_entropy, csam_loss
+from sam_jax.losses.classification import masked_mean
 
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -82,7 +83,7 @@ class CsamLossTest(parameterized.TestCase):
             csam_loss(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), gamma)
 
     def test_csam_step_ascends_on_cross_entropy_and_descends_on_eq4(self):
-        """Algorithm 1 of calibration-benefits-of-sam.txt on a linear softmax model, two steps."""
+        """Algorithm 1 of Tan et al. (2025, arXiv:2505.23866) on a linear softmax model, two steps."""
         rng = np.random.default_rng(2)
         x, labels = rng.normal(size=(16, 5)), rng.integers(0, 4, size=16)
         params = {"w": 2.0 * rng.normal(size=(5, 4)), "b": rng.normal(size=4)}
@@ -116,3 +117,20 @@ class CsamLossTest(parameterized.TestCase):
         for _ in range(2):
             ours, state = step(ours, state)
         chex.assert_trees_all_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_masked_mean_is_the_weighted_mean_with_an_empty_set_rule():
+    values = jnp.array([1.0, 2.0, 4.0, jnp.inf])
+    # Weight-0 entries do not enter, even an inf one; fractional weights give the weighted mean.
+    np.testing.assert_allclose(masked_mean(values, jnp.array([1.0, 0.0, 1.0, 0.0])), 2.5)
+    np.testing.assert_allclose(masked_mean(values, jnp.array([0.25, 0.25, 0.0, 0.0])), 1.5)
+    np.testing.assert_allclose(masked_mean(values[:3]), 7.0 / 3.0)
+    # An all-zero mask gives 0 (not NaN) and a finite gradient.
+    empty = jnp.zeros(3)
+    assert float(masked_mean(values[:3], empty)) == 0.0
+    chex.assert_tree_all_finite(jax.grad(lambda v: masked_mean(v, empty))(values[:3]))
+    # The losses reduce with it: a padded batch gives the unpadded value.
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [9.0, 9.0, 9.0]])
+    labels = jnp.array([0, 2, 1])
+    np.testing.assert_allclose(cross_entropy(logits, labels, jnp.array([1, 1, 0])),
+                               cross_entropy(logits[:2], labels[:2]), rtol=1e-12)

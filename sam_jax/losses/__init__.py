@@ -1,32 +1,128 @@
-"""Per-batch losses from logits: cross-entropy, MSE and the CSAM loss (eq. 4).
+"""Per-batch training losses from logits, and the batch-mixing methods of the calibration baselines.
 
-``LOSSES`` registers the losses with the common signature ``fn(logits, labels, mask=None)``:
+``get_loss(name, **hparams)`` returns ``fn(logits, labels, mask=None)`` (hyper-parameters checked,
+paper defaults for the rest); ``LOSSES`` holds every name with its defaults. Losses with state
+(``adafocal``, ``crl``, ``balcal``) are trained through ``get_stateful_loss(name, **hparams)``,
+which every name supports (see ``sam_jax.losses.stateful`` for what the train loop calls when);
+their ``LOSSES`` entry is the loss at the initial state. ``docs/losses.md`` lists the methods,
+papers, hyper-parameters and formulas.
 
-- ``"cross_entropy"``: mean ``-log p_y``.
-- ``"mse"``: mean ``0.5 * ||f(x) - e_y||^2``.
-
-``csam_loss(logits, labels, gamma, *, stop_gradient_weight=False, mask=None)`` is eq. (4) of
-calibration-benefits-of-sam.txt. It needs ``gamma`` and is only the *descent* loss of CSAM (the
-ascent uses cross-entropy), so the train loop binds it with ``optimizer.gamma`` instead of looking
-it up in ``LOSSES``.
+Mixup and MIT-L are batch transforms (``mixup`` / ``mixup_loss``, ``mit_mix`` / ``mit_loss``).
 """
+import functools
+import inspect
 from typing import Callable
 
 import jax
 
+from sam_jax.losses.adafocal import (AdaFocalState, adafocal, adafocal_init, adafocal_loss,
+                                     adafocal_update)
+from sam_jax.losses.balcal import (BalcalState, balcal, balcal_class_scale, balcal_init,
+                                   balcal_logits, balcal_loss, balcal_update, simplex_etf)
 from sam_jax.losses.classification import cross_entropy, mse
 from sam_jax.losses.csam import csam_loss
+from sam_jax.losses.focal import dual_focal, flsd53, focal
+from sam_jax.losses.hparams import check
+from sam_jax.losses.mixing import (MitBatch, MixupBatch, mit_decouple, mit_loss, mit_mix, mixup,
+                                   mixup_loss)
+from sam_jax.losses.ranking import CorrectnessHistory, crl, crl_init, crl_loss, crl_update
+from sam_jax.losses.regularizers import cpc, confidence_penalty, mdca, mmce
+from sam_jax.losses.smoothing import acls, label_smoothing, mbls
+from sam_jax.losses.stateful import StatefulLoss, at_initial_state, stateless
 
 LossFn = Callable[..., jax.Array]
 
-LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
+
+def _csam(logits: jax.Array, labels: jax.Array, *, gamma: float = 1.0, mask=None) -> jax.Array:
+    """``csam_loss`` with ``gamma`` as a keyword (default 1, the CSAM setting of the config)."""
+    return csam_loss(logits, labels, gamma, mask=mask)
 
 
-def get_loss(name: str) -> LossFn:
-    """Returns the loss ``fn(logits, labels, mask=None)`` registered under ``name``."""
+def _plain(loss_fn: LossFn) -> LossFn:
+    """``cross_entropy`` / ``mse`` take ``mask`` positionally and have no hyper-parameters."""
+    return lambda logits, labels, *, mask=None: loss_fn(logits, labels, mask)
+
+
+# name -> loss taking keyword hyper-parameters and mask
+_STATELESS: dict[str, LossFn] = {
+    "cross_entropy": _plain(cross_entropy), "mse": _plain(mse),
+    "label_smoothing": label_smoothing, "focal": focal, "flsd53": flsd53,
+    "dual_focal": dual_focal, "mmce": mmce, "mdca": mdca, "mbls": mbls, "acls": acls, "cpc": cpc,
+    "confidence_penalty": confidence_penalty, "csam": _csam,
+}
+# name -> factory(**hyper-parameters) -> StatefulLoss
+_STATEFUL: dict[str, Callable[..., StatefulLoss]] = {
+    "adafocal": adafocal, "crl": crl, "balcal": balcal,
+}
+
+
+def _hparam_names(name: str) -> tuple[str, ...]:
+    fn = _STATELESS.get(name) or _STATEFUL[name]
+    parameters = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in parameters
+                 if p.default is not inspect.Parameter.empty and p.name != "mask")
+
+
+def _check_call(name: str, hparams: dict) -> None:
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
-    return LOSSES[name]
+    known = _hparam_names(name)
+    for hparam in hparams:
+        if hparam not in known:
+            raise ValueError(f"{name}: unknown hyper-parameter {hparam!r}; {name} takes "
+                             f"{list(known) or 'none'}.")
+    if name in _STATELESS:
+        check(name, **hparams)
 
 
-__all__ = ["LOSSES", "cross_entropy", "csam_loss", "get_loss", "mse"]
+def _bind(name: str, hparams: dict) -> LossFn:
+    if name in _STATEFUL:
+        return at_initial_state(_STATEFUL[name](**hparams))
+    loss_fn = functools.partial(_STATELESS[name], **hparams)
+
+    def loss(logits: jax.Array, labels: jax.Array, mask=None) -> jax.Array:
+        return loss_fn(logits, labels, mask=mask)
+
+    return loss
+
+
+LOSSES: dict[str, LossFn] = {name: _bind(name, {}) for name in (*_STATELESS, *_STATEFUL)}
+
+
+def get_loss(name: str, **hparams: float) -> LossFn:
+    """Returns the loss ``fn(logits, labels, mask=None)`` registered under ``name``.
+
+    Args:
+      name: a key of ``LOSSES``.
+      **hparams: hyper-parameters of that loss by name (e.g. ``gamma`` for ``focal``); the others
+        keep the defaults of the original papers. Stateful losses are returned at their initial
+        state; train them through :func:`get_stateful_loss`.
+
+    Raises:
+      ValueError: for an unknown loss, an unknown hyper-parameter or an invalid value (named).
+    """
+    _check_call(name, hparams)
+    return _bind(name, hparams) if hparams else LOSSES[name]
+
+
+def get_stateful_loss(name: str, **hparams: float) -> StatefulLoss:
+    """The ``StatefulLoss`` of any registered loss (state ``()`` for the stateless ones).
+
+    Raises:
+      ValueError: as :func:`get_loss`.
+    """
+    _check_call(name, hparams)
+    if name in _STATEFUL:
+        return _STATEFUL[name](**hparams)
+    return stateless(_bind(name, hparams))
+
+
+__all__ = [
+    "AdaFocalState", "BalcalState", "CorrectnessHistory", "LOSSES", "MitBatch", "MixupBatch",
+    "StatefulLoss", "acls", "adafocal", "adafocal_init", "adafocal_loss", "adafocal_update",
+    "balcal", "balcal_class_scale", "balcal_init", "balcal_logits", "balcal_loss",
+    "balcal_update", "confidence_penalty", "cpc", "crl", "crl_init", "crl_loss", "crl_update",
+    "cross_entropy", "csam_loss", "dual_focal", "flsd53", "focal", "get_loss",
+    "get_stateful_loss", "label_smoothing", "mbls", "mdca", "mit_decouple", "mit_loss", "mit_mix",
+    "mixup", "mixup_loss", "mmce", "mse", "simplex_etf",
+]

@@ -1,4 +1,5 @@
-"""The CSAM descent loss, eq. (4) of calibration-benefits-of-sam.txt (Tan et al.).
+"""The CSAM descent loss, eq. (4) of Tan et al. (2025), "Towards Understanding the Calibration
+Benefits of Sharpness-Aware Minimization".
 
 CSAM is SAM whose descent gradient (Algorithm 1, lines 5-6) comes from this loss at the perturbed
 weights, while the ascent (lines 3-4) uses plain cross-entropy. Confident examples
@@ -10,7 +11,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import _masked_mean
+from sam_jax.losses.classification import masked_mean, _true_class_log_prob
+from sam_jax.losses.validation import check_labels
 
 
 def csam_loss(
@@ -43,9 +45,10 @@ def csam_loss(
     """
     if not 0.0 <= gamma <= 2.0:
         raise ValueError(f"csam gamma must lie in [0, 2] (eq. 4 of Tan et al.), got {gamma}.")
-    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
+    check_labels(labels, logits.shape[-1], mask=mask, where="csam")
+    _, log_p = _true_class_log_prob(logits, labels)
     p = jnp.exp(log_p)
     weight = jnp.where(p <= 0.5, 1.0, (1.0 + p) ** (-gamma))
     if stop_gradient_weight:
         weight = jax.lax.stop_gradient(weight)
-    return _masked_mean(-weight * log_p, mask)
+    return masked_mean(-weight * log_p, mask)
