@@ -4,15 +4,24 @@ Every metric accepts ``mask=None`` or a ``[N]`` array of non-negative weights (1
 example, 0 for padding); an example of weight 0 has no effect on any metric, so a padded
 evaluation batch gives the value of the unpadded one.
 """
-from typing import Optional
+import functools
+import inspect
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from sam_jax.losses.validation import check_labels, check_probabilities
+
 
 def check_predictions(name: str, predictions: jax.Array, labels: jax.Array,
-                      mask: Optional[jax.Array]) -> None:
-    """Raises ``ValueError`` unless ``predictions [N, K>=2]``, ``labels [N]``, ``mask [N]`` agree."""
+                      mask: Optional[jax.Array], *, probabilities: bool = True) -> None:
+    """Raises ``ValueError`` unless ``predictions [N, K>=2]``, ``labels [N]``, ``mask [N]`` agree.
+
+    Outside ``jit`` it also checks the values: every unmasked label in ``[0, K)`` and, when
+    ``probabilities``, every unmasked row a distribution (finite, non-negative, summing to 1).
+    Under ``jit`` the values are tracers and only the shapes are checked.
+    """
     if predictions.ndim != 2 or predictions.shape[0] < 1 or predictions.shape[1] < 2:
         raise ValueError(f"{name}: expected predictions of shape [N, K] with N >= 1 examples "
                          f"and K >= 2 classes, got shape {predictions.shape}; pass one row per "
@@ -24,6 +33,41 @@ def check_predictions(name: str, predictions: jax.Array, labels: jax.Array,
         raise ValueError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}.")
     if mask is not None and mask.shape != labels.shape:
         raise ValueError(f"{name}: mask must have shape [N] = {labels.shape}, got {mask.shape}.")
+    check_labels(labels, predictions.shape[1], mask=mask, where=name)
+    if probabilities:
+        check_probabilities(predictions, mask=mask, where=name)
+
+
+def checked_jit(*, static_argnames: Sequence[str] = (), probabilities: bool = True
+                ) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+    """``jax.jit`` for a metric ``fn(predictions, labels, ..., mask=None)`` that checks values first.
+
+    Inside ``jit`` a label outside ``[0, K)`` or a row that is not a distribution cannot raise, so
+    the returned function checks them on the host (``check_predictions``'s value checks) before it
+    calls the compiled metric. Called from inside another ``jit`` the inputs are tracers and only
+    the shape checks at trace time remain; such callers check their inputs themselves.
+
+    Args:
+      static_argnames: passed to ``jax.jit``.
+      probabilities: whether the first argument holds probabilities (else logits).
+    """
+    def decorate(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        compiled = jax.jit(fn, static_argnames=static_argnames)
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs) -> jax.Array:
+            arguments = signature.bind(*args, **kwargs).arguments
+            predictions, labels = list(arguments.values())[:2]
+            mask = arguments.get("mask")
+            check_labels(labels, jnp.shape(predictions)[-1], mask=mask, where=fn.__name__)
+            if probabilities:
+                check_probabilities(predictions, mask=mask, where=fn.__name__)
+            return compiled(*args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def check_num_bins(name: str, num_bins: int) -> None:
@@ -45,14 +89,14 @@ def example_weights(mask: Optional[jax.Array], num_examples: int, dtype: jnp.dty
 
 
 def safe_total(weights: jax.Array) -> jax.Array:
-    """Sum of the weights, replaced by 1 when it is 0 so that an empty set gives 0, not NaN."""
+    """Sum of the weights, replaced by 1 when it is 0 so that an empty set gives 0, not NaN.
+
+    The denominator of the metrics that divide a sum other than ``sum(w * v)`` by the total weight
+    (ECE, classwise ECE, KCE); per-example means use ``sam_jax.losses.classification.masked_mean``,
+    which has the same empty-set rule.
+    """
     total = jnp.sum(weights)
     return jnp.where(total > 0, total, jnp.ones_like(total))
-
-
-def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """``sum(w * v) / sum(w)`` over the leading axis."""
-    return jnp.sum(values * weights) / safe_total(weights)
 
 
 def top_label(probs: jax.Array) -> tuple[jax.Array, jax.Array]:

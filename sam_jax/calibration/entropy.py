@@ -1,9 +1,13 @@
 """Binary entropy of the true-class probability and SAM's entropy coefficient.
 
-calibration-benefits-of-sam.txt, Theorem 1: for a SAM step from ``theta`` to the perturbed
+Tan et al. (2025), Theorem 1: for a SAM step from ``theta`` to the perturbed
 ``theta~``, the perturbed loss satisfies ``l(theta~) >= l(theta) - lambda H(p_y) + H(p~_y)``
 with the binary entropy ``H(p) = -p log p - (1 - p) log(1 - p)`` and ``lambda = (1 - p~_y) / (1 - p_y)``, and
 eq. 2 bounds ``lambda >= lambda_0 = (1 - p~_y) / (1 - exp(rho ||grad l|| / 2) p~_y)``.
+
+References:
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 from typing import Optional
 
@@ -12,6 +16,7 @@ import jax.numpy as jnp
 import jax.scipy.special as jsp
 
 from sam_jax.calibration import _common
+from sam_jax.losses.classification import masked_mean
 
 
 def binary_entropy(p: jax.Array) -> jax.Array:
@@ -19,10 +24,10 @@ def binary_entropy(p: jax.Array) -> jax.Array:
     return -jsp.xlogy(p, p) - jsp.xlogy(1 - p, 1 - p)
 
 
-@jax.jit
+@_common.checked_jit()
 def true_class_entropy(probs: jax.Array, labels: jax.Array, *,
                        mask: Optional[jax.Array] = None) -> jax.Array:
-    """Mean binary entropy ``H(p_y)`` of the true-class probability (paper Theorem 1, Fig. S5).
+    """Mean binary entropy ``H(p_y)`` of the true-class probability (Tan et al. 2025, Theorem 1, Fig. S5).
 
     Args:
       probs: ``[N, K]`` predicted probabilities.
@@ -35,7 +40,7 @@ def true_class_entropy(probs: jax.Array, labels: jax.Array, *,
     _common.check_predictions("true_class_entropy", probs, labels, mask)
     dtype = _common.float_dtype(probs)
     entropies = binary_entropy(_common.true_class_values(probs.astype(dtype), labels))
-    return _common.weighted_mean(entropies, _common.example_weights(mask, labels.shape[0], dtype))
+    return masked_mean(entropies, _common.example_weights(mask, labels.shape[0], dtype))
 
 
 def sam_entropy_coefficient(probs: jax.Array, perturbed_probs: jax.Array,

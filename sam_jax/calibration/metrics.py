@@ -3,14 +3,20 @@
 All functions take ``probs [N, K]`` (rows on the simplex), integer ``labels [N]`` in ``[0, K)``
 and an optional ``mask [N]`` of example weights, and return a scalar. They are pure and already
 jitted (``num_bins`` static), so they are fast when called eagerly and inline inside a caller's
-``jit``. Binned errors follow calibration-benefits-of-sam.txt, Sec. 3.1:
+``jit``. Binned errors follow Tan et al. (2025), Sec. 3.1:
 
     ECE = sum_b |B_b| / n * |acc(B_b) - conf(B_b)| = sum_b |sum_{i in B_b} (c_i - a_i)| / n,
 
 written in the second form so that no per-bin division is needed; with weights, ``n`` and
 ``|B_b|`` are sums of weights. Bins are described in :mod:`sam_jax.calibration.binning`.
+
+References:
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
+  Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
+  Curvature. arXiv:2604.20614.
+  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
-import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -18,6 +24,7 @@ import jax.numpy as jnp
 
 from sam_jax.calibration import _common
 from sam_jax.calibration.binning import equal_mass_bins_sorted, equal_width_bins
+from sam_jax.losses.classification import masked_mean
 
 # The classwise ECE bins all N * K probabilities; it does so in row chunks of about this many
 # elements so that its temporaries stay near 16 MiB instead of several copies of the input.
@@ -37,13 +44,13 @@ def _sum_abs_bin_gaps(gaps: jax.Array, bins: jax.Array, num_bins: int) -> jax.Ar
     return jnp.sum(jnp.abs(jax.ops.segment_sum(gaps, bins, num_segments=num_bins)))
 
 
-@functools.partial(jax.jit, static_argnames="num_bins")
+@_common.checked_jit(static_argnames=("num_bins",))
 def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
         mask: Optional[jax.Array] = None) -> jax.Array:
     """Top-label expected calibration error with equal-width bins (Guo et al. 2017).
 
-    calibration-benefits-of-sam.txt, Sec. 3.1 (``M = 15``); calibration-follows-curvature.txt,
-    App. B.1 (bins ``(a_{m-1}, a_m]``).
+    Tan et al. (2025, arXiv:2505.23866), Sec. 3.1 (``M = 15``); Morosini et al. (2026,
+    arXiv:2604.20614), App. B.1 (bins ``(a_{m-1}, a_m]``).
 
     Args:
       probs: ``[N, K]`` predicted probabilities.
@@ -61,13 +68,13 @@ def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
     return _sum_abs_bin_gaps(gaps, bins, num_bins) / _common.safe_total(weights)
 
 
-@functools.partial(jax.jit, static_argnames="num_bins")
+@_common.checked_jit(static_argnames=("num_bins",))
 def adaptive_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
                  mask: Optional[jax.Array] = None) -> jax.Array:
     """Top-label ECE with equal-mass bins (AdaECE; Nguyen & O'Connor 2015, Mukhoti et al. 2020).
 
-    The "AdaECE" column of calibration-benefits-of-sam.txt (Tables 2, 3, S9). Examples are sorted by
-    confidence and cut into ``M`` bins of equal total weight; tied confidences share a bin (see
+    The "AdaECE" column of Tan et al. (2025, arXiv:2505.23866, Tables 2, 3, S9). Examples are
+    sorted by confidence and cut into ``M`` bins of equal total weight; tied confidences share a bin (see
     :func:`~sam_jax.calibration.binning.equal_mass_bins_sorted`).
 
     Args:
@@ -87,7 +94,7 @@ def adaptive_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
     return _sum_abs_bin_gaps(gaps[order], bins, num_bins) / _common.safe_total(weights)
 
 
-@functools.partial(jax.jit, static_argnames="num_bins")
+@_common.checked_jit(static_argnames=("num_bins",))
 def max_calibration_error(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
                           mask: Optional[jax.Array] = None) -> jax.Array:
     """Maximum calibration error ``max_b |acc(B_b) - conf(B_b)|`` over non-empty equal-width bins.
@@ -113,10 +120,10 @@ def max_calibration_error(probs: jax.Array, labels: jax.Array, num_bins: int = 1
     return jnp.max(jnp.where(nonempty, jnp.abs(sums) / jnp.where(nonempty, counts, 1), 0))
 
 
-@functools.partial(jax.jit, static_argnames="num_bins")
+@_common.checked_jit(static_argnames=("num_bins",))
 def classwise_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
                   mask: Optional[jax.Array] = None) -> jax.Array:
-    """Classwise ECE (Kull et al. 2019), the "ClasswiseECE" of calibration-benefits-of-sam.txt.
+    """Classwise ECE (Kull et al. 2019), the "ClasswiseECE" of Tan et al. (2025, arXiv:2505.23866).
 
     For each class ``k`` the probabilities ``p_ik`` of all examples are binned with the equal-width
     bins of :func:`ece` and compared with the frequency of ``y_i = k`` in each bin:
@@ -165,7 +172,7 @@ def classwise_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
     return jnp.sum(jnp.abs(prob_sums - label_sums)) / (num_classes * _common.safe_total(weights))
 
 
-@jax.jit
+@_common.checked_jit()
 def accuracy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
     """Fraction of examples whose ``argmax`` (first index on ties) equals the label.
 
@@ -180,7 +187,7 @@ def accuracy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] =
     _common.check_predictions("accuracy", probs, labels, mask)
     dtype = _common.float_dtype(probs)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(dtype)
-    return _common.weighted_mean(correct, _common.example_weights(mask, labels.shape[0], dtype))
+    return masked_mean(correct, _common.example_weights(mask, labels.shape[0], dtype))
 
 
 @jax.jit
@@ -196,12 +203,12 @@ def mean_confidence(probs: jax.Array, *, mask: Optional[jax.Array] = None) -> ja
     """
     dtype = _common.float_dtype(probs)
     confidence = jnp.max(probs.astype(dtype), axis=-1)
-    return _common.weighted_mean(confidence, _common.example_weights(mask, probs.shape[0], dtype))
+    return masked_mean(confidence, _common.example_weights(mask, probs.shape[0], dtype))
 
 
-@jax.jit
+@_common.checked_jit()
 def nll(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Negative log-likelihood ``mean_i -log p_{i, y_i}`` (sam-as-bayes.txt, Sec. 5 metrics).
+    """Negative log-likelihood ``mean_i -log p_{i, y_i}`` (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5).
 
     Probabilities are floored at the dtype's smallest normal number so that a zero probability
     gives a large finite value. From logits, ``sam_jax.losses.cross_entropy`` is more accurate.
@@ -218,10 +225,10 @@ def nll(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None
     dtype = _common.float_dtype(probs)
     true_probs = _common.true_class_values(probs.astype(dtype), labels)
     losses = -jnp.log(jnp.maximum(true_probs, jnp.finfo(dtype).tiny))
-    return _common.weighted_mean(losses, _common.example_weights(mask, labels.shape[0], dtype))
+    return masked_mean(losses, _common.example_weights(mask, labels.shape[0], dtype))
 
 
-@jax.jit
+@_common.checked_jit()
 def brier(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
     """Multi-class Brier score ``mean_i sum_k (p_ik - 1[y_i = k])^2`` (Brier 1950), in ``[0, 2]``.
 
@@ -238,7 +245,7 @@ def brier(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = No
     probs = probs.astype(dtype)
     is_label = jnp.arange(probs.shape[1]) == labels[:, None]
     scores = jnp.sum(jnp.square(jnp.where(is_label, probs - 1, probs)), axis=-1)
-    return _common.weighted_mean(scores, _common.example_weights(mask, labels.shape[0], dtype))
+    return masked_mean(scores, _common.example_weights(mask, labels.shape[0], dtype))
 
 
 class BinStatistics(NamedTuple):
@@ -249,7 +256,7 @@ class BinStatistics(NamedTuple):
     counts: jax.Array  # [M] total example weight per bin
 
 
-@functools.partial(jax.jit, static_argnames="num_bins")
+@_common.checked_jit(static_argnames=("num_bins",))
 def bin_statistics(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
                    mask: Optional[jax.Array] = None) -> BinStatistics:
     """Mean confidence, accuracy and weight of each equal-width bin (a reliability diagram's data).

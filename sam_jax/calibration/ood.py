@@ -1,9 +1,14 @@
 """Out-of-distribution detection: AUROC of a score that should be higher in distribution.
 
-calibration-benefits-of-sam.txt, Tables 1-3 ("OOD AUROC", e.g. CIFAR-10 against SVHN) and
-sam-as-bayes.txt, Sec. 5 (AUROC following Osawa et al. 2019) score each input by the model's
+Tan et al. (2025), Tables 1-3 ("OOD AUROC", e.g. CIFAR-10 against SVHN) and Möllenhoff & Khan
+(2023), Sec. 5 (AUROC following Osawa et al. 2019) score each input by the model's
 confidence and report the area under the ROC curve that separates in- from out-of-distribution
 inputs; in-distribution inputs are the positive class.
+
+References:
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
+  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
 from typing import Optional
 

@@ -1,8 +1,13 @@
 """Monte-Carlo predictive distributions: deep ensembles, MC-dropout and posterior samples.
 
 All three approximate ``p(y | x, D) = E_q[softmax(f_theta(x))]`` by an average of softmax
-probabilities (sam-as-bayes.txt, Sec. 5: 32 samples from the bSAM posterior ``q``;
-calibration-benefits-of-sam.txt, Table 1: ensembles and MC-dropout of size 5).
+probabilities (Möllenhoff & Khan 2023, Sec. 5: 32 samples from the bSAM posterior ``q``;
+Tan et al. 2025, Table 1: ensembles and MC-dropout of size 5).
+
+References:
+  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 from typing import Callable, Optional, Sequence, Union
 

@@ -1,10 +1,15 @@
 """Post-hoc recalibration on a validation split: temperature scaling and isotonic regression.
 
-calibration-benefits-of-sam.txt, Sec. 4 and Fig. 3, compares SAM's raw ECE with SGD's ECE after
+Tan et al. (2025), Sec. 4 and Fig. 3, compare SAM's raw ECE with SGD's ECE after
 temperature scaling (Guo et al. 2017) and isotonic regression (Zadrozny & Elkan 2002); "TCE" is
 the ECE on the test split after temperature scaling fitted on the validation split (Table 2).
+
+References:
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
+  Guo, Pleiss, Sun & Weinberger, 2017. On Calibration of Modern Neural Networks. ICML 2017,
+  arXiv:1706.04599.
 """
-import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -14,6 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from sam_jax.calibration import _common
 from sam_jax.calibration.metrics import ece
+from sam_jax.losses.classification import masked_mean
 
 
 def _nll_slope_and_curvature(inverse_temperature, logits, labels, weights):
@@ -25,10 +31,10 @@ def _nll_slope_and_curvature(inverse_temperature, logits, labels, weights):
     mean_logit = jnp.sum(probs * logits, axis=-1)
     variance = jnp.sum(probs * jnp.square(logits - mean_logit[:, None]), axis=-1)
     slope = mean_logit - _common.true_class_values(logits, labels)
-    return _common.weighted_mean(slope, weights), _common.weighted_mean(variance, weights)
+    return masked_mean(slope, weights), masked_mean(variance, weights)
 
 
-@functools.partial(jax.jit, static_argnames=("bounds", "tolerance", "max_iterations"))
+@_common.checked_jit(static_argnames=("bounds", "tolerance", "max_iterations"), probabilities=False)
 def fit_temperature(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None,
                     bounds: tuple[float, float] = (0.01, 100.0), tolerance: float = 1e-6,
                     max_iterations: int = 100) -> jax.Array:
@@ -50,7 +56,7 @@ def fit_temperature(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.
     Returns:
       Scalar temperature ``T`` in ``bounds``.
     """
-    _common.check_predictions("fit_temperature", logits, labels, mask)
+    _common.check_predictions("fit_temperature", logits, labels, mask, probabilities=False)
     t_min, t_max = bounds
     if not 0 < t_min < t_max:
         raise ValueError(f"fit_temperature: bounds must satisfy 0 < T_min < T_max, got {bounds}.")
@@ -85,7 +91,7 @@ def tce(logits_val: jax.Array, labels_val: jax.Array, logits_test: jax.Array,
         mask_test: Optional[jax.Array] = None) -> jax.Array:
     """ECE on the test split after temperature scaling fitted on the validation split ("TCE").
 
-    calibration-benefits-of-sam.txt, Table 2 and Fig. 3(c-d).
+    Tan et al. (2025, arXiv:2505.23866), Table 2 and Fig. 3(c-d).
 
     Args:
       logits_val: ``[N_val, K]`` validation logits (to fit ``T``).

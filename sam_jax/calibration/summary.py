@@ -12,6 +12,7 @@ from sam_jax.calibration.margins import margin_moment, margins
 from sam_jax.calibration.metrics import (accuracy, adaptive_ece, brier, classwise_ece, ece,
                                          max_calibration_error, mean_confidence)
 from sam_jax.calibration.scaling import fit_temperature
+from sam_jax.losses.classification import masked_mean
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins", "loss"))
@@ -30,7 +31,7 @@ def _metrics(logits, labels, mask, val_logits, val_labels, val_mask, num_bins, l
         "kce": kernel_calibration_error(probs, labels, mask=mask),
         "mean_confidence": mean_confidence(probs, mask=mask),
         "margin_moment": margin_moment(logits, labels, mask=mask),
-        "mean_margin": _common.weighted_mean(margins(logits, labels), weights),
+        "mean_margin": masked_mean(margins(logits, labels), weights),
         "true_class_entropy": true_class_entropy(probs, labels, mask=mask),
     }
     if val_logits is not None:
@@ -54,7 +55,7 @@ def calibration_metrics(logits: jax.Array, labels: jax.Array, *, mask: Optional[
     ``mean_margin``, ``true_class_entropy`` (``H(p_y)``) and, when ``val_logits``/``val_labels``
     are given, ``temperature`` (fitted on them) and ``tce`` (ECE of ``softmax(logits / T)``).
     Probabilities are ``softmax(logits)`` whatever the loss, as for the MSE models of
-    calibration-follows-curvature.txt, App. D.
+    Morosini et al. (2026, arXiv:2604.20614), App. D.
 
     Args:
       logits: ``[N, K]`` logits.
@@ -69,7 +70,7 @@ def calibration_metrics(logits: jax.Array, labels: jax.Array, *, mask: Optional[
     Returns:
       Flat ``dict[str, float]``.
     """
-    _common.check_predictions("calibration_metrics", logits, labels, mask)
+    _common.check_predictions("calibration_metrics", logits, labels, mask, probabilities=False)
     _common.check_num_bins("calibration_metrics", num_bins)
     losses.get_loss(loss)
     if (val_logits is None) != (val_labels is None):
@@ -79,7 +80,7 @@ def calibration_metrics(logits: jax.Array, labels: jax.Array, *, mask: Optional[
         raise ValueError("calibration_metrics: val_mask was given without val_logits/val_labels.")
     if val_logits is not None:
         _common.check_predictions("calibration_metrics (validation)", val_logits, val_labels,
-                                  val_mask)
+                                  val_mask, probabilities=False)
         if val_logits.shape[1] != logits.shape[1]:
             raise ValueError(f"calibration_metrics: val_logits has {val_logits.shape[1]} classes, "
                              f"logits has {logits.shape[1]}.")

@@ -1,15 +1,18 @@
 """Config, the one train loop, checkpoints and writers."""
-from sam_jax.training.checkpoint import Checkpointer
+from sam_jax.training.checkpoint import CheckpointError, Checkpointer
 from sam_jax.training.config import OPTIMIZERS, SAM_FAMILY, default_config, validate_config
 from sam_jax.training.inputs import RunData, load_run_data
-from sam_jax.training.loop import (Hook, Run, TrainingDivergedError, build_run, evaluate, load_trained, predict,
-                                   train_and_evaluate)
+from sam_jax.training.loop import (Hook, Run, TrainingDivergedError, build_run, check_run_data, evaluate,
+                                   load_trained, predict, train_and_evaluate)
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
+from sam_jax.training.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step, model_forward
+from sam_jax.training.workdir import WorkdirError
 from sam_jax.training.writers import MetricsWriter, read_metrics
 
 __all__ = [
+    "CheckpointError", "PREEMPTED_EXIT_CODE", "TrainingPreempted", "WorkdirError", "check_run_data",
     "Checkpointer", "Hook", "MetricsWriter", "OPTIMIZERS", "Run", "RunData", "SAM_FAMILY", "TrainState",
     "TrainingDivergedError", "build_run", "default_config", "evaluate", "learning_rate_schedule",
     "load_run_data", "load_trained", "make_eval_step", "make_optimizer", "make_train_step", "model_forward", "predict",

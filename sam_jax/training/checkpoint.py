@@ -1,16 +1,32 @@
-"""Atomic Orbax checkpoints of the :class:`TrainState`.
+"""Atomic Orbax checkpoints of the :class:`TrainState`, and a restore that survives a bad one.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run killed
-at any moment (even by SIGKILL) leaves only whole checkpoints behind; restore takes the newest.
+at any moment (even by SIGKILL) leaves only whole checkpoints behind. A checkpoint damaged after the
+fact (a file cut in half by a full disk or a bad copy) is caught at restore: the newest one that
+reads back whole and finite is used, with a warning for each one skipped.
 """
+import logging
 import os
-import shutil
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from sam_jax.training.state import TrainState
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the directory could be restored."""
+
+
+def all_finite(tree: object) -> jax.Array:
+    """True when every floating-point leaf of ``tree`` is finite (a traced boolean scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 class Checkpointer:
@@ -18,43 +34,85 @@ class Checkpointer:
 
     Args:
       workdir: the run directory.
-      max_to_keep: newest checkpoints kept on disk.
+      max_to_keep: newest checkpoints kept on disk (at least 2, so that a damaged newest one has
+        a predecessor to fall back to).
     """
 
     def __init__(self, workdir: str, max_to_keep: int = 2):
+        if max_to_keep < 2:
+            raise ValueError(f"max_to_keep={max_to_keep} must be >= 2 to allow falling back.")
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self._max_to_keep = max_to_keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
 
     def latest_step(self) -> Optional[int]:
         """Step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Steps of all complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, state: TrainState) -> None:
-        """Saves ``state`` under its step (asynchronously; :meth:`wait` blocks until written)."""
+        """Saves ``state`` under its step (asynchronously; :meth:`wait` blocks until written).
+
+        The caller guarantees that ``state`` is good (finite, with a finite loss): the loop checks
+        it before calling.
+        """
         step = int(jax.device_get(state.step))
         if step not in self._manager.all_steps():
             self._manager.save(step, args=ocp.args.StandardSave(state))
 
-    def restore(self, target: TrainState, step: Optional[int] = None) -> TrainState:
-        """The checkpoint at ``step`` (default: newest), with the structure and dtypes of ``target``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint in {self.directory} to resume from.")
+    def _restore_step(self, target: TrainState, step: int) -> TrainState:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        return TrainState(*self._manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+        state = TrainState(*self._manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+        if int(jax.device_get(state.step)) != step:
+            raise ValueError(f"holds step {int(jax.device_get(state.step))}, not {step}")
+        if not bool(all_finite(state)):
+            raise ValueError("holds non-finite values")
+        return state
+
+    def restore(self, target: TrainState, step: Optional[int] = None) -> TrainState:
+        """The checkpoint at ``step``, with the structure, dtypes and shardings of ``target``.
+
+        With ``step=None``, the newest checkpoint that restores whole and finite; each newer one
+        that fails (truncated or corrupt files, wrong step, NaN) is skipped with a warning.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint (or none at ``step``).
+          CheckpointError: no checkpoint could be restored; the message lists each one's error.
+        """
+        steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory} "
+                                        f"(it has {steps}).")
+            return self._restore_step(target, step)
+        if not steps:
+            raise FileNotFoundError(f"No checkpoint in {self.directory} to resume from.")
+        errors = []
+        for candidate in reversed(steps):
+            try:
+                state = self._restore_step(target, candidate)
+            except Exception as err:  # pylint: disable=broad-except  # any damage: try the previous
+                errors.append(f"step {candidate}: {type(err).__name__}: {str(err)[:300]}")
+                logger.warning("Checkpoint of step %d in %s cannot be restored (%s); falling back "
+                               "to the previous one.", candidate, self.directory, errors[-1])
+                continue
+            return state
+        raise CheckpointError(f"No checkpoint in {self.directory} could be restored:\n  "
+                              + "\n  ".join(errors))
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""
         self._manager.wait_until_finished()
 
-    def clear(self) -> None:
-        """Deletes every checkpoint (a fresh run in a used directory)."""
-        self.wait()
-        self._manager.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.__init__(os.path.dirname(self.directory))
-
     def close(self) -> None:
+        """Waits for pending saves and stops Orbax's background threads."""
         self.wait()
         self._manager.close()

@@ -75,7 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_bins = 15  # calibration bins
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
-    config.resume = False  # continue from the latest checkpoint in workdir
+    config.resume = True  # continue the run in workdir when its saved config matches (else an error)
+    config.overwrite = False  # delete the run in workdir and start afresh (the only way to delete one)
     config.progress_bar = True
 
     config.curvature = default_curvature_config()

@@ -25,20 +25,31 @@ from sam_jax import data
 from sam_jax.calibration import calibration_metrics
 from sam_jax.curvature import make_curvature_tracker, plot_sharpness
 from sam_jax.losses import csam_loss, get_loss
+from sam_jax.losses.validation import check_labels
 from sam_jax.models import create_model
-from sam_jax.training.checkpoint import Checkpointer
+from sam_jax.training.checkpoint import Checkpointer, all_finite
 from sam_jax.training.config import SAM_FAMILY, validate_config
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
+from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step
+from sam_jax.training.workdir import prepare_workdir
 from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or parameters became NaN or infinite; the last good checkpoint is kept.
+
+    Attributes:
+      kept_step: the step of the checkpoint kept on disk (None when none was saved).
+    """
+
+    def __init__(self, message: str, kept_step: Optional[int] = None):
+        super().__init__(message)
+        self.kept_step = kept_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +78,7 @@ class Run:
     train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     eval_step: Callable[[Any, Any, jax.Array], jax.Array]
     mesh: Mesh
+    state_is_good: Callable[[TrainState, dict], jax.Array]
 
 
 def _mesh() -> Mesh:
@@ -83,6 +95,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     """Validates ``config``, loads its data (unless given) and builds the model, state and steps."""
     validate_config(config)
     run_data = run_data or load_run_data(config)
+    check_run_data(run_data)
     num_train = len(run_data.train.labels)
     validate_config(config, num_train)
     opt = config.optimizer
@@ -113,8 +126,31 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     train_step = make_train_step(model, tx, loss_fn, descent_loss,
                                  m=opt.m if opt.name in SAM_FAMILY and opt.m < batch_size else 0,
                                  uses_clean_gradient=opt.name != "bsam")
+    eval_step = make_eval_step(model)
+
+    def state_is_good(state: TrainState, batch: dict) -> jax.Array:
+        """Whether ``state`` may be checkpointed: finite throughout, finite (inference) loss on ``batch``."""
+        logits = eval_step(state.params, state.model_state, batch["image"])
+        return all_finite(state) & jnp.isfinite(loss_fn(logits, batch["label"]))
+
     return Run(config, run_data, model, batch_size, steps_per_epoch, total_steps, state,
-               jax.jit(train_step), jax.jit(make_eval_step(model)), mesh)
+               jax.jit(train_step), jax.jit(eval_step), mesh, jax.jit(state_is_good))
+
+
+def check_run_data(run_data: RunData) -> None:
+    """Raises ``ValueError`` when a split has labels outside ``[0, K)`` or non-finite images.
+
+    Runs on the host before anything is jitted: inside the train step a bad label would only show
+    up later as a NaN loss, indistinguishable from divergence.
+    """
+    for split in ("train", "val", "test"):
+        dataset = getattr(run_data, split)
+        check_labels(dataset.labels, run_data.num_classes, where=f"the {split} split")
+        finite = np.isfinite(dataset.images).reshape(len(dataset.labels), -1).all(axis=1)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise ValueError(f"the {split} split: image {index} contains NaN or inf "
+                             f"({int((~finite).sum())} such images); fix the data or its normalisation.")
 
 
 def load_trained(workdir: str, step: Optional[int] = None,
@@ -144,9 +180,10 @@ def predict(run: Run, params: Any, model_state: Any, dataset: data.ArrayDataset)
     batch_size = min(run.config.eval_batch_size, max(len(dataset.labels), 1))
     sharding = _batch_sharding(run.mesh, batch_size)
     outputs = []
-    for batch in data.prefetch_to_device(data.eval_batches(dataset, batch_size), sharding=sharding):
-        logits = run.eval_step(params, model_state, batch["image"])
-        outputs.append(np.asarray(logits)[np.asarray(batch["mask"]) > 0])
+    with data.prefetch_to_device(data.eval_batches(dataset, batch_size), sharding=sharding) as batches:
+        for batch in batches:
+            logits = run.eval_step(params, model_state, batch["image"])
+            outputs.append(np.asarray(logits)[np.asarray(batch["mask"]) > 0])
     return np.concatenate(outputs) if outputs else np.zeros((0, run.data.num_classes), np.float32)
 
 
@@ -201,24 +238,40 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     return Hook(config.curvature.every, track)
 
 
-def _check_finite(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointer) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        checkpointer.wait()
-        last = checkpointer.latest_step()
-        raise TrainingDivergedError(
-            f"Training loss is {loss} at step {step}: the run diverged. The last good checkpoint "
-            f"(step {last}) is kept in {checkpointer.directory}; lower optimizer.learning_rate "
-            f"(or rho) and start again.")
-
-
 def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {f"train_step/{k}": float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def _diverged(step: int, what: str, checkpointer: Checkpointer) -> TrainingDivergedError:
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+    kept = (f"The last good checkpoint (step {last}) is kept in {checkpointer.directory}"
+            if last is not None else "No checkpoint was saved before it")
+    return TrainingDivergedError(
+        f"{what} at step {step}: the run diverged (the inputs were checked at start: finite images, "
+        f"labels in range, so they are not the cause). {kept}; lower optimizer.learning_rate "
+        f"(or rho) and start again.", kept_step=last)
+
+
+def _check_loss(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointer) -> dict[str, Any]:
+    """Host copy of a step's metrics; raises when its loss (at the previous parameters) is not finite."""
+    values = jax.device_get(metrics)
+    loss = float(values["loss"])
+    if not math.isfinite(loss):
+        raise _diverged(step, f"Training loss is {loss} (at the parameters of step {step - 1})",
+                        checkpointer)
+    return values
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
                        hooks: Sequence[Hook] = (), run: Optional[Run] = None) -> dict[str, Any]:
     """Trains and evaluates one run; writes config, metrics, checkpoints and a summary to ``workdir``.
+
+    A ``workdir`` that already holds a run with the same config (up to the length of training) is
+    resumed from its newest good checkpoint; one with a different config is an error unless
+    ``config.overwrite`` (see ``sam_jax.training.workdir``). A checkpoint is written only for a
+    state whose parameters and optimizer state are finite and whose loss on the step's batch is
+    finite, so the last checkpoint kept after a divergence is a good one.
 
     Args:
       config: the run config (``sam_jax.training.default_config`` plus overrides).
@@ -230,19 +283,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
       The summary: final evaluation metrics, steps, wall time.
 
     Raises:
-      TrainingDivergedError: the loss became non-finite (the last good checkpoint is kept).
+      WorkdirError: ``workdir`` is not writable or holds a different run (before any training).
+      TrainingDivergedError: the loss or the parameters became non-finite (the last good
+        checkpoint is kept; its step is in the message and in ``kept_step``).
+      TrainingPreempted: SIGTERM or SIGINT arrived; a checkpoint of the step reached was saved.
     """
     workdir = workdir or config.workdir
+    resuming = prepare_workdir(config, workdir)
     run = run or build_run(config)
     writer = MetricsWriter(workdir)
     checkpointer = Checkpointer(workdir)
+    try:
+        with PreemptionWatcher() as watcher:
+            started = time.time()
+            start_step = _train(run, workdir, hooks, writer, checkpointer, watcher, resuming)
+    finally:
+        checkpointer.close()
+
+    records = read_metrics(workdir)
+    if config.curvature.every > 0:
+        plot_sharpness(records, os.path.join(workdir, "sharpness.png"),
+                       learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)))
+    final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
+    summary = {**final, "total_steps": run.total_steps, "wall_time_s": time.time() - started,
+               "resumed_from_step": start_step}
+    writer.write_summary(summary)
+    return summary
+
+
+def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
+           checkpointer: Checkpointer, watcher: PreemptionWatcher, resuming: bool) -> int:
+    """The step loop of :func:`train_and_evaluate`; returns the step it started from."""
+    config = run.config
     state = run.init_state
-    if config.resume and checkpointer.latest_step() is not None:
+    if resuming and checkpointer.all_steps():
         state = checkpointer.restore(state)
         logger.warning("Resumed from step %d in %s.", int(state.step), workdir)
-    elif checkpointer.latest_step() is not None:
-        logger.warning("Starting afresh in %s: removing its old checkpoints (resume=False).", workdir)
-        checkpointer.clear()
     start_step = int(state.step)
     writer.reset(keep_up_to_step=start_step)
     writer.write_config(config)
@@ -262,7 +338,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     batch_sharding = _batch_sharding(run.mesh, run.batch_size)
     shuffle = config.optimizer.name != "gd"
     step, pending, window = start_step, None, []
-    started = time.time()
     progress = tqdm(total=run.total_steps, initial=start_step, disable=not config.progress_bar,
                     desc=os.path.basename(os.path.normpath(workdir)), unit="step", dynamic_ncols=True)
     try:
@@ -270,41 +345,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
             epoch, start_batch = divmod(step, run.steps_per_epoch)
             batches = data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=epoch,
                                          start_batch=start_batch, shuffle=shuffle)
-            for batch in data.prefetch_to_device(batches, sharding=batch_sharding):
-                state, metrics = run.train_step(state, batch)
-                if pending is not None:  # checked one step late so the host never stalls the device
-                    _check_finite(step, pending, checkpointer)
-                    window.append(jax.device_get(pending))
-                pending, step = metrics, step + 1
-                progress.update(1)
-                due = [h for h in all_hooks if step % h.every_steps == 0 or step == run.total_steps]
-                if due or step % config.checkpoint_every_steps == 0 or step % config.log_every_steps == 0:
-                    _check_finite(step, pending, checkpointer)
-                    window.append(jax.device_get(pending))
-                    pending = None
-                record = {}
-                if step % config.log_every_steps == 0 or step == run.total_steps:
-                    record.update(_mean_metrics(window), epoch=step / run.steps_per_epoch)
-                    progress.set_postfix(loss=f"{record['train_step/loss']:.4f}")
-                    window = []
-                for hook in due:
-                    record.update(hook.fn(state))
-                if record:
-                    writer.write(step, record)
-                if step % config.checkpoint_every_steps == 0 or step == run.total_steps:
-                    checkpointer.save(state)
-                if step >= run.total_steps:
-                    break
+            with data.prefetch_to_device(batches, sharding=batch_sharding) as device_batches:
+                for batch in device_batches:
+                    state, metrics = run.train_step(state, batch)
+                    if pending is not None:  # checked one step late so the host never stalls the device
+                        window.append(_check_loss(step, pending, checkpointer))
+                    pending, step = metrics, step + 1
+                    progress.update(1)
+                    preempted = watcher.should_stop(step)
+                    last = step == run.total_steps
+                    due = [h for h in all_hooks if step % h.every_steps == 0 or last]
+                    save = step % config.checkpoint_every_steps == 0 or last or preempted
+                    log = step % config.log_every_steps == 0 or last or preempted
+                    if due or save or log:
+                        window.append(_check_loss(step, pending, checkpointer))
+                        pending = None
+                    record = {}
+                    if log and window:
+                        record.update(_mean_metrics(window), epoch=step / run.steps_per_epoch)
+                        progress.set_postfix(loss=f"{record['train_step/loss']:.4f}")
+                        window = []
+                    for hook in due:
+                        record.update(hook.fn(state))
+                    if record:
+                        writer.write(step, record)
+                    if save:
+                        if not bool(run.state_is_good(state, batch)):
+                            raise _diverged(step, "Parameters, optimizer state or the loss at them "
+                                            "are not finite", checkpointer)
+                        checkpointer.save(state)
+                    if preempted:
+                        checkpointer.wait()
+                        raise TrainingPreempted(step, watcher.signal_name or "signal", workdir)
+                    if last:
+                        break
     finally:
         progress.close()
-        checkpointer.close()
-
-    records = read_metrics(workdir)
-    if curvature_hook is not None:
-        plot_sharpness(records, os.path.join(workdir, "sharpness.png"),
-                       learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)))
-    final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
-    summary = {**final, "total_steps": run.total_steps, "wall_time_s": time.time() - started,
-               "resumed_from_step": start_step}
-    writer.write_summary(summary)
-    return summary
+    return start_step

@@ -1,0 +1,309 @@
+"""Reliability: clean exits, good checkpoints, no silent data loss, preemption, loud input errors."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from benchmarks.stress_exit import stress
+from sam_jax import calibration, data, losses
+from sam_jax.data import prefetch
+from sam_jax.training import (PREEMPTED_EXIT_CODE, Checkpointer, Hook, TrainingDivergedError,
+                              TrainingPreempted, WorkdirError, build_run, load_run_data,
+                              read_metrics, train_and_evaluate)
+from sam_jax.training.steps import model_forward
+from tests.test_training import digits_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ 1. crash-free shutdown
+
+def _diverging_config(workdir: str) -> ml_collections.ConfigDict:
+    """A ReLU MLP at learning rate 1e30: its loss is NaN within a few steps."""
+    return digits_config(workdir, **{"optimizer.learning_rate": 1e30, "optimizer.schedule": "constant",
+                                     "checkpoint_every_steps": 1,
+                                     "model.kwargs": ml_collections.ConfigDict(
+                                         {"widths": (32,), "activation": "relu"})})
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "prefetch_to_device" and t.is_alive()]
+
+
+def test_prefetcher_thread_is_joined_on_break_exception_and_exit():
+    def endless():
+        while True:
+            yield {"x": np.zeros(3, np.float32)}
+
+    with data.prefetch_to_device(endless(), size=1) as batches:
+        next(batches)
+    assert not batches.thread_alive  # joined when the block is left early (``break``)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with data.prefetch_to_device(endless(), size=1) as batches:
+            next(batches)
+            raise RuntimeError("boom")
+    assert not batches.thread_alive
+
+    abandoned = data.prefetch_to_device(endless(), size=1)
+    next(abandoned)
+    assert abandoned.thread_alive
+    prefetch._join_abandoned_prefetchers()  # what runs at interpreter exit
+    assert not abandoned.thread_alive
+
+
+def test_no_background_thread_outlives_the_loop(tmp_path):
+    train_and_evaluate(digits_config(str(tmp_path)))
+    assert not _prefetch_threads()
+    with pytest.raises(TrainingDivergedError):
+        train_and_evaluate(_diverging_config(str(tmp_path / "nan")))
+    assert not _prefetch_threads()
+
+
+def test_cli_exit_codes_are_zero_under_load():
+    """Short version of ``python -m benchmarks.stress_exit`` (which runs 50 and more)."""
+    report = stress(runs=4, busy=2, parallel=2)
+    assert report["failures"] == 0, json.dumps(report["results"], indent=1)
+
+
+# ------------------------------------------------------------------ 2. last good checkpoint
+
+def test_kept_checkpoint_after_divergence_is_finite_with_finite_loss(tmp_path):
+    # The learning rate jumps by 1e30 at step 20: step 21's parameters are the diverged point.
+    # Its parameters are finite (about 1e29) but the ReLU network's logits overflow there.
+    config = _diverging_config(str(tmp_path))
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.schedule = "step"
+    config.optimizer.step_boundaries = (0.5,)
+    config.optimizer.step_factor = 1e30
+    with pytest.raises(TrainingDivergedError) as caught:
+        train_and_evaluate(config)
+    kept = caught.value.kept_step
+    assert kept == 20
+    assert f"step {kept}" in str(caught.value)
+    run = build_run(config)
+    checkpointer = Checkpointer(str(tmp_path))
+    try:
+        assert checkpointer.latest_step() == kept
+        state = checkpointer.restore(run.init_state)
+    finally:
+        checkpointer.close()
+    leaves = jax.tree_util.tree_leaves(state.params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    for step in (kept, kept + 1):  # the batch that produced it and the next one
+        epoch, index = divmod(step - 1, run.steps_per_epoch)
+        batch = next(data.train_batches(run.data.train, run.batch_size, seed=config.seed,
+                                        epoch=epoch, start_batch=index))
+        logits, _ = model_forward(run.model, state.params, state.model_state,
+                                  jnp.asarray(batch["image"]), train=False)
+        assert np.isfinite(float(losses.cross_entropy(logits, jnp.asarray(batch["label"]))))
+
+
+# ------------------------------------------------------------------ 3. no silent data loss
+
+def test_reused_workdir_resumes_when_config_matches(tmp_path):
+    first = train_and_evaluate(digits_config(str(tmp_path), num_steps=20))
+    assert first["resumed_from_step"] == 0
+    longer = train_and_evaluate(digits_config(str(tmp_path), num_steps=40))
+    assert longer["resumed_from_step"] == 20
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [0, 10, 20, 30, 40]
+
+
+def test_reused_workdir_with_other_config_is_an_error_and_keeps_the_run(tmp_path):
+    train_and_evaluate(digits_config(str(tmp_path), num_steps=20))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(WorkdirError, match=r"optimizer.learning_rate: 0.1 -> 0.2(.|\n)*overwrite=True"):
+        train_and_evaluate(digits_config(str(tmp_path), **{"optimizer.learning_rate": 0.2}))
+    with pytest.raises(WorkdirError, match="resume=False"):
+        train_and_evaluate(digits_config(str(tmp_path), resume=False))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    fresh = train_and_evaluate(digits_config(str(tmp_path), overwrite=True,
+                                             **{"optimizer.learning_rate": 0.2}))
+    assert fresh["resumed_from_step"] == 0
+
+
+def _truncate_newest_checkpoint(workdir: str) -> int:
+    newest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    files = [f for f in glob.glob(os.path.join(workdir, "checkpoints", str(newest), "**", "*"),
+                                  recursive=True) if os.path.isfile(f)]
+    for path in files:  # cut every file in half: a disk that filled up during a copy
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+    return newest
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    train_and_evaluate(digits_config(str(tmp_path), num_steps=40))
+    assert _truncate_newest_checkpoint(str(tmp_path)) == 40
+    summary = train_and_evaluate(digits_config(str(tmp_path), num_steps=40))
+    assert summary["resumed_from_step"] == 20
+    assert "cannot be restored" in caplog.text
+    assert summary["test/accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("make_workdir", [
+    lambda tmp: os.path.join(tmp, "a_file", "run"),  # parent is a regular file
+    lambda tmp: "/proc/sam_jax_run",  # a file system nobody can create directories in
+])
+def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir):
+    (tmp_path / "a_file").write_text("not a directory")
+    started = time.time()
+    with pytest.raises(WorkdirError, match="Cannot write to workdir"):
+        train_and_evaluate(digits_config(make_workdir(str(tmp_path))))
+    assert time.time() - started < 5  # failed at once, before loading data or compiling
+
+
+# ------------------------------------------------------------------ 4. preemption
+
+def test_sigterm_in_process_saves_the_step_and_resumes(tmp_path):
+    def send_sigterm(state):
+        if int(state.step) == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    config = digits_config(str(tmp_path), num_steps=60, eval_every_steps=30)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingPreempted) as caught:
+        train_and_evaluate(config, hooks=[Hook(10, send_sigterm)])
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    stopped = caught.value.step
+    assert stopped == 21 and caught.value.signal_name == "SIGTERM"
+    checkpointer = Checkpointer(str(tmp_path))
+    assert checkpointer.latest_step() == stopped
+    checkpointer.close()
+    assert read_metrics(str(tmp_path))[-1]["step"] == stopped  # metrics flushed at the stop
+    summary = train_and_evaluate(config)
+    assert summary["resumed_from_step"] == stopped and summary["total_steps"] == 60
+
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
+
+
+def _cli(workdir: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", f"--config={ROOT}/tests/configs/resume.py",
+            f"--config.workdir={workdir}", *extra]
+
+
+def _final_state(workdir: str) -> list[np.ndarray]:
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+    checkpointer = Checkpointer(workdir)
+    try:
+        state = checkpointer.restore(build_run(config).init_state, step=config.num_steps)
+    finally:
+        checkpointer.close()
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.params, state.opt_state))]
+
+
+@pytest.fixture(scope="module")
+def reference_final_state(tmp_path_factory) -> list[np.ndarray]:
+    """The final parameters and optimizer state of tests/configs/resume.py, never interrupted."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    done = subprocess.run(_cli(workdir), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _final_state(workdir)
+
+
+def _start_and_signal(workdir: str, sig: int) -> subprocess.CompletedProcess:
+    """Starts the CLI, sends ``sig`` once its first checkpoint exists, and waits for it."""
+    process = subprocess.Popen(_cli(workdir), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before the signal; make tests/configs/resume.py longer"
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _resume_and_compare(workdir: str, reference: list[np.ndarray]) -> None:
+    resumed = subprocess.run(_cli(workdir), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert 0 < summary["resumed_from_step"] < summary["total_steps"], resumed.stdout
+    for got, want in zip(_final_state(workdir), reference, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_sigterm_on_the_cli_exits_75_and_resumes_bit_identically(tmp_path, reference_final_state):
+    workdir = str(tmp_path / "preempted")
+    stopped = _start_and_signal(workdir, signal.SIGTERM)
+    assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
+    assert "SIGTERM received" in stopped.stderr
+    _resume_and_compare(workdir, reference_final_state)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_final_state):
+    workdir = str(tmp_path / "killed")
+    assert _start_and_signal(workdir, signal.SIGKILL).returncode == -signal.SIGKILL
+    _resume_and_compare(workdir, reference_final_state)
+
+
+# ------------------------------------------------------------------ 5. inputs that are wrong
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_losses_reject_labels_out_of_range(bad):
+    logits = jnp.zeros((4, 10))
+    labels = jnp.array([0, 1, bad, 2])
+    for name in ("cross_entropy", "mse"):
+        with pytest.raises(ValueError, match=f"label {bad} at index 2"):
+            losses.get_loss(name)(logits, labels)
+    with pytest.raises(ValueError, match=f"label {bad}"):
+        losses.csam_loss(logits, labels, 1.0)
+
+
+@pytest.mark.parametrize("metric", [calibration.ece, calibration.brier, calibration.nll,
+                                    calibration.classwise_ece])
+def test_calibration_metrics_reject_bad_labels_and_non_distributions(metric):
+    probs = jnp.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match="label 3 at index 1"):
+        metric(probs, jnp.array([0, 3, 1, 2]))
+    with pytest.raises(ValueError, match="label -2"):
+        metric(probs, jnp.array([0, 1, -2, 2]))
+    labels = jnp.array([0, 1, 1, 2])
+    for rows, message in ((probs.at[2, 0].set(-0.1).at[2, 1].set(0.1 + 2 / 3), "negative"),
+                          (probs.at[1].set(jnp.array([0.5, 0.6, 0.2])), "does not sum to 1"),
+                          (probs.at[3, 0].set(jnp.nan), "NaN or inf")):
+        with pytest.raises(ValueError, match=message):
+            metric(rows, labels)
+    masked = jnp.array([0, 1, 7, 2])  # a padded (mask 0) row is not checked
+    metric(probs, masked, mask=jnp.array([1.0, 1.0, 0.0, 1.0]))
+
+
+def test_calibration_summary_rejects_bad_labels():
+    with pytest.raises(ValueError, match="label 5"):
+        calibration.calibration_metrics(jnp.zeros((3, 4)), jnp.array([0, 5, 1]))
+
+
+def test_loop_rejects_bad_labels_and_nan_images_at_start(tmp_path):
+    config = digits_config(str(tmp_path))
+    run_data = load_run_data(config)
+    labels = run_data.train.labels.copy()
+    labels[7] = 10
+    bad_labels = run_data._replace(train=run_data.train._replace(labels=labels))
+    with pytest.raises(ValueError, match="train split: label 10 at index 7"):
+        build_run(config, bad_labels)
+    images = run_data.val.images.copy()
+    images[3, 0] = np.nan
+    with pytest.raises(ValueError, match="val split: image 3 contains NaN"):
+        build_run(config, run_data._replace(val=run_data.val._replace(images=images)))
+
+
+def test_divergence_message_names_divergence_not_inputs(tmp_path):
+    with pytest.raises(TrainingDivergedError, match="diverged.*inputs were checked") as caught:
+        train_and_evaluate(_diverging_config(str(tmp_path)))
+    assert "last good checkpoint" in str(caught.value).lower() or "No checkpoint" in str(caught.value)
