@@ -4,14 +4,40 @@ Every model is called as ``model.apply(variables, x, train=bool, ...)``; ``varia
 ``"params"`` and, for models with BatchNorm, ``"batch_stats"`` (everything but ``"params"`` is
 "model state" and is carried by the train loop).
 """
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 
 from sam_jax.models.lenet import LeNet5
 from sam_jax.models.mlp import MLP
+from sam_jax.models.pyramidnet import PyramidNet
+from sam_jax.models.resnet_cifar import CifarResNet
+from sam_jax.models.resnet_imagenet import ResNet
+from sam_jax.models.vit import VisionTransformer
+from sam_jax.models.wide_resnet import WideResNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5}
+# The zoo (docs/models.md): fixed architectures as partials, so kwargs such as ``dtype``,
+# ``dropout_rate`` or ``stem`` still reach the constructor.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "lenet5": LeNet5,
+    "resnet20": functools.partial(CifarResNet, depth=20),
+    "resnet32": functools.partial(CifarResNet, depth=32),
+    "resnet56": functools.partial(CifarResNet, depth=56),
+    "resnet20_frn": functools.partial(CifarResNet, depth=20, normalization="frn"),
+    "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+    "wrn20_10": functools.partial(WideResNet, depth=20, widen_factor=10),
+    "pyramidnet110": functools.partial(PyramidNet, depth=110, alpha=48.0),
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
+    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+    "vit_s32": functools.partial(VisionTransformer, patch_size=32, hidden_size=384, depth=12, num_heads=6,
+                                 mlp_dim=1536),
+    "vit_s16": functools.partial(VisionTransformer, patch_size=16, hidden_size=384, depth=12, num_heads=6,
+                                 mlp_dim=1536),
+    "vit_b16": functools.partial(VisionTransformer, patch_size=16, hidden_size=768, depth=12, num_heads=12,
+                                 mlp_dim=3072),
+}
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -24,4 +50,14 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         raise ValueError(f"Bad arguments {kwargs} for model {name!r}: {err}") from err
 
 
-__all__ = ["MLP", "MODELS", "LeNet5", "create_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "CifarResNet",
+    "LeNet5",
+    "PyramidNet",
+    "ResNet",
+    "VisionTransformer",
+    "WideResNet",
+    "create_model",
+]
