@@ -25,6 +25,7 @@ jax.config.update("jax_enable_x64", True)  # float64 is opt-in per array below; 
 from sam_jax import curvature  # noqa: E402
 from sam_jax.losses import cross_entropy  # noqa: E402
 from sam_jax.models import MLP  # noqa: E402
+from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker  # noqa: E402
 
 MODEL = MLP(num_classes=10, widths=(128, 128), activation="tanh")
 
@@ -179,10 +180,10 @@ def tracking_overhead(steps, every):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    config = curvature.default_curvature_config()
+    config = default_curvature_config()
     config.every = every
     config.quantities = "hessian,gauss_newton"
-    tracker = curvature.make_curvature_tracker(
+    tracker = make_curvature_tracker(
         config, lambda p, s, x: apply_fn(p, x), cross_entropy, batch_size=128)
 
     def run(track):

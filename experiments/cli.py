@@ -3,14 +3,29 @@
 The flag is defined when a driver runs as a script, not when it is imported, so tests and other
 drivers can import any number of driver modules.
 """
+import importlib.util
+import os
 import sys
 from typing import Callable
 
 import ml_collections
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sam_jax.training import PREEMPTED_EXIT_CODE, TrainingPreempted
+
+
+def _config_help(default_config: str) -> str:
+    """The ``--config`` help text: the default file and the presets it defines (its ``PRESETS``)."""
+    path = os.path.relpath(default_config.split(":")[0])
+    spec = importlib.util.spec_from_file_location("_default_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    presets = getattr(module, "PRESETS", ())
+    listed = (f" Presets: {', '.join(f'{path}:{p}' for p in presets)}." if presets
+              else " This file has no presets.")
+    return (f"Run config file[:preset] (default {os.path.relpath(default_config)}).{listed} Override any field with "
+            "--config.<field>=<value>; sam_jax.training.default_config() lists them.")
 
 
 def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) -> None:
@@ -23,8 +38,10 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
       main: the driver's body.
       default_config: config file used when ``--config`` is not given.
     """
-    config_flag = config_flags.DEFINE_config_file("config", default_config, "Run config file[:preset].",
+    config_flag = config_flags.DEFINE_config_file("config", default_config, _config_help(default_config),
                                                   lock_config=True)
+    # Listed by --help (not only --helpfull): a key flag of the driver being run.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["config"])
 
     def absl_main(argv: list[str]) -> None:
         if len(argv) > 1:

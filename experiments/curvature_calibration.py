@@ -55,7 +55,7 @@ def _group_runs(jobs: Sequence[Job], records: dict[str, list], loss: str) -> dic
     """``{optimizer label: {learning_rate: [records of each seed]}}`` of the jobs of one loss that ran."""
     groups: dict[str, dict[float, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for job in jobs:
-        if job.config.loss == loss and records[job.name]:
+        if job.config.loss.name == loss and records[job.name]:
             groups[job.group][job.config.optimizer.learning_rate].append(records[job.name])
     return groups
 
@@ -96,7 +96,7 @@ def _mse_rows(jobs: Sequence[Job], records: dict[str, list]) -> list[dict[str, A
     """App. D.1: final softmax confidence of the MSE runs against ``e / (e + K - 1)``."""
     rows = []
     for job in jobs:
-        if job.config.loss != "mse" or not records[job.name]:
+        if job.config.loss.name != "mse" or not records[job.name]:
             continue
         last = {k: v for r in records[job.name] for k, v in r.items()}  # latest value of every key
         rows.append({
@@ -136,7 +136,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     records = {name: records for name, (records, _) in loaded.items()}
 
     dataset = config.data.name
-    losses = list(dict.fromkeys(job.config.loss for job in jobs))
+    losses = list(dict.fromkeys(job.config.loss.name for job in jobs))
     table_rows, sections = [], []
     for loss in losses:
         rows = _table(jobs, clean, loss)

@@ -4,7 +4,8 @@
 
 Predictions are a Monte-Carlo predictive average when asked: a deep ensemble
 (``--config.ensemble=runs/b,runs/c``), MC-dropout (``--config.mc_dropout_samples=K``) or, for bSAM
-runs, ``--config.bsam_samples`` posterior samples (sam-as-bayes.txt, Sec. 5). Writes
+runs whose optimizer learns a posterior (bSAM), ``--config.posterior_samples`` samples from it
+(Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5: 32 samples). Writes
 ``evaluation.json``, ``reliability_test.png`` and, when corruption files exist, ``corruptions.csv``
 to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 """
@@ -20,8 +21,8 @@ import numpy as np
 
 from experiments import cli
 from sam_jax import calibration, data
-from sam_jax.optim import bsam_sample
 from sam_jax.training import Run, TrainState, load_trained, model_forward
+from sam_jax.training.hooks import reliability_diagram
 from sam_jax.training.writers import to_python
 
 Member = tuple[Run, TrainState]
@@ -31,7 +32,7 @@ def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
                    ) -> Callable[[data.ArrayDataset], np.ndarray]:
     """``predict(dataset) -> probs [N, K]``: the predictive average over members and samples."""
     run = members[0][0]
-    use_bsam = run.config.optimizer.name == "bsam" and config.bsam_samples > 0
+    posterior_sample = run.optimizer.posterior_sample if config.posterior_samples > 0 else None
     mc_samples = config.mc_dropout_samples
     if mc_samples and any(state.model_state for _, state in members):
         raise ValueError("MC-dropout needs a model without BatchNorm state (its train mode would use "
@@ -40,11 +41,12 @@ def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
 
     def member_logits(member: Member, states: TrainState, images: jax.Array, key: jax.Array) -> jax.Array:
         member_run = member[0]
-        if use_bsam:
+        if posterior_sample is not None:
             def sample(k: jax.Array) -> jax.Array:
-                params = bsam_sample(states.params, states.opt_state, k, num_train)
+                params = posterior_sample(states.params, states.opt_state, k, num_train)
                 return member_run.eval_step(params, states.model_state, images)
-            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=config.bsam_samples))
+            return jnp.log(calibration.predictive_average(sample, key=key,
+                                                          num_samples=config.posterior_samples))
         if mc_samples:
             def sample(k: jax.Array) -> jax.Array:
                 return model_forward(member_run.model, states.params, states.model_state, images,
@@ -132,13 +134,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     val_probs, test_probs = predict(run.data.val), predict(run.data.test)
     results: dict[str, Any] = {
         "checkpoint": config.checkpoint, "step": int(state.step), "members": len(members),
-        "predictive": ("bsam_posterior" if run.config.optimizer.name == "bsam" and config.bsam_samples
+        "predictive": ("posterior" if run.optimizer.posterior_sample and config.posterior_samples
                        else "mc_dropout" if config.mc_dropout_samples else "ensemble" if len(members) > 1
                        else "point"),
         "test": _metrics(test_probs, run.data.test.labels, val_probs, run.data.val.labels, config.num_bins),
     }
-    calibration.reliability_diagram(test_probs, run.data.test.labels, config.num_bins,
-                                    path=os.path.join(output_dir, "reliability_test.png"))
+    reliability_diagram(test_probs, run.data.test.labels, config.num_bins,
+                        path=os.path.join(output_dir, "reliability_test.png"))
     if config.ood_dataset:
         results["ood"] = {"dataset": config.ood_dataset, **_ood(predict, run, test_probs, config)}
     if config.corruptions == "auto" and run.config.data.name == "cifar10":

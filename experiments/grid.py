@@ -7,8 +7,14 @@ A grid config is a run config (``sam_jax.training.default_config``) plus a ``gri
         learning_rates=(...),            # one job per learning rate
         losses=("cross_entropy",),       # and per loss
         learning_rates_by_loss=ConfigDict(mse=(...)),  # optional: other rates for one loss
-        ks=(1, 3, 5),                    # bulk_sgd only: one job per optimizer.bulk_k
+        ks=(1, 3, 5),                    # bulk_sgd only: one job per optimizer.bulk_sgd.k
         overrides=ConfigDict(...))       # nested fields set on that optimizer's runs
+
+The base config is shared by every optimizer of the grid, and a run may only change the
+hyper-parameter blocks its optimizer reads (``optimizer.<name>`` and, for the SAM family, the block
+of its ``base``; see ``sam_jax.training.validate_config``). Per-optimizer settings therefore go into
+``overrides``, e.g. ``overrides=ConfigDict({"optimizer": {"sgd": {"momentum": 0.0}}})`` for ``sgd``
+and the same for ``sam`` (whose ``base`` is ``sgd``); ``losses`` sets ``loss.name``.
 
 Each job trains in its own directory ``<workdir>/<optimizer>[_k<k>]/<loss>/lr<lr>/seed<seed>``, so
 jobs can run in any order, in several processes (``shard_jobs``), and be interrupted: a job restarts
@@ -87,7 +93,7 @@ def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
             raise ValueError(f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
                              "one of its losses and give a nonempty tuple of positive numbers.")
     if spec.get("ks") and name != "bulk_sgd":
-        raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_k).")
+        raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_sgd.k).")
 
 
 def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
@@ -97,8 +103,9 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
       config: a run config with a ``grid`` block (see the module docstring).
 
     Returns:
-      The jobs; each config is a copy of ``config`` without ``grid``, with the job's optimizer,
-      ``bulk_k``, loss, learning rate, seed, overrides, ``workdir`` and ``resume=True`` set.
+      The jobs; each config is a copy of ``config`` without ``grid``, with the job's overrides,
+      ``optimizer.name``, ``optimizer.bulk_sgd.k``, ``loss.name``, learning rate, seed, ``workdir``
+      and ``resume=True`` set.
 
     Raises:
       ValueError: the grid block is missing or malformed.
@@ -115,7 +122,7 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
         for k in tuple(spec.get("ks") or ()) or (None,):
             group = name if k is None else f"{name}_k{k}"
             by_loss = spec.get("learning_rates_by_loss") or {}
-            for loss in tuple(spec.get("losses") or (config.loss,)):
+            for loss in tuple(spec.get("losses") or (config.loss.name,)):
                 for learning_rate in by_loss.get(loss, spec.learning_rates):
                     for seed in seeds:
                         job_name = os.path.join(group, loss, f"lr{format_learning_rate(learning_rate)}",
@@ -125,8 +132,8 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
                                     name)
                         job.optimizer.name = name
                         if k is not None:
-                            job.optimizer.bulk_k = k
-                        job.loss = loss
+                            job.optimizer.bulk_sgd.k = k
+                        job.loss.name = loss
                         job.optimizer.learning_rate = float(learning_rate)
                         job.seed = int(seed)
                         job.workdir = os.path.join(config.workdir, job_name)

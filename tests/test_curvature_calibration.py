@@ -13,6 +13,7 @@ from experiments import curvature_calibration as driver
 from experiments import grid
 from experiments.configs.curvature_calibration import get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
+from sam_jax.training import validate_config
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -37,21 +38,40 @@ def test_expand_grid_names_and_fields(tmp_path):
     by_name = {job.name: job for job in jobs}
     bulk = by_name[os.path.join("bulk_sgd_k3", "cross_entropy", "lr0.02857", "seed1")]
     assert bulk.group == "bulk_sgd_k3"
-    assert bulk.config.optimizer.name == "bulk_sgd" and bulk.config.optimizer.bulk_k == 3
+    assert bulk.config.optimizer.name == "bulk_sgd" and bulk.config.optimizer.bulk_sgd.k == 3
     assert bulk.config.optimizer.learning_rate == pytest.approx(2 / 70)
     assert bulk.config.seed == 1 and bulk.config.resume
     assert bulk.workdir == os.path.join(str(tmp_path), "bulk_sgd_k3", "cross_entropy", "lr0.02857", "seed1")
     assert "grid" not in bulk.config
     gd_mse = by_name[os.path.join("gd", "mse", "lr0.02", "seed0")]
-    assert gd_mse.config.loss == "mse"
+    assert gd_mse.config.loss.name == "mse"
     # learning_rates_by_loss replaces the rates for that loss only.
     assert {job.config.optimizer.learning_rate for job in jobs if job.group == "sgd"
-            and job.config.loss == "mse"} == set(spec.sgd.learning_rates_by_loss.mse)
+            and job.config.loss.name == "mse"} == set(spec.sgd.learning_rates_by_loss.mse)
     assert os.path.join("gd", "cross_entropy", "lr0.25", "seed0") in by_name
     # Per-optimizer overrides reach only that optimizer's jobs.
     assert gd_mse.config.curvature.quantities == "hessian,gauss_newton"
     assert gd_mse.config.num_steps != bulk.config.num_steps
     assert "batch_sharpness" in bulk.config.curvature.quantities
+
+
+@pytest.mark.parametrize("preset, bulk_num_iters", [("quick", 4), ("fmnist", 12), ("paper", 20)])
+def test_every_job_validates_with_plain_gradient_settings(preset, bulk_num_iters):
+    # Per-optimizer settings live in each optimizer's overrides: every job must pass
+    # validate_config, and none has momentum or weight decay (the 2/lr threshold of plain (S)GD).
+    for job in grid.expand_grid(get_config(preset)):
+        validate_config(job.config)
+        opt = job.config.optimizer
+        assert opt.schedule == "constant"
+        if opt.name in ("sgd", "sam"):
+            assert (opt.sgd.momentum, opt.sgd.weight_decay) == (0.0, 0.0), job.name
+        if opt.name == "sam":
+            assert (opt.sam.rho, opt.sam.base, opt.sam.m) == (0.05, "sgd", 0)
+        if opt.name in ("gd", "adamw", "muon"):
+            assert opt[opt.name].weight_decay == 0.0, job.name
+        if opt.name == "bulk_sgd":
+            assert (opt.bulk_sgd.num_iters, opt.bulk_sgd.momentum) == (bulk_num_iters, 0.0)
+            assert job.group == f"bulk_sgd_k{opt.bulk_sgd.k}"
 
 
 def test_expand_grid_is_deterministic():
@@ -208,7 +228,7 @@ def test_report_table_matches_scipy(tmp_path):
         rows = [r for r in records if "train/ece" in r]
         value = scipy.stats.pearsonr([r["train/ece"] for r in rows],
                                      [r["curvature/gauss_newton_top1"] for r in rows])[0]
-        key = (job.config.loss, job.group)
+        key = (job.config.loss.name, job.group)
         expected.setdefault(key, {}).setdefault(job.config.optimizer.learning_rate, []).append(value)
     out = driver.report(config, jobs)
     with open(os.path.join(out, "table1.csv")) as f:

@@ -1,16 +1,11 @@
-"""The training-time curvature tracker, its config validation, and the sharpness plot."""
+"""The training-time curvature tracker and its config validation (the sharpness plot: test_figures.py)."""
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from sam_jax.curvature import (
-    default_curvature_config,
-    make_curvature_tracker,
-    plot_sharpness,
-    validate_curvature_config,
-)
 from sam_jax.losses import cross_entropy
+from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker, validate_curvature_config
 
 BATCH_SIZE = 8
 
@@ -104,16 +99,3 @@ def test_config_rejects_unknown_field_and_small_subset():
         make_curvature_tracker(config, None, cross_entropy, batch_size=BATCH_SIZE)
     assert validate_curvature_config(default_curvature_config()) == (
         "hessian", "gauss_newton", "batch_sharpness")
-
-
-def test_plot_sharpness_writes_png(tmp_path):
-    records = [{"step": s, "train/loss": 1.0 / (s + 1), "curvature/hessian_top1": 10.0 + s,
-                "curvature/batch_sharpness": 5.0 + s, "curvature/hessian_trace": 50.0,
-                "curvature/hessian_trace_stderr": 2.0, "curvature/kappa_min_theta": -0.5,
-                "curvature/density_nodes": [0.0, 1.0]} for s in (0, 100, 200)]
-    records.insert(1, {"step": 50, "train/loss": 0.5})
-    path = tmp_path / "sharpness.png"
-    plot_sharpness(records, str(path), learning_rate=0.1)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="curvature"):
-        plot_sharpness([{"step": 0, "train/loss": 1.0}], str(path))

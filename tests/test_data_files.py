@@ -134,6 +134,13 @@ def test_idx_with_bad_magic_or_label_mismatch_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------- CIFAR
 
 
+def test_idx_labels_out_of_range_fail_at_read_time(tmp_path):
+    write_idx(str(tmp_path / "images"), random_images(4, (2, 2)), compress=False)
+    write_idx(str(tmp_path / "labels"), np.array([0, 3, 10, 1], np.uint8), compress=False)
+    with pytest.raises(ValueError, match=r"labels.*\[0, 10\].*outside \[0, 10\)"):
+        data.read_idx_dataset(str(tmp_path / "images"), str(tmp_path / "labels"), 10)
+
+
 def test_cifar10_pickles_concatenate_batches_channel_last(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

@@ -135,10 +135,10 @@ def test_cifar10_run_gets_corruption_and_svhn_ood_results(tmp_path):
 def test_bsam_run_is_evaluated_with_posterior_samples(tmp_path):
     workdir = str(tmp_path / "bsam")
     train_and_evaluate(digits_config(workdir, **{"optimizer.name": "bsam", "optimizer.learning_rate": 0.5,
-                                                 "optimizer.rho": 0.01}))
-    sampled = evaluate_checkpoint(_config(workdir, bsam_samples=4, output_dir=str(tmp_path / "sampled")))
-    mean_only = evaluate_checkpoint(_config(workdir, bsam_samples=0, output_dir=str(tmp_path / "mean")))
-    assert (sampled["predictive"], mean_only["predictive"]) == ("bsam_posterior", "point")
+                                                 "optimizer.bsam.rho": 0.01}))
+    sampled = evaluate_checkpoint(_config(workdir, posterior_samples=4, output_dir=str(tmp_path / "sampled")))
+    mean_only = evaluate_checkpoint(_config(workdir, posterior_samples=0, output_dir=str(tmp_path / "mean")))
+    assert (sampled["predictive"], mean_only["predictive"]) == ("posterior", "point")
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     np.testing.assert_allclose(mean_only["test"]["nll"], summary["test/nll"], rtol=1e-5)
     assert np.isfinite(sampled["test"]["nll"]) and sampled["test"]["nll"] != mean_only["test"]["nll"]

@@ -24,6 +24,7 @@ from sam_jax.training.steps import model_forward
 from tests.test_training import digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
 
 
 # ------------------------------------------------------------------ 1. crash-free shutdown
@@ -60,6 +61,24 @@ def test_prefetcher_thread_is_joined_on_break_exception_and_exit():
     assert abandoned.thread_alive
     prefetch._join_abandoned_prefetchers()  # what runs at interpreter exit
     assert not abandoned.thread_alive
+
+
+def test_exit_with_a_producer_inside_device_put_is_clean():
+    """The CI abort, made deterministic: the process exits while the prefetch thread is copying.
+
+    A daemon thread still inside ``jax.device_put`` when Python finalises is killed by a forced
+    unwind through XLA's C++ frames: ``FATAL: exception not rethrown``, SIGABRT. An unbounded queue
+    keeps the producer copying; the prefetcher is never closed, so only the exit-time join saves it.
+    """
+    script = ("import numpy as np\n"
+              "from sam_jax.data import prefetch_to_device\n"
+              "source = iter(lambda: {'x': np.ones((64, 784), np.float32)}, None)\n"
+              "batches = prefetch_to_device(source, size=10**6)\n"
+              "next(batches)\n")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_no_background_thread_outlives_the_loop(tmp_path):
@@ -185,9 +204,6 @@ def test_sigterm_in_process_saves_the_step_and_resumes(tmp_path):
     assert read_metrics(str(tmp_path))[-1]["step"] == stopped  # metrics flushed at the stop
     summary = train_and_evaluate(config)
     assert summary["resumed_from_step"] == stopped and summary["total_steps"] == 60
-
-
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
 
 
 def _cli(workdir: str, *extra: str) -> list[str]:

@@ -38,22 +38,47 @@ def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
     return config
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("model.name", "resnet9000", "model.name"),
-    ("data.name", "imagenet22k", "data.name"),
-    ("optimizer.name", "lion", "optimizer.name"),
-    ("optimizer.learning_rate", -0.1, "learning_rate"),
-    ("optimizer.rho", -1.0, "rho"),
-    ("optimizer.schedule", "exp", "schedule"),
-    ("loss", "hinge", "loss"),
-    ("num_epochs", 0, "num_epochs"),
-])
-def test_bad_config_fails_with_clear_message(tmp_path, field, value, message):
-    config = digits_config(str(tmp_path), **{field: value})
-    if field == "num_epochs":
-        config.num_steps = 0
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.name": "resnet9000"}, "model.name"),
+    ({"data.name": "imagenet22k"}, "data.name"),
+    ({"optimizer.name": "lion"}, "optimizer.name"),
+    ({"optimizer.learning_rate": -0.1}, "optimizer.learning_rate"),
+    ({"optimizer.name": "sam", "optimizer.sam.rho": -1.0}, r"optimizer\.sam\.rho"),
+    ({"optimizer.name": "sam", "optimizer.sam.base": "muon"}, r"optimizer\.sam\.base"),
+    ({"optimizer.name": "bsam", "optimizer.bsam.init_precision": 0.0}, r"optimizer\.bsam\.init_precision"),
+    ({"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 20}, r"optimizer\.bulk_sgd\.k"),
+    ({"optimizer.schedule": "exp"}, "optimizer.schedule"),
+    ({"loss.name": "hinge"}, "loss.name"),
+    ({"loss.name": "focal", "loss.focal.gamma": -1.0}, "gamma"),
+    ({"num_epochs": 0, "num_steps": 0}, "num_epochs"),
+    # A field of a block the chosen optimizer (or loss) does not read would be silently ignored.
+    ({"optimizer.adamw.weight_decay": 0.0}, r"optimizer\.adamw\.weight_decay.*does not read"),
+    ({"optimizer.name": "adamw", "optimizer.sgd.momentum": 0.0}, r"optimizer\.sgd\.momentum.*does not read"),
+    ({"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.sgd.momentum": 0.5},
+     r"optimizer\.sgd\.momentum.*does not read"),
+    ({"optimizer.name": "sam", "optimizer.csam.gamma": 2.0}, r"optimizer\.csam\.gamma.*does not read"),
+    ({"loss.focal.gamma": 2.0}, r"loss\.focal\.gamma.*does not read"),
+    # Unknown hyper-parameters and values of the wrong type.
+    ({"optimizer.name": "sam", "optimizer.sam.rhoo": 0.1}, r"optimizer\.sam\.rhoo is not a hyper-parameter"),
+    ({"loss.name": "focal", "loss.focal.alpha": 1.0}, r"loss\.focal.*unknown hyper-parameter 'alpha'"),
+], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None)
+def test_bad_config_fails_with_clear_message(tmp_path, overrides, message):
+    config = digits_config(str(tmp_path), **overrides)
     with pytest.raises(ValueError, match=message):
         validate_config(config)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"optimizer.sgd.momentum": 0.5, "optimizer.sgd.nesterov": True, "optimizer.sgd.weight_decay": 5e-4},
+    {"optimizer.name": "sam", "optimizer.sgd.momentum": 0.0, "optimizer.sam.rho": 0.1},
+    {"optimizer.name": "csam", "optimizer.csam.base": "adamw", "optimizer.adamw.weight_decay": 0.0},
+    {"optimizer.name": "gd", "optimizer.gd.weight_decay": 1e-3},
+    {"loss.name": "focal", "loss.focal.gamma": 2.0},
+    {"loss.name": "label_smoothing", "loss.label_smoothing.smoothing": 0.05},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_blocks_the_optimizer_and_loss_read_may_be_set(tmp_path, overrides):
+    # A SAM-family optimizer reads its own block and the block of its base.
+    validate_config(digits_config(str(tmp_path), **overrides))
 
 
 def test_batch_larger_than_dataset_fails(tmp_path):
@@ -64,9 +89,9 @@ def test_batch_larger_than_dataset_fails(tmp_path):
 
 def test_csam_gamma_and_m_are_validated(tmp_path):
     with pytest.raises(ValueError, match="gamma"):
-        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.gamma": 3.0}))
+        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": 3.0}))
     with pytest.raises(ValueError, match="divide"):
-        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "sam", "optimizer.m": 7}))
+        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "sam", "optimizer.sam.m": 7}))
 
 
 def test_outputs_and_same_seed_gives_identical_metrics(tmp_path):
@@ -118,7 +143,8 @@ def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, op
                                              "optimizer.name": optimizer, "num_steps": 1})
     run = build_run(config)
     state = jax.tree_util.tree_map(jnp.copy, run.init_state)
-    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64])}
+    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64]),
+             "index": jnp.arange(64, dtype=jnp.int32)}  # positions in the training set
     new_state, _ = run.train_step(state, batch)
     variables = {"params": run.init_state.params, **run.init_state.model_state}
     _, expected = run.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
@@ -129,13 +155,13 @@ def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, op
     {"optimizer.name": "gd"},
     {"optimizer.name": "adamw", "optimizer.learning_rate": 3e-3},
     {"optimizer.name": "muon", "optimizer.learning_rate": 0.02},
-    {"optimizer.name": "asam", "optimizer.rho": 0.5},
+    {"optimizer.name": "asam", "optimizer.asam.rho": 0.5},
     {"optimizer.name": "ssam"},
-    {"optimizer.name": "csam", "optimizer.gamma": 1.5},
-    {"optimizer.name": "sam", "optimizer.base": "adamw", "optimizer.learning_rate": 3e-3},
-    {"optimizer.name": "sam", "optimizer.m": 16},
-    {"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.rho": 0.01},
-    {"optimizer.name": "bulk_sgd", "optimizer.bulk_k": 2, "optimizer.bulk_num_iters": 8},
+    {"optimizer.name": "csam", "optimizer.csam.gamma": 1.5},
+    {"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.learning_rate": 3e-3},
+    {"optimizer.name": "sam", "optimizer.sam.m": 16},
+    {"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.bsam.rho": 0.01},
+    {"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 2, "optimizer.bulk_sgd.num_iters": 8},
 ], ids=lambda o: "-".join(str(v) for v in o.values()))
 def test_every_optimizer_trains_in_the_loop(tmp_path, overrides):
     config = digits_config(str(tmp_path), num_steps=30, eval_every_steps=30, checkpoint_every_steps=30,
@@ -151,17 +177,21 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
     from sam_jax import optim
     from sam_jax.losses import cross_entropy, csam_loss
 
-    config = digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.gamma": 2.0,
-                                             "optimizer.rho": 0.3, "optimizer.schedule": "constant"})
+    config = digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": 2.0,
+                                             "optimizer.csam.rho": 0.3, "optimizer.schedule": "constant"})
     run = build_run(config)
-    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64])}
+    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64]),
+             "index": jnp.arange(64, dtype=jnp.int32)}  # positions in the training set
     new_state, _ = run.train_step(run.init_state, batch)
 
     def objective(loss):
         return lambda p: loss(run.model.apply({"params": p}, batch["image"]), batch["label"])
 
     params = run.init_state.params
-    tx = optim.sam(optax.sgd(config.optimizer.learning_rate, momentum=config.optimizer.momentum), 0.3)
+    assert config.optimizer.csam.base == "sgd"  # the reference below is SAM around plain SGD
+    sgd = config.optimizer.sgd
+    assert (sgd.nesterov, sgd.weight_decay) == (False, 0.0)
+    tx = optim.sam(optax.sgd(config.optimizer.learning_rate, momentum=sgd.momentum), 0.3)
     updates, _ = tx.update(jax.grad(objective(cross_entropy))(params), tx.init(params), params,
                            grad_fn=jax.grad(objective(lambda z, y: csam_loss(z, y, 2.0))))
     expected = optax.apply_updates(params, updates)

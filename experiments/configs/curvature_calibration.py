@@ -32,19 +32,26 @@ def _optimizer(learning_rates, losses=("cross_entropy",), ks=(), **overrides) ->
                                       "overrides": overrides})
 
 
-def _grid(learning_rates: dict[str, tuple[float, ...]], mse: bool,
-          bulk_ks: tuple[int, ...]) -> ml_collections.ConfigDict:
+def _grid(learning_rates: dict[str, tuple[float, ...]], mse: bool, bulk_ks: tuple[int, ...],
+          bulk_num_iters: int) -> ml_collections.ConfigDict:
     both = ("cross_entropy", "mse") if mse else ("cross_entropy",)
     # Full-batch GD has one batch: its batch sharpness is not defined on the tracker's subset.
     gd_curvature = {"curvature": {"quantities": "hessian,gauss_newton"}}
+    # No momentum and no weight decay anywhere: the 2/lr stability threshold is that of plain
+    # (S)GD. Each optimizer's block is set in its own overrides, since a run may only change the
+    # blocks its optimizer reads (SAM reads its base's, sgd).
+    sgd = {"sgd": {"momentum": 0.0, "weight_decay": 0.0}}
     grid = ml_collections.ConfigDict()
     grid.optimizers = ml_collections.ConfigDict({
-        "gd": _optimizer(learning_rates["gd"], both, **gd_curvature),
-        "sgd": _optimizer(learning_rates["sgd"], both),
-        "adamw": _optimizer(learning_rates["adamw"]),
-        "muon": _optimizer(learning_rates["muon"]),
-        "sam": _optimizer(learning_rates["sam"]),
-        "bulk_sgd": _optimizer(learning_rates["bulk_sgd"], ks=bulk_ks),
+        "gd": _optimizer(learning_rates["gd"], both, optimizer={"gd": {"weight_decay": 0.0}},
+                         **gd_curvature),
+        "sgd": _optimizer(learning_rates["sgd"], both, optimizer=sgd),
+        "adamw": _optimizer(learning_rates["adamw"], optimizer={"adamw": {"weight_decay": 0.0}}),
+        "muon": _optimizer(learning_rates["muon"], optimizer={"muon": {"weight_decay": 0.0}}),
+        "sam": _optimizer(learning_rates["sam"],
+                          optimizer={"sam": {"rho": 0.05, "base": "sgd"}, **sgd}),
+        "bulk_sgd": _optimizer(learning_rates["bulk_sgd"], ks=bulk_ks, optimizer={
+            "bulk_sgd": {"num_iters": bulk_num_iters, "momentum": 0.0}}),
     })
     return grid
 
@@ -57,13 +64,10 @@ def _base() -> ml_collections.ConfigDict:
     config.data.val_size = 5000
     config.model.name = "mlp"
     config.model.kwargs = ml_collections.ConfigDict({"widths": (200, 200), "activation": "tanh"})
-    config.loss = "cross_entropy"
-    # Constant step sizes and no momentum: the 2/lr stability threshold is that of plain (S)GD.
+    config.loss.name = "cross_entropy"
+    # Constant step sizes (momentum and weight decay are off in every optimizer's overrides, see
+    # _grid): the 2/lr stability threshold is that of plain (S)GD.
     config.optimizer.schedule = "constant"
-    config.optimizer.momentum = 0.0
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.rho = 0.05
-    config.optimizer.bulk_num_iters = 12
     config.batch_size = 128
     config.eval_train_size = 5000
     config.log_every_steps = 25
@@ -93,9 +97,8 @@ def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
         config.curvature.every = 4
         config.curvature.subset_size = 1000  # = the train subset, so GD's batch matches it
         config.curvature.num_iters = 6
-        config.optimizer.bulk_num_iters = 4
         first = {name: (rates[1],) for name, rates in eos.items()}
-        config.grid = _grid(first, mse=True, bulk_ks=(1,))
+        config.grid = _grid(first, mse=True, bulk_ks=(1,), bulk_num_iters=4)
         config.grid.optimizers.gd.learning_rates_by_loss.mse = MSE_LEARNING_RATES[1:2]
         config.grid.optimizers.sgd.losses = ("cross_entropy",)
         del config.grid.optimizers.sgd["learning_rates_by_loss"]
@@ -108,7 +111,7 @@ def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
     config.curvature.every = config.eval_every_steps
     config.curvature.subset_size = 1000 if fmnist else 0
     config.curvature.num_iters = 12 if fmnist else 30
-    config.grid = _grid(eos, mse=True, bulk_ks=(1, 3, 5))
+    config.grid = _grid(eos, mse=True, bulk_ks=(1, 3, 5), bulk_num_iters=12 if fmnist else 20)
     gd_steps = 150 if fmnist else 2000
     gd_every = gd_steps // (10 if fmnist else 50)
     config.grid.optimizers.gd.overrides.update(
@@ -117,5 +120,4 @@ def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
     config.grid.seeds = (0,) if fmnist else (0, 1, 2)
     if not fmnist:
         config.workdir = "runs/curvature_calibration_paper"
-        config.optimizer.bulk_num_iters = 20
     return config

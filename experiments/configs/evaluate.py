@@ -9,7 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.output_dir = ""  # default: <checkpoint>/evaluation
     config.ensemble = ""  # comma-separated further run directories: deep ensemble with `checkpoint`
     config.mc_dropout_samples = 0  # K stochastic passes (needs a model with dropout_rate > 0)
-    config.bsam_samples = 32  # posterior samples for bSAM runs (sam-as-bayes.txt uses 32); 0 = mean only
+    # Samples from the posterior of an optimizer that learns one (bSAM; Möllenhoff & Khan 2023,
+    # arXiv:2210.01620, use 32); 0 = predict with the mean. Ignored for point-estimate optimizers.
+    config.posterior_samples = 32
     config.ood_dataset = ""  # e.g. "mnist" for a Fashion-MNIST run, "svhn" for CIFAR-10
     config.ood_data_dir = ""  # "" = the usual resolution order of sam_jax.data
     config.corruptions = "auto"  # "auto": every CIFAR-10-C corruption found (CIFAR-10 runs); "" = off

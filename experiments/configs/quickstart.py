@@ -14,8 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "lenet5"
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
+    config.optimizer.sgd.momentum = 0.9  # also SAM's base (sam.base = "sgd")
+    config.optimizer.sgd.weight_decay = 5e-4
     config.batch_size = 128
     config.num_epochs = 8
     return config

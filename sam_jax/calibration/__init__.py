@@ -1,4 +1,4 @@
-"""Calibration metrics, post-hoc scaling, OOD detection, predictive averaging and plots.
+"""Calibration metrics, post-hoc scaling, OOD detection and predictive averaging.
 
 Pure functions of predictions ``probs``/``logits [N, K]`` and labels ``[N]``; each takes an
 optional ``mask=`` of example weights so that padded evaluation batches are exact. See
@@ -14,7 +14,6 @@ from sam_jax.calibration.metrics import (BinStatistics, accuracy, adaptive_ece, 
                                          brier, classwise_ece, ece, max_calibration_error,
                                          mean_confidence, nll)
 from sam_jax.calibration.ood import auroc, max_probability_score, negative_entropy_score
-from sam_jax.calibration.plots import reliability_diagram
 from sam_jax.calibration.predictive import predictive_average
 from sam_jax.calibration.scaling import IsotonicCalibrator, fit_isotonic, fit_temperature, tce
 from sam_jax.calibration.summary import calibration_metrics
@@ -47,7 +46,6 @@ __all__ = [
     "negative_entropy_score",
     "nll",
     "predictive_average",
-    "reliability_diagram",
     "sam_entropy_coefficient",
     "sam_entropy_coefficient_bound",
     "tce",

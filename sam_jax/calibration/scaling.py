@@ -15,7 +15,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 import jax
 import jax.numpy as jnp
-from sklearn.isotonic import IsotonicRegression
 
 from sam_jax.calibration import _common
 from sam_jax.calibration.metrics import ece
@@ -149,6 +148,9 @@ def fit_isotonic(probs_val: jax.Array, labels_val: jax.Array, *,
     Returns:
       An :class:`IsotonicCalibrator`.
     """
+    # Imported here so that ``import sam_jax.calibration`` loads only jax and numpy.
+    from sklearn.isotonic import IsotonicRegression  # pylint: disable=import-outside-toplevel
+
     _common.check_predictions("fit_isotonic", probs_val, labels_val, mask)
     probs = np.asarray(probs_val, dtype=np.float64)
     labels = np.asarray(labels_val)

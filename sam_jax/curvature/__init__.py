@@ -10,23 +10,14 @@ from sam_jax.curvature.density import (
     stochastic_lanczos_quadrature,
 )
 from sam_jax.curvature.lanczos import LanczosResult, eigenvalues, lanczos, tridiagonal
-from sam_jax.curvature.plots import plot_sharpness
 from sam_jax.curvature.products import gauss_newton_operator, gnvp, hessian_operator, hvp
 from sam_jax.curvature.sharpness import batch_sharpness, gauss_newton_sharpness, hessian_sharpness
 from sam_jax.curvature.trace import hessian_trace, hutchinson_trace
-from sam_jax.curvature.tracking import (
-    QUANTITIES,
-    default_curvature_config,
-    make_curvature_tracker,
-    validate_curvature_config,
-)
 
 __all__ = [
-    "QUANTITIES",
     "LanczosResult",
     "SpectralDensity",
     "batch_sharpness",
-    "default_curvature_config",
     "eigenvalues",
     "gauss_newton_operator",
     "gauss_newton_sharpness",
@@ -37,11 +28,8 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "lanczos",
-    "make_curvature_tracker",
-    "plot_sharpness",
     "smoothed_density",
     "spectral_density",
     "stochastic_lanczos_quadrature",
     "tridiagonal",
-    "validate_curvature_config",
 ]

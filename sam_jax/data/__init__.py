@@ -5,6 +5,7 @@ prepared TFDS dir or the Debian Fashion-MNIST package before it tries a TFDS dow
 ``sam_jax.data.sources`` and docs/data.md).
 """
 
+from sam_jax.data.augment import augment_batch, cutout, random_crop, random_crop_and_flip, random_flip
 from sam_jax.data.catalog import CIFAR10_CORRUPTIONS, DATASETS, NUM_CLASSES
 from sam_jax.data.dataset import ArrayDataset
 from sam_jax.data.debian import ensure_debian_fashion_mnist
@@ -28,6 +29,8 @@ __all__ = [
     "DATA_DIR_ENV",
     "NUM_CLASSES",
     "Normalizer",
+    "augment_batch",
+    "cutout",
     "ensure_debian_fashion_mnist",
     "epoch_permutation",
     "eval_batches",
@@ -36,6 +39,9 @@ __all__ = [
     "normalize",
     "num_batches",
     "prefetch_to_device",
+    "random_crop",
+    "random_crop_and_flip",
+    "random_flip",
     "read_cifar10_corrupted",
     "read_cifar_pickle_dir",
     "read_idx",

@@ -76,7 +76,8 @@ def train_batches(
       shuffle: if False, batches follow the stored order (full-batch GD, debugging).
 
     Returns:
-      An iterator over ``{"image", "label"}`` batches.
+      An iterator over ``{"image", "label", "index"}`` batches; ``"index"`` holds each example's
+      position in ``ds`` (losses with per-example state, e.g. CRL, key on it).
 
     Raises:
       ValueError: if ``batch_size`` exceeds ``N`` or ``start_batch`` is out of range (raised
@@ -96,11 +97,10 @@ def train_batches(
 
     def batches() -> Iterator[Batch]:
         for b in range(start_batch, total):
-            if order is None:
-                rows = slice(b * batch_size, (b + 1) * batch_size)
-            else:
-                rows = order[b * batch_size : (b + 1) * batch_size]
-            yield {"image": ds.images[rows], "label": ds.labels[rows]}
+            rows = (np.arange(b * batch_size, (b + 1) * batch_size) if order is None
+                    else order[b * batch_size : (b + 1) * batch_size])
+            yield {"image": ds.images[rows], "label": ds.labels[rows],
+                   "index": rows.astype(np.int32)}
 
     return batches()
 

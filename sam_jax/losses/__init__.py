@@ -89,6 +89,15 @@ def _bind(name: str, hparams: dict) -> LossFn:
 LOSSES: dict[str, LossFn] = {name: _bind(name, {}) for name in (*_STATELESS, *_STATEFUL)}
 
 
+def loss_hparam_defaults(name: str) -> dict[str, float]:
+    """The hyper-parameters of loss ``name`` with their defaults (the config block ``loss.<name>``)."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
+    fn = _STATELESS.get(name) or _STATEFUL[name]
+    parameters = inspect.signature(fn).parameters
+    return {field: parameters[field].default for field in _hparam_names(name)}
+
+
 def get_loss(name: str, **hparams: float) -> LossFn:
     """Returns the loss ``fn(logits, labels, mask=None)`` registered under ``name``.
 
@@ -123,6 +132,6 @@ __all__ = [
     "balcal", "balcal_class_scale", "balcal_init", "balcal_logits", "balcal_loss",
     "balcal_update", "confidence_penalty", "cpc", "crl", "crl_init", "crl_loss", "crl_update",
     "cross_entropy", "csam_loss", "dual_focal", "flsd53", "focal", "get_loss",
-    "get_stateful_loss", "label_smoothing", "mbls", "mdca", "mit_decouple", "mit_loss", "mit_mix",
+    "get_stateful_loss", "label_smoothing", "loss_hparam_defaults", "mbls", "mdca", "mit_decouple", "mit_loss", "mit_mix",
     "mixup", "mixup_loss", "mmce", "mse", "simplex_etf",
 ]

@@ -5,19 +5,45 @@ A run is described by one ``ml_collections.ConfigDict``; experiment configs
 line overrides any field with ``--config.<field>=<value>``. :func:`validate_config` rejects bad
 values at start, with one message that says which field is wrong and what is allowed.
 """
-from typing import Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import ml_collections
 
-from sam_jax.curvature.tracking import default_curvature_config, validate_curvature_config
 from sam_jax.data import DATASETS
-from sam_jax.losses import LOSSES
+from sam_jax import optim
+from sam_jax.losses import LOSSES, get_loss, loss_hparam_defaults
 from sam_jax.models import MODELS
+from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
 
-OPTIMIZERS = ("sgd", "adamw", "gd", "sam", "asam", "ssam", "csam", "bsam", "muon", "bulk_sgd")
-SAM_FAMILY = ("sam", "asam", "ssam", "csam")
-SAM_BASES = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+
+
+def _blocks(names: Iterable[str], defaults: Callable[[str], Mapping[str, Any]]) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({name: dict(defaults(name)) for name in names if defaults(name)})
+
+
+def optimizer_config(name: str = optim.DEFAULT_OPTIMIZER) -> ml_collections.ConfigDict:
+    """The ``optimizer`` block: the name, the learning-rate schedule, and one block per optimizer.
+
+    Each registered optimizer has its block ``optimizer.<name>`` with its paper defaults (see
+    ``sam_jax.optim.OPTIMIZERS``); only the blocks that the chosen optimizer reads (its own and a
+    SAM wrapper's ``base``) may differ from their defaults.
+    """
+    config = _blocks(optim.OPTIMIZERS, lambda n: optim.get_optimizer_spec(n).defaults)
+    config.name = name
+    config.learning_rate = 0.05
+    config.schedule = "cosine"  # constant | cosine (to 0 at the last step) | step
+    config.warmup_steps = 0
+    config.step_boundaries = (0.5, 0.75)  # "step" schedule: fractions of training
+    config.step_factor = 0.1  # "step" schedule: multiplier at each boundary
+    return config
+
+
+def loss_config(name: str = "cross_entropy") -> ml_collections.ConfigDict:
+    """The ``loss`` block: ``loss.name`` and one block of hyper-parameters per loss that has any."""
+    config = _blocks(LOSSES, loss_hparam_defaults)
+    config.name = name
+    return config
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,31 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.name = "lenet5"
     config.model.kwargs = ml_collections.ConfigDict()  # passed to the model constructor
 
-    config.loss = "cross_entropy"
-
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.05
-    config.optimizer.schedule = "cosine"  # constant | cosine (to 0 at the last step) | step
-    config.optimizer.warmup_steps = 0
-    config.optimizer.step_boundaries = (0.5, 0.75)  # "step" schedule: fractions of training
-    config.optimizer.step_factor = 0.1  # "step" schedule: multiplier at each boundary
-    config.optimizer.momentum = 0.9  # sgd and SAM's sgd base; gd ignores it
-    config.optimizer.nesterov = False
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.b1 = 0.9  # adam(w), bsam beta1
-    config.optimizer.b2 = 0.999  # adam(w), bsam beta2
-    config.optimizer.eps = 1e-8
-    config.optimizer.base = "sgd"  # SAM family: sgd | adam | adamw
-    config.optimizer.rho = 0.05  # SAM family and bsam
-    config.optimizer.eta = 0.01  # asam
-    config.optimizer.m = 0  # m-sharpness: examples per perturbation (0 = the whole batch)
-    config.optimizer.gamma = 1.0  # csam, eq. (4)
-    config.optimizer.prior_precision = 0.0  # bsam delta; 0 = weight_decay * num_data
-    config.optimizer.damping = 0.1  # bsam gamma
-    config.optimizer.init_precision = 1.0  # bsam s_0
-    config.optimizer.bulk_k = 1  # bulk_sgd: top-k Hessian directions removed
-    config.optimizer.bulk_num_iters = 20  # bulk_sgd: Lanczos iterations per step
+    config.loss = loss_config()
+    config.optimizer = optimizer_config()
 
     config.batch_size = 128
     config.num_epochs = 5
@@ -83,6 +86,30 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _unread_blocks_unchanged(where: str, config: ml_collections.ConfigDict, read: Iterable[str],
+                             defaults: Callable[[str], Mapping[str, Any]], names: Iterable[str]) -> None:
+    """A block the chosen method does not read must keep its defaults: a set field would be ignored."""
+    for name in names:
+        if name in read or name not in config:
+            continue
+        unknown = sorted(set(config[name].keys()) - set(defaults(name)))
+        if unknown:
+            raise ValueError(f"{where}.{name}.{unknown[0]} is not a hyper-parameter of {name}; it has "
+                             f"{sorted(defaults(name))}.")
+        for field, default in defaults(name).items():
+            value = config[name].get(field, default)
+            if value != default:
+                raise ValueError(
+                    f"{where}.{name}.{field}={value!r} is set, but {where}.name={config.name!r} does "
+                    f"not read {where}.{name}; set {where}.{config.name}.* instead (or "
+                    f"{where}.name={name!r}).")
+
+
+def run_batch_size(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """The batch size of a run: the whole training set for full-batch optimizers."""
+    return num_train if optim.get_optimizer_spec(config.optimizer.name).full_batch else config.batch_size
+
+
 def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> None:
     """Raises one ``ValueError`` naming the bad field and the allowed values.
 
@@ -98,39 +125,46 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         fail(f"data.name={config.data.name!r}; choose one of {sorted(DATASETS)}.")
     if config.model.name not in MODELS:
         fail(f"model.name={config.model.name!r}; choose one of {sorted(MODELS)}.")
-    if config.loss not in LOSSES:
-        fail(f"loss={config.loss!r}; choose one of {sorted(LOSSES)}.")
-    if opt.name not in OPTIMIZERS:
-        fail(f"optimizer.name={opt.name!r}; choose one of {list(OPTIMIZERS)}.")
+    if config.loss.name not in LOSSES:
+        fail(f"loss.name={config.loss.name!r}; choose one of {sorted(LOSSES)}.")
+    if opt.name not in optim.OPTIMIZERS:
+        fail(f"optimizer.name={opt.name!r}; choose one of {sorted(optim.OPTIMIZERS)}.")
+    try:
+        get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
+    except ValueError as err:
+        fail(f"loss.{err}")
+    blocks = {name: dict(opt[name]) for name in optim.OPTIMIZERS if name in opt}
+    read = optim.blocks_read(opt.name, blocks)
+    for name in read:
+        try:
+            optim.validate_hparams(name, blocks[name])
+        except ValueError as err:
+            fail(f"optimizer.{err}")
+    try:
+        _unread_blocks_unchanged("loss", config.loss, (config.loss.name,), loss_hparam_defaults, LOSSES)
+        _unread_blocks_unchanged("optimizer", opt, read, lambda n: optim.get_optimizer_spec(n).defaults,
+                                 optim.OPTIMIZERS)
+    except ValueError as err:
+        fail(str(err))
+    spec = optim.get_optimizer_spec(opt.name)
     if opt.schedule not in SCHEDULES:
         fail(f"optimizer.schedule={opt.schedule!r}; choose one of {list(SCHEDULES)}.")
-    if opt.name in SAM_FAMILY and opt.base not in SAM_BASES:
-        fail(f"optimizer.base={opt.base!r}; choose one of {list(SAM_BASES)}.")
-    for field in ("learning_rate", "weight_decay", "rho", "eta", "warmup_steps", "damping", "prior_precision"):
-        if opt[field] < 0:
-            fail(f"optimizer.{field}={opt[field]} must be >= 0.")
-    if opt.learning_rate == 0:
-        fail("optimizer.learning_rate must be > 0.")
-    if not 0 <= opt.momentum < 1:
-        fail(f"optimizer.momentum={opt.momentum} must be in [0, 1).")
-    if opt.init_precision <= 0:
-        fail(f"optimizer.init_precision={opt.init_precision} must be > 0.")
-    if opt.name == "csam" and not 0 <= opt.gamma <= 2:
-        fail(f"optimizer.gamma={opt.gamma} must be in [0, 2] (eq. 4).")
-    if opt.m < 0:
-        fail(f"optimizer.m={opt.m} must be >= 0 (0 = whole batch).")
-    if opt.m and opt.name not in SAM_FAMILY:
-        fail(f"optimizer.m={opt.m} (m-sharpness) needs a SAM-family optimizer, not {opt.name!r}.")
-    if opt.m and opt.name != "gd" and config.batch_size % opt.m:
-        fail(f"optimizer.m={opt.m} must divide batch_size={config.batch_size}.")
-    if opt.name == "bulk_sgd" and opt.bulk_k >= opt.bulk_num_iters:
-        fail(f"optimizer.bulk_k={opt.bulk_k} must be < optimizer.bulk_num_iters={opt.bulk_num_iters}.")
+    if opt.learning_rate <= 0:
+        fail(f"optimizer.learning_rate={opt.learning_rate} must be > 0.")
+    if opt.warmup_steps < 0:
+        fail(f"optimizer.warmup_steps={opt.warmup_steps} must be >= 0.")
     if any(not 0 < b < 1 for b in opt.step_boundaries):
         fail(f"optimizer.step_boundaries={opt.step_boundaries} must be fractions in (0, 1).")
-    if config.batch_size <= 0 and opt.name != "gd":
-        fail(f"batch_size={config.batch_size} must be > 0.")
-    if num_train is not None and opt.name != "gd" and config.batch_size > num_train:
-        fail(f"batch_size={config.batch_size} is larger than the training set ({num_train} examples).")
+    if opt.step_factor <= 0:
+        fail(f"optimizer.step_factor={opt.step_factor} must be > 0.")
+    m = spec.sub_batch_size(opt[opt.name])
+    if not spec.full_batch:
+        if config.batch_size <= 0:
+            fail(f"batch_size={config.batch_size} must be > 0.")
+        if num_train is not None and config.batch_size > num_train:
+            fail(f"batch_size={config.batch_size} is larger than the training set ({num_train} examples).")
+        if m and config.batch_size % m:
+            fail(f"optimizer.{opt.name}.m={m} must divide batch_size={config.batch_size}.")
     if config.num_epochs <= 0 and config.num_steps <= 0:
         fail("set num_epochs > 0 or num_steps > 0.")
     if config.data.val_size < 0 or config.data.train_size < 0:
@@ -140,6 +174,9 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
             fail(f"{field}={config[field]} must be > 0.")
     if config.eval_every_steps < 0 or config.eval_train_size < 0:
         fail("eval_every_steps and eval_train_size must be >= 0.")
+    for field in ("resume", "overwrite"):
+        if not isinstance(config[field], bool):
+            fail(f"{field}={config[field]!r} must be True or False.")
     try:
         validate_curvature_config(config.curvature)
     except ValueError as err:

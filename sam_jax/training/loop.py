@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from sam_jax import data
 from sam_jax.calibration import calibration_metrics
-from sam_jax.curvature import make_curvature_tracker, plot_sharpness
-from sam_jax.losses import csam_loss, get_loss
+from sam_jax import optim
+from sam_jax.losses import StatefulLoss, get_loss, get_stateful_loss
 from sam_jax.losses.validation import check_labels
 from sam_jax.models import create_model
 from sam_jax.training.checkpoint import Checkpointer, all_finite
-from sam_jax.training.config import SAM_FAMILY, validate_config
+from sam_jax.training.config import run_batch_size, validate_config
+from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
@@ -79,6 +80,10 @@ class Run:
     eval_step: Callable[[Any, Any, jax.Array], jax.Array]
     mesh: Mesh
     state_is_good: Callable[[TrainState, dict], jax.Array]
+    optimizer: optim.OptimizerSpec
+    loss: StatefulLoss
+    loss_at: Callable[..., jax.Array]
+    loss_epoch_update: Callable[..., Any]
 
 
 def _mesh() -> Mesh:
@@ -97,9 +102,14 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     run_data = run_data or load_run_data(config)
     check_run_data(run_data)
     num_train = len(run_data.train.labels)
+    loss = get_stateful_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
+    if loss.epoch_split == "validation" and not len(run_data.val.labels):
+        raise ValueError(f"Bad config: loss.name={config.loss.name!r} updates its state from the "
+                         "validation split; set data.val_size > 0.")
     validate_config(config, num_train)
-    opt = config.optimizer
-    batch_size = num_train if opt.name == "gd" else config.batch_size
+    spec = optim.get_optimizer_spec(config.optimizer.name)
+    hparams = config.optimizer[config.optimizer.name].to_dict()
+    batch_size = run_batch_size(config, num_train)
     steps_per_epoch = data.num_batches(num_train, batch_size)
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
 
@@ -111,30 +121,30 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         init_key, dropout_key, step_key = jax.random.split(key, 3)
         variables = model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)
         params = variables.pop("params")
-        return TrainState(jnp.zeros((), jnp.int32), params, dict(variables), tx.init(params), step_key)
+        return TrainState(jnp.zeros((), jnp.int32), params, dict(variables), tx.init(params), step_key,
+                          loss.init(num_train, run_data.num_classes))
 
     mesh = _mesh()
     state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(
         jax.random.PRNGKey(config.seed))
 
-    loss_fn = get_loss(config.loss)
-    if opt.name == "csam":
-        def descent_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-            return csam_loss(logits, labels, opt.gamma)
-    else:
-        descent_loss = loss_fn
-    train_step = make_train_step(model, tx, loss_fn, descent_loss,
-                                 m=opt.m if opt.name in SAM_FAMILY and opt.m < batch_size else 0,
-                                 uses_clean_gradient=opt.name != "bsam")
+    m = spec.sub_batch_size(hparams)
+    train_step = make_train_step(model, tx, loss, spec.descent_loss(hparams), m=m if m < batch_size else 0,
+                                 uses_clean_gradient=spec.uses_clean_gradient)
     eval_step = make_eval_step(model)
+
+    def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any,
+                mask: Optional[jax.Array] = None) -> jax.Array:
+        return loss.loss(logits, labels, loss_state, mask=mask, indices=jnp.zeros_like(labels))
 
     def state_is_good(state: TrainState, batch: dict) -> jax.Array:
         """Whether ``state`` may be checkpointed: finite throughout, finite (inference) loss on ``batch``."""
         logits = eval_step(state.params, state.model_state, batch["image"])
-        return all_finite(state) & jnp.isfinite(loss_fn(logits, batch["label"]))
+        return all_finite(state) & jnp.isfinite(loss_at(logits, batch["label"], state.loss_state))
 
     return Run(config, run_data, model, batch_size, steps_per_epoch, total_steps, state,
-               jax.jit(train_step), jax.jit(eval_step), mesh, jax.jit(state_is_good))
+               jax.jit(train_step), jax.jit(eval_step), mesh, jax.jit(state_is_good), spec, loss,
+               jax.jit(loss_at), jax.jit(loss.epoch_update))
 
 
 def check_run_data(run_data: RunData) -> None:
@@ -197,7 +207,9 @@ def _pad(logits: np.ndarray, labels: np.ndarray, length: int) -> dict[str, np.nd
 def evaluate(run: Run, state: TrainState) -> dict[str, float]:
     """The calibration suite on the train subset, validation and test sets (``train/``, ``val/``, ``test/``).
 
-    TCE and the fitted temperature use the validation split; they are absent when it is empty.
+    Predictions are the training loss's ``predict`` of the model's logits; ``loss`` is the training
+    loss at the current loss state. TCE and the fitted temperature use the validation split; they
+    are absent when it is empty.
     """
     train = run.data.train
     if run.config.eval_train_size:
@@ -206,14 +218,17 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
     sets = {name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test))
             if len(ds.labels)}
     length = max(len(ds.labels) for ds in sets.values())
-    padded = {name: _pad(predict(run, state.params, state.model_state, ds), ds.labels, length)
+    padded = {name: _pad(np.asarray(run.loss.predict(predict(run, state.params, state.model_state, ds),
+                                                       state.loss_state)), ds.labels, length)
               for name, ds in sets.items()}
     val = padded.get("val")
     val_kwargs = {"val_logits": val["logits"], "val_labels": val["labels"], "val_mask": val["mask"]} if val else {}
     results = {}
     for name, arrays in padded.items():
         metrics = calibration_metrics(arrays["logits"], arrays["labels"], mask=arrays["mask"],
-                                      num_bins=run.config.num_bins, loss=run.config.loss, **val_kwargs)
+                                      num_bins=run.config.num_bins, **val_kwargs)
+        metrics["loss"] = float(run.loss_at(arrays["logits"], arrays["labels"], state.loss_state,
+                                            arrays["mask"]))
         results.update({f"{name}/{k}": v for k, v in metrics.items()})
     return results
 
@@ -226,8 +241,10 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     size = config.curvature.subset_size or len(train.labels)
     index = data.epoch_permutation(len(train.labels), config.curvature.seed, 0)[:size]
     images, labels = jnp.asarray(train.images[index]), jnp.asarray(train.labels[index])
-    rho = config.optimizer.rho if config.optimizer.name in SAM_FAMILY else None
-    tracker = make_curvature_tracker(config.curvature, run.eval_step, get_loss(config.loss),
+    rho = run.optimizer.perturbation_radius(config.optimizer[config.optimizer.name].to_dict())
+    # The training loss at its initial state (for a loss with state, e.g. AdaFocal's initial gamma).
+    loss_fn = get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
+    tracker = make_curvature_tracker(config.curvature, run.eval_step, loss_fn,
                                      batch_size=run.batch_size, perturbation_rho=rho)
     key = jax.random.PRNGKey(config.curvature.seed)
 
@@ -236,6 +253,14 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
                        jax.random.fold_in(key, state.step))
 
     return Hook(config.curvature.every, track)
+
+
+def _end_of_epoch_loss_update(run: Run, state: TrainState) -> TrainState:
+    """The loss state after ``run.loss.epoch_update`` on its split (e.g. AdaFocal's validation bins)."""
+    dataset = run.data.val if run.loss.epoch_split == "validation" else run.data.train
+    logits = predict(run, state.params, state.model_state, dataset)
+    loss_state = run.loss_epoch_update(state.loss_state, jnp.asarray(logits), jnp.asarray(dataset.labels))
+    return state._replace(loss_state=loss_state)
 
 
 def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -306,7 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
                        learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)))
     final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
     summary = {**final, "total_steps": run.total_steps, "wall_time_s": time.time() - started,
-               "resumed_from_step": start_step}
+               "resumed_from_step": start_step, "num_train": len(run.data.train.labels),
+               "num_val": len(run.data.val.labels), "num_test": len(run.data.test.labels)}
     writer.write_summary(summary)
     return summary
 
@@ -336,7 +362,7 @@ def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
         writer.write(0, initial)
 
     batch_sharding = _batch_sharding(run.mesh, run.batch_size)
-    shuffle = config.optimizer.name != "gd"
+    shuffle = not run.optimizer.full_batch
     step, pending, window = start_step, None, []
     progress = tqdm(total=run.total_steps, initial=start_step, disable=not config.progress_bar,
                     desc=os.path.basename(os.path.normpath(workdir)), unit="step", dynamic_ncols=True)
@@ -352,6 +378,8 @@ def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
                         window.append(_check_loss(step, pending, checkpointer))
                     pending, step = metrics, step + 1
                     progress.update(1)
+                    if run.loss.epoch_split is not None and step % run.steps_per_epoch == 0:
+                        state = _end_of_epoch_loss_update(run, state)
                     preempted = watcher.should_stop(step)
                     last = step == run.total_steps
                     due = [h for h in all_hooks if step % h.every_steps == 0 or last]

@@ -14,6 +14,8 @@ class TrainState(NamedTuple):
       model_state: non-parameter variables such as BatchNorm ``batch_stats`` (``{}`` if none).
       opt_state: the optimizer's state.
       rng: base PRNG key; step ``t`` uses ``jax.random.fold_in(rng, t)``.
+      loss_state: the training loss's state (``()`` for a loss without state; e.g. AdaFocal's
+        per-bin gamma, CRL's correctness history), see ``sam_jax.losses.StatefulLoss``.
     """
 
     step: jax.Array
@@ -21,3 +23,4 @@ class TrainState(NamedTuple):
     model_state: Any
     opt_state: optax.OptState
     rng: jax.Array
+    loss_state: Any = ()

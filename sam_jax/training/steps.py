@@ -5,13 +5,14 @@ over the batch for optimizers that need more gradients (the SAM family, bSAM, Bu
 transformation do the rest. BatchNorm running statistics come from the clean pass; those of the
 extra passes through ``grad_fn`` are dropped.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.losses import StatefulLoss
 from sam_jax.optim import split_into_sub_batches
 from sam_jax.training.state import TrainState
 
@@ -29,40 +30,51 @@ def model_forward(model: nn.Module, params: Any, model_state: Any, images: jax.A
     return model.apply(variables, images, train=train, rngs=rngs), model_state
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, loss_fn: LossFn,
-                    descent_loss_fn: LossFn, *, m: int = 0,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, loss: StatefulLoss,
+                    descent_loss_fn: Optional[LossFn] = None, *, m: int = 0,
                     uses_clean_gradient: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
     Args:
       model: the Flax module.
       tx: the optimizer; called as ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
-      loss_fn: the training loss (its gradient at ``params`` is ``grads``: the ascent loss for SAM).
-      descent_loss_fn: the loss ``grad_fn`` differentiates (CSAM's eq. 4 loss; else ``loss_fn``).
+      loss: the training loss with its state (``sam_jax.losses.get_stateful_loss``); its gradient
+        at ``params`` is ``grads`` (the ascent loss for SAM). Its state is read from
+        ``state.loss_state`` and advanced by ``loss.step_update`` with the clean logits.
+      descent_loss_fn: ``fn(logits, labels, mask=None)``, the loss ``grad_fn`` differentiates
+        when the optimizer has its own (CSAM's eq. 4); None for the training loss.
       m: m-sharpness sub-batch size; 0 for none. Then ``grads`` and ``grad_fn`` work on stacked
         sub-batches (see ``sam_jax.optim.m_sharpness_sam``) and the running statistics are the mean
         of the sub-batches'.
-      uses_clean_gradient: False for bSAM, whose gradients all come from ``grad_fn``; the clean
-        pass is then a forward pass only.
+      uses_clean_gradient: False when the optimizer takes all its gradients from ``grad_fn``
+        (bSAM); the clean pass is then a forward pass only.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
 
-        def objective(loss: LossFn) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
+        def training_loss(logits: jax.Array, data: Batch) -> jax.Array:
+            return loss.loss(logits, data["label"], state.loss_state, indices=data["index"])
+
+        def descent_loss(logits: jax.Array, data: Batch) -> jax.Array:
+            return descent_loss_fn(logits, data["label"])
+
+        def objective(loss_of: Callable[[jax.Array, Batch], jax.Array]
+                      ) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
             def value(params: Any, data: Batch) -> tuple[jax.Array, tuple[jax.Array, Any]]:
                 logits, new_state = model_forward(model, params, state.model_state, data["image"],
                                                   train=True, rng=rng)
-                return loss(logits, data["label"]), (logits, new_state)
+                return loss_of(logits, data), (logits, new_state)
             return value
 
-        clean, descent = objective(loss_fn), objective(descent_loss_fn)
+        clean = objective(training_loss)
+        descent = clean if descent_loss_fn is None else objective(descent_loss)
         descent_grad = jax.grad(descent, has_aux=True)
         if m:
             sub_batches = split_into_sub_batches(batch, m)
             (losses, (logits, sub_states)), grads = jax.vmap(
                 jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0))(state.params, sub_batches)
-            loss = jnp.mean(losses)
+            loss_value = jnp.mean(losses)
             logits = logits.reshape((-1, logits.shape[-1]))
             model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
 
@@ -73,20 +85,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                 return descent_grad(params, batch)[0]
 
             if uses_clean_gradient:
-                (loss, (logits, model_state)), grads = jax.value_and_grad(clean, has_aux=True)(
+                (loss_value, (logits, model_state)), grads = jax.value_and_grad(clean, has_aux=True)(
                     state.params, batch)
             else:
-                loss, (logits, model_state) = clean(state.params, batch)
+                loss_value, (logits, model_state) = clean(state.params, batch)
                 grads = None
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
         params = optax.apply_updates(state.params, updates)
+        loss_state = loss.step_update(state.loss_state, jax.lax.stop_gradient(logits), batch["label"],
+                                      indices=batch["index"])
         metrics = {
-            "loss": loss,
+            "loss": loss_value,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "update_norm": optax.tree.norm(updates),
         }
-        return TrainState(state.step + 1, params, model_state, opt_state, state.rng), metrics
+        return TrainState(state.step + 1, params, model_state, opt_state, state.rng, loss_state), metrics
 
     return train_step
 

@@ -5,19 +5,22 @@ The train loop calls ``tracker(params, model_state, images, labels, key)`` every
 ``subset_size`` below); every quantity is computed on all of that subset, as one batch, except
 batch sharpness, which splits it into mini-batches of the training batch size. The model is
 evaluated in inference mode: BatchNorm uses the running statistics in ``model_state``.
+
+References:
+  Andreyev & Beneventano, 2024. Edge of Stochastic Stability: Revisiting the Edge of Stability for
+  SGD. arXiv:2412.20553.
+  Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
+  Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-from optax.tree import vdot as tree_vdot
+import optax
 
-from sam_jax.curvature.density import stochastic_lanczos_quadrature
-from sam_jax.curvature.lanczos import eigenvalues
-from sam_jax.curvature.products import gauss_newton_operator, hessian_operator
-from sam_jax.curvature.sharpness import batch_sharpness
-from sam_jax.curvature.trace import hutchinson_trace
+from sam_jax.curvature import (batch_sharpness, eigenvalues, gauss_newton_operator, hessian_operator,
+                               hutchinson_trace, stochastic_lanczos_quadrature)
+from sam_jax.optim import ascent_perturbation
 
 QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")
 
@@ -120,10 +123,11 @@ def make_curvature_tracker(
       eigenvalue; ``batch_sharpness``: Andreyev & Beneventano's ``E_B[g^T H g / g^T g]``;
       ``hessian_trace`` and ``hessian_trace_stderr``: Hutchinson; ``density_nodes`` and
       ``density_weights``: SLQ nodes and weights of all probes concatenated, the weights divided
-      by the number of probes so that they sum to 1. With ``perturbation_rho`` (SAM-family runs,
-      calibration-benefits-of-sam.txt, Lemma 1 and Figure 2a): ``kappa_min_theta`` and
-      ``kappa_min_perturbed``, the smallest Hessian eigenvalue at ``theta`` and at
-      ``theta + rho g / ||g||`` (``g`` the subset gradient), and ``kappa_min_bound = -||g|| / rho``,
+      by the number of probes so that they sum to 1. With ``perturbation_rho`` (SAM-family runs;
+      Tan et al. 2025, arXiv:2505.23866, Lemma 1 and Figure 2a): ``kappa_min_theta`` and
+      ``kappa_min_perturbed``, the smallest Hessian eigenvalue at ``theta`` and at the SAM point
+      ``theta + sam_jax.optim.ascent_perturbation(g, theta, rho)`` (``rho g / ||g||``, ``g`` the
+      subset gradient; ``theta`` itself when ``g = 0``), and ``kappa_min_bound = -||g|| / rho``,
       the lower bound the lemma assumes on them.
 
     Args:
@@ -180,12 +184,12 @@ def make_curvature_tracker(
                 metrics["curvature/hessian_min"] = kappa_min
         if perturbation_rho is not None:
             grad = jax.grad(subset_loss)(params)
-            grad_norm = jnp.sqrt(tree_vdot(grad, grad))
-            perturbed = jax.tree.map(lambda p, g: p + perturbation_rho * g / grad_norm, params, grad)
+            perturbed = optax.apply_updates(
+                params, ascent_perturbation(grad, params, perturbation_rho))
             metrics["curvature/kappa_min_theta"] = kappa_min
             metrics["curvature/kappa_min_perturbed"] = smallest_eigenvalue(
                 hessian_operator(subset_loss, perturbed), perturbed, keys["kappa"])
-            metrics["curvature/kappa_min_bound"] = -grad_norm / perturbation_rho
+            metrics["curvature/kappa_min_bound"] = -optax.tree.norm(grad) / perturbation_rho
         if "batch_sharpness" in quantities:
             batches = _minibatches(images, labels, batch_size, keys["batch_sharpness"])
             metrics["curvature/batch_sharpness"] = batch_sharpness(batch_loss, params, batches)

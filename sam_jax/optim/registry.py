@@ -1,0 +1,335 @@
+"""The optimizer registry: each optimizer registered once, with its hyper-parameters and needs.
+
+An :class:`OptimizerSpec` says everything the train loop, the evaluation and the experiments need
+to know about an optimizer, so that none of them ever tests an optimizer's name:
+
+- ``defaults``: its hyper-parameters (the config block ``optimizer.<name>``), each from the paper
+  cited in :data:`OPTIMIZERS`' docstrings;
+- ``build(hparams, context)``: the optax transformation (every one takes ``grad_fn``);
+- what the train step must supply: the clean gradient at ``params`` (``uses_clean_gradient``), a
+  separate descent loss (``descent_loss``), stacked sub-batches of size ``m``
+  (``sub_batch_size``), the whole training set as one batch (``full_batch``);
+- what evaluation and tracking may use: a posterior to sample for prediction
+  (``posterior_sample``) and a perturbation radius (``perturbation_radius``).
+
+Adding an optimizer is one module with its transformation plus one :func:`register` call here (or
+in the user's own code before the config is validated); nothing in ``sam_jax.training`` changes.
+"""
+import dataclasses
+import numbers
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import optax
+
+from sam_jax.losses import csam_loss
+from sam_jax.optim.bsam import bsam, bsam_sample
+from sam_jax.optim.bulk_sgd import bulk_sgd
+from sam_jax.optim.m_sharpness import m_sharpness_sam
+from sam_jax.optim.sam import sam
+
+Hparams = Mapping[str, Any]
+LossFn = Callable[..., jax.Array]
+
+
+class BuildContext(NamedTuple):
+    """What a factory may need besides its own hyper-parameters.
+
+    Attributes:
+      learning_rate: the run's learning-rate schedule (a function of the step count).
+      num_train: training examples N (bSAM's posterior scale).
+      seed: the run's seed (optimizers that draw noise).
+      blocks: every optimizer's hyper-parameter block by name, for optimizers that wrap another
+        (a SAM-family ``base``).
+    """
+
+    learning_rate: optax.Schedule
+    num_train: int
+    seed: int
+    blocks: Mapping[str, Hparams]
+
+
+def _no_check(hparams: Hparams) -> None:
+    del hparams
+
+
+def _no_value(hparams: Hparams) -> None:
+    del hparams
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """One registered optimizer (see the module docstring for what each field is for).
+
+    Attributes:
+      name: the config name (``optimizer.name``) and the name of its block.
+      defaults: hyper-parameter name -> default value.
+      build: ``build(hparams, context) -> GradientTransformationExtraArgs``.
+      validate: raises ``ValueError("<field> ...")`` for a bad value in its block.
+      reads: ``reads(hparams) -> names`` of the other blocks it uses (a SAM wrapper's base).
+      uses_clean_gradient: False when every gradient comes from ``grad_fn`` (bSAM): the step then
+        skips the backward pass at ``params``.
+      descent_loss: ``descent_loss(hparams) -> loss_fn`` when ``grad_fn`` differentiates another
+        loss than the training loss (CSAM's eq. 4); None for the training loss.
+      sub_batch_size: ``sub_batch_size(hparams) -> m`` (0 = no m-sharpness).
+      full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
+      posterior_sample: ``posterior_sample(params, opt_state, key, num_train) -> params`` for
+        optimizers that learn a posterior (bSAM); None for a point estimate.
+      perturbation_radius: ``perturbation_radius(hparams) -> rho`` of a sharpness-aware
+        perturbation (for tracking curvature at the perturbed point), or None.
+      summary: one line for ``--help`` and the docs.
+    """
+
+    name: str
+    defaults: Mapping[str, Any]
+    build: Callable[[Hparams, BuildContext], optax.GradientTransformationExtraArgs]
+    validate: Callable[[Hparams], None] = _no_check
+    reads: Callable[[Hparams], tuple[str, ...]] = lambda hparams: ()
+    uses_clean_gradient: bool = True
+    descent_loss: Callable[[Hparams], Optional[LossFn]] = _no_value
+    sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
+    full_batch: bool = False
+    posterior_sample: Optional[Callable[..., Any]] = None
+    perturbation_radius: Callable[[Hparams], Optional[float]] = _no_value
+    summary: str = ""
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+
+# The optimizer of ``sam_jax.training.default_config()``.
+DEFAULT_OPTIMIZER = "sgd"
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    """Adds ``spec`` to :data:`OPTIMIZERS` (a name can be registered once)."""
+    if spec.name in OPTIMIZERS:
+        raise ValueError(f"An optimizer named {spec.name!r} is already registered.")
+    OPTIMIZERS[spec.name] = spec
+    return spec
+
+
+def get_optimizer_spec(name: str) -> OptimizerSpec:
+    """The registered spec of ``name``; ``ValueError`` listing the names otherwise."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}.")
+    return OPTIMIZERS[name]
+
+
+def blocks_read(name: str, blocks: Mapping[str, Hparams]) -> tuple[str, ...]:
+    """The hyper-parameter blocks optimizer ``name`` reads: its own and those it wraps."""
+    spec = get_optimizer_spec(name)
+    return (name, *spec.reads(blocks[name]))
+
+
+def validate_hparams(name: str, hparams: Hparams) -> None:
+    """Checks the block of ``name``: no unknown field, numbers where numbers are due, then its rules.
+
+    Raises:
+      ValueError: naming the field, e.g. ``"sam.rho=-1 must be >= 0"``.
+    """
+    spec = get_optimizer_spec(name)
+    for field, value in hparams.items():
+        if field not in spec.defaults:
+            raise ValueError(f"{name}.{field} is not a hyper-parameter of {name}; it has "
+                             f"{sorted(spec.defaults)}.")
+        default = spec.defaults[field]
+        if isinstance(default, numbers.Number) and not isinstance(default, bool) and (
+                not isinstance(value, numbers.Number) or isinstance(value, bool)):
+            raise ValueError(f"{name}.{field}={value!r} must be a number.")
+    try:
+        spec.validate(hparams)
+    except ValueError as err:
+        raise ValueError(f"{name}.{err}") from err
+
+
+def build_optimizer(name: str, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+    """The transformation of optimizer ``name`` with its block from ``context.blocks``.
+
+    Every returned transformation accepts the ``grad_fn`` extra argument of the train step.
+    """
+    spec = get_optimizer_spec(name)
+    return optax.with_extra_args_support(spec.build(context.blocks[name], context))
+
+
+# --------------------------------------------------------------------------- rules
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _non_negative(hparams: Hparams, *fields: str) -> None:
+    for field in fields:
+        _require(hparams[field] >= 0, f"{field}={hparams[field]} must be >= 0.")
+
+
+def _unit_interval(hparams: Hparams, *fields: str) -> None:
+    for field in fields:
+        _require(0 <= hparams[field] < 1, f"{field}={hparams[field]} must be in [0, 1).")
+
+
+# --------------------------------------------------------------------------- plain optimizers
+
+def _sgd(hparams: Hparams, context: BuildContext) -> optax.GradientTransformation:
+    momentum = hparams["momentum"]
+    return optax.chain(
+        optax.add_decayed_weights(hparams["weight_decay"]),
+        optax.sgd(context.learning_rate, momentum=momentum or None,
+                  nesterov=hparams["nesterov"] and momentum > 0))
+
+
+def _check_sgd(hparams: Hparams) -> None:
+    _unit_interval(hparams, "momentum")
+    _non_negative(hparams, "weight_decay")
+
+
+register(OptimizerSpec(
+    "sgd", {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}, _sgd, _check_sgd,
+    summary="SGD with (Nesterov) momentum; L2 weight decay added to the gradient."))
+
+register(OptimizerSpec(
+    "gd", {"weight_decay": 0.0},
+    lambda hparams, context: _sgd({**hparams, "momentum": 0.0, "nesterov": False}, context),
+    lambda hparams: _non_negative(hparams, "weight_decay"), full_batch=True,
+    summary="Full-batch gradient descent (the whole training set every step)."))
+
+
+def _check_adam(hparams: Hparams) -> None:
+    _unit_interval(hparams, "b1", "b2")
+    _require(hparams["eps"] > 0, f"eps={hparams['eps']} must be > 0.")
+    _non_negative(hparams, "weight_decay")
+
+
+register(OptimizerSpec(
+    "adam", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    lambda hparams, context: optax.chain(
+        optax.add_decayed_weights(hparams["weight_decay"]),
+        optax.adam(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"], eps=hparams["eps"])),
+    _check_adam,
+    summary="Adam (Kingma & Ba 2015, arXiv:1412.6980); L2 weight decay added to the gradient."))
+
+register(OptimizerSpec(
+    "adamw", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+    lambda hparams, context: optax.adamw(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"],
+                                         eps=hparams["eps"], weight_decay=hparams["weight_decay"]),
+    _check_adam,
+    summary="AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101): decoupled weight decay."))
+
+
+def _check_muon(hparams: Hparams) -> None:
+    _unit_interval(hparams, "beta", "adam_b1", "adam_b2")
+    _non_negative(hparams, "weight_decay")
+
+
+register(OptimizerSpec(
+    "muon", {"beta": 0.95, "weight_decay": 0.0, "adam_b1": 0.9, "adam_b2": 0.999},
+    lambda hparams, context: optax.contrib.muon(
+        context.learning_rate, beta=hparams["beta"], weight_decay=hparams["weight_decay"],
+        adam_b1=hparams["adam_b1"], adam_b2=hparams["adam_b2"]),
+    _check_muon,
+    summary="Muon (Jordan et al. 2024) via optax.contrib.muon; Adam for non-matrix parameters."))
+
+
+# --------------------------------------------------------------------------- SAM family
+
+SAM_BASES = ("sgd", "adam", "adamw")
+
+
+def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
+    def build(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+        base = build_optimizer(hparams["base"], context)
+        factory = m_sharpness_sam if hparams["m"] else sam
+        return factory(base, hparams["rho"], adaptive=adaptive,
+                       eta=hparams.get("eta", 0.0) if adaptive else 0.0, renormalize=renormalize)
+    return build
+
+
+def _check_sam(hparams: Hparams) -> None:
+    _non_negative(hparams, "rho", "m")
+    _require(hparams["base"] in SAM_BASES,
+             f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
+
+
+def _check_asam(hparams: Hparams) -> None:
+    _check_sam(hparams)
+    _non_negative(hparams, "eta")
+
+
+def _check_csam(hparams: Hparams) -> None:
+    _check_sam(hparams)
+    _require(0 <= hparams["gamma"] <= 2, f"gamma={hparams['gamma']} must be in [0, 2] (eq. 4).")
+
+
+def _csam_descent_loss(hparams: Hparams) -> LossFn:
+    gamma = hparams["gamma"]
+
+    def descent_loss(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        return csam_loss(logits, labels, gamma, mask=mask)
+
+    return descent_loss
+
+
+_SAM_COMMON = dict(reads=lambda hparams: (hparams["base"],),
+                   sub_batch_size=lambda hparams: int(hparams["m"]),
+                   perturbation_radius=lambda hparams: hparams["rho"])
+
+register(OptimizerSpec(
+    "sam", {"rho": 0.05, "m": 0, "base": "sgd"}, _sharpness_aware(), _check_sam, **_SAM_COMMON,
+    summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0."))
+
+register(OptimizerSpec(
+    "asam", {"rho": 0.5, "eta": 0.01, "m": 0, "base": "sgd"}, _sharpness_aware(adaptive=True),
+    _check_asam, **_SAM_COMMON,
+    summary="Adaptive SAM (Kwon et al. 2021, arXiv:2102.11600): rho 0.5 and eta 0.01 as for CIFAR."))
+
+register(OptimizerSpec(
+    "ssam", {"rho": 0.05, "m": 0, "base": "sgd"}, _sharpness_aware(renormalize=True), _check_sam,
+    **_SAM_COMMON,
+    summary="Stable SAM (arXiv:2401.07250): descent gradient rescaled to the ascent gradient's norm."))
+
+register(OptimizerSpec(
+    "csam", {"rho": 0.05, "gamma": 1.0, "m": 0, "base": "sgd"}, _sharpness_aware(), _check_csam,
+    descent_loss=_csam_descent_loss, **_SAM_COMMON,
+    summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
+            "descent step uses the CSAM loss; gamma 1 gave the lowest ECE in its Figure S6."))
+
+
+# --------------------------------------------------------------------------- bSAM, BulkSGD
+
+def _check_bsam(hparams: Hparams) -> None:
+    _non_negative(hparams, "rho", "prior_precision", "damping")
+    _unit_interval(hparams, "beta1", "beta2")
+    _require(hparams["init_precision"] > 0,
+             f"init_precision={hparams['init_precision']} must be > 0.")
+
+
+register(OptimizerSpec(
+    "bsam",
+    {"rho": 0.01, "beta1": 0.9, "beta2": 0.999, "prior_precision": 25.0, "damping": 0.1,
+     "init_precision": 1.0},
+    lambda hparams, context: bsam(
+        context.learning_rate, hparams["rho"], context.num_train, beta1=hparams["beta1"],
+        beta2=hparams["beta2"], prior_precision=hparams["prior_precision"],
+        damping=hparams["damping"], init_precision=hparams["init_precision"], seed=context.seed),
+    _check_bsam, uses_clean_gradient=False, posterior_sample=bsam_sample,
+    summary="Bayesian SAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1); "
+            "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting)."))
+
+
+def _check_bulk(hparams: Hparams) -> None:
+    _require(hparams["k"] >= 1 and int(hparams["k"]) == hparams["k"],
+             f"k={hparams['k']} must be a positive integer.")
+    _require(hparams["k"] < hparams["num_iters"],
+             f"k={hparams['k']} must be < num_iters={hparams['num_iters']}.")
+    _unit_interval(hparams, "momentum")
+
+
+register(OptimizerSpec(
+    "bulk_sgd", {"k": 1, "num_iters": 20, "momentum": 0.0},
+    lambda hparams, context: bulk_sgd(context.learning_rate, int(hparams["k"]),
+                                      num_iters=int(hparams["num_iters"]),
+                                      momentum=hparams["momentum"], seed=context.seed),
+    _check_bulk,
+    summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
+            "eigendirections projected out of the gradient."))

@@ -1,0 +1,23 @@
+"""What the train loop and the evaluation driver call besides the step: curvature tracking and figures.
+
+- ``make_curvature_tracker(config, model_apply, loss_fn, *, batch_size, perturbation_rho)``: the
+  loop's curvature hook over ``sam_jax.curvature``; ``default_curvature_config()`` and
+  ``validate_curvature_config(config)`` describe and check its ``curvature`` config block.
+- ``plot_sharpness(records, path, *, learning_rate)`` and ``reliability_diagram(probs, labels, ...)``:
+  the PNG figures of one run (matplotlib), written beside its metrics.
+
+This package sits above ``sam_jax.optim``, ``sam_jax.curvature`` and ``sam_jax.calibration``, so
+that those stay pure numerics (see docs/architecture.md).
+"""
+from sam_jax.training.hooks.curvature import (QUANTITIES, default_curvature_config, make_curvature_tracker,
+                                              validate_curvature_config)
+from sam_jax.training.hooks.plots import plot_sharpness, reliability_diagram
+
+__all__ = [
+    "QUANTITIES",
+    "default_curvature_config",
+    "make_curvature_tracker",
+    "plot_sharpness",
+    "reliability_diagram",
+    "validate_curvature_config",
+]
