@@ -18,6 +18,6 @@ setup(
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "cuda12": ["jax[cuda12]"],
-        "test": ["pytest>=7", "scikit-learn"],
+        "test": ["pytest>=7", "scikit-learn", "ruff>=0.6"],
     },
 )

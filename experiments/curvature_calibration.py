@@ -1,4 +1,4 @@
-""""Too Sharp, Too Sure": calibration follows curvature along training (calibration-follows-curvature.txt).
+""""Too Sharp, Too Sure": calibration follows curvature along training (Morosini et al. 2026, arXiv:2604.20614).
 
     python -m experiments.curvature_calibration --config=experiments/configs/curvature_calibration.py:quick
     python -m experiments.curvature_calibration --config=...:fmnist --mode=run --shard=0/2   # and 1/2

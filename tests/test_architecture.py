@@ -13,7 +13,6 @@ import subprocess
 import sys
 from typing import Iterator
 
-import pytest
 
 import sam_jax
 

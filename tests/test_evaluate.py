@@ -5,6 +5,7 @@ import struct
 
 import ml_collections
 import numpy as np
+import scipy.special
 import pytest
 
 from experiments.configs.evaluate import get_config
@@ -67,8 +68,7 @@ def test_ensemble_and_mc_dropout_average_probabilities(trained_runs):
     assert ensemble["predictive"] == "ensemble" and ensemble["members"] == 2
     runs = [load_trained(w) for w in (first, second)]
     member_logits = [predict(run, state.params, state.model_state, run.data.test) for run, state in runs]
-    probs = np.mean([np.exp(l - l.max(1, keepdims=True)) / np.exp(l - l.max(1, keepdims=True)).sum(1, keepdims=True)
-                     for l in member_logits], axis=0)
+    probs = np.mean([scipy.special.softmax(logits, axis=1) for logits in member_logits], axis=0)
     np.testing.assert_allclose(ensemble["test"]["accuracy"],
                                np.mean(probs.argmax(1) == runs[0][0].data.test.labels), atol=1e-6)
     mc = evaluate_checkpoint(_config(first, mc_dropout_samples=8, output_dir=os.path.join(first, "mc")))

@@ -1,4 +1,4 @@
-""""Too Sharp, Too Sure" (calibration-follows-curvature.txt, Sec. 3, App. C-D): the grid presets.
+""""Too Sharp, Too Sure" (Morosini et al. 2026, arXiv:2604.20614, Sec. 3, App. C-D): the grid presets.
 
     python -m experiments.curvature_calibration --config=experiments/configs/curvature_calibration.py:quick
 

@@ -23,8 +23,8 @@ from sam_jax.losses.classification import cross_entropy, mse
 from sam_jax.losses.csam import csam_loss
 from sam_jax.losses.focal import dual_focal, flsd53, focal
 from sam_jax.losses.hparams import check
-from sam_jax.losses.mixing import (MitBatch, MixupBatch, mit_decouple, mit_loss, mit_mix, mixup,
-                                   mixup_loss)
+from sam_jax.losses.mixing import (MIXINGS, MitBatch, MixedObjective, MixupBatch, get_mixing, mit_decouple,
+                                   mit_loss, mit_mix, mixup, mixup_loss)
 from sam_jax.losses.ranking import CorrectnessHistory, crl, crl_init, crl_loss, crl_update
 from sam_jax.losses.regularizers import cpc, confidence_penalty, mdca, mmce
 from sam_jax.losses.smoothing import acls, label_smoothing, mbls
@@ -127,6 +127,7 @@ def get_stateful_loss(name: str, **hparams: float) -> StatefulLoss:
 
 
 __all__ = [
+    "MIXINGS", "MixedObjective", "get_mixing",
     "AdaFocalState", "BalcalState", "CorrectnessHistory", "LOSSES", "MitBatch", "MixupBatch",
     "StatefulLoss", "acls", "adafocal", "adafocal_init", "adafocal_loss", "adafocal_update",
     "balcal", "balcal_class_scale", "balcal_init", "balcal_logits", "balcal_loss",

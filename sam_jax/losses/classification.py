@@ -66,7 +66,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array
 def mse(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
     """Mean squared error to one-hot targets, 0.5 * ||f(x) - e_y||^2 summed over classes.
 
-    The MSE variant of calibration-follows-curvature.txt (Appendix D): the network outputs are
+    The MSE variant of Morosini et al. 2026, "Too Sharp, Too Sure" (arXiv:2604.20614), Appendix D: the network outputs are
     regressed on one-hot labels; predictions are read as softmax(outputs) for calibration.
     """
     check_labels(labels, logits.shape[-1], mask=mask, where="mse")

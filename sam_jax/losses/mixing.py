@@ -3,7 +3,7 @@
 Both are pure functions of a PRNG key and the batch, meant to run inside the jitted train step with
 a key split from the step's key, so a resumed run draws the same mixing as an uninterrupted one.
 """
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +147,71 @@ def mit_loss(loss_fn: LossFn, logits_1: jax.Array, logits_2: jax.Array, batch: M
     logits_a, logits_b = mit_decouple(logits_1, logits_2, batch.lam_1, batch.lam_2)
     return 0.5 * (loss_fn(logits_a, batch.labels_a, batch.mask)
                   + loss_fn(logits_b, batch.labels_b, batch.mask))
+
+
+class MixedObjective(NamedTuple):
+    """How the train step turns a batch into a loss, with or without mixing.
+
+    ``objective(key, forward, loss_fn, images, labels) -> (loss, logits, aux)``: ``forward(images)``
+    returns the model's ``(logits, aux)`` (``aux``: e.g. updated BatchNorm statistics, passed
+    through), ``loss_fn(logits, labels, mask)`` is the training loss, and ``logits`` are those of the
+    images the model saw first (for the step's metrics and the loss state).
+    """
+
+    objective: Callable[..., tuple[jax.Array, jax.Array, Any]]
+
+
+def _plain_objective(key, forward, loss_fn, images, labels):
+    del key
+    logits, aux = forward(images)
+    return loss_fn(logits, labels, None), logits, aux
+
+
+def _mixup_objective(alpha: float):
+    check_mixing_alpha("mixup", alpha)
+
+    def objective(key, forward, loss_fn, images, labels):
+        batch = mixup(key, images, labels, alpha=alpha)
+        logits, aux = forward(batch.images)
+        return mixup_loss(loss_fn, logits, batch), logits, aux
+    return objective
+
+
+def _mit_objective(alpha: float, margin: float):
+    check_mit_hparams(alpha, margin)
+
+    def objective(key, forward, loss_fn, images, labels):
+        batch = mit_mix(key, images, labels, alpha=alpha, margin=margin)
+        logits, aux = forward(jnp.concatenate([batch.images_1, batch.images_2]))
+        logits_1, logits_2 = jnp.split(logits, 2)
+        return mit_loss(loss_fn, logits_1, logits_2, batch), logits_1, aux
+    return objective
+
+
+# name -> (hyper-parameter defaults, factory(**hparams) -> objective)
+MIXINGS: dict[str, tuple[dict[str, float], Callable[..., Callable[..., tuple[jax.Array, jax.Array, Any]]]]] = {
+    "none": ({}, lambda: _plain_objective),
+    "mixup": ({"alpha": 1.0}, _mixup_objective),
+    "mit": ({"alpha": 1.0, "margin": 0.0}, _mit_objective),
+}
+
+
+def get_mixing(name: str, **hparams: float) -> MixedObjective:
+    """The train-step objective of batch-mixing method ``name`` (``none``, ``mixup``, ``mit``).
+
+    Mixup (Zhang et al. 2018, arXiv:1710.09412) trains on ``lam x_i + (1 - lam) x_j`` with the loss
+    mixed the same way; MIT-L (Wang et al. 2023, CVPR) trains on the outputs of the raw pair
+    recovered from two mixtures. The key is the step's, so a resumed run mixes exactly as an
+    uninterrupted one. With MIT-L the model sees both mixtures in one forward pass (BatchNorm
+    statistics of the doubled batch).
+
+    Raises:
+      ValueError: unknown name or hyper-parameter, or a bad value (named).
+    """
+    if name not in MIXINGS:
+        raise ValueError(f"Unknown mixing {name!r}; choose one of {sorted(MIXINGS)}.")
+    defaults, factory = MIXINGS[name]
+    unknown = sorted(set(hparams) - set(defaults))
+    if unknown:
+        raise ValueError(f"{name}: unknown hyper-parameter {unknown[0]!r}; {name} takes {sorted(defaults)}.")
+    return MixedObjective(factory(**{**defaults, **hparams}))

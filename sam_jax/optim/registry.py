@@ -115,6 +115,14 @@ def get_optimizer_spec(name: str) -> OptimizerSpec:
     return OPTIMIZERS[name]
 
 
+def hparam_blocks(blocks: Mapping[str, Hparams]) -> dict[str, dict[str, Any]]:
+    """Every registered optimizer's block: its defaults updated by ``blocks[name]`` where given.
+
+    An optimizer registered after a config was made (its block is missing there) gets its defaults.
+    """
+    return {name: {**spec.defaults, **dict(blocks.get(name) or {})} for name, spec in OPTIMIZERS.items()}
+
+
 def blocks_read(name: str, blocks: Mapping[str, Hparams]) -> tuple[str, ...]:
     """The hyper-parameter blocks optimizer ``name`` reads: its own and those it wraps."""
     spec = get_optimizer_spec(name)
@@ -133,6 +141,8 @@ def validate_hparams(name: str, hparams: Hparams) -> None:
             raise ValueError(f"{name}.{field} is not a hyper-parameter of {name}; it has "
                              f"{sorted(spec.defaults)}.")
         default = spec.defaults[field]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}.{field}={value!r} must be True or False.")
         if isinstance(default, numbers.Number) and not isinstance(default, bool) and (
                 not isinstance(value, numbers.Number) or isinstance(value, bool)):
             raise ValueError(f"{name}.{field}={value!r} must be a number.")
@@ -318,8 +328,9 @@ register(OptimizerSpec(
 
 
 def _check_bulk(hparams: Hparams) -> None:
-    _require(hparams["k"] >= 1 and int(hparams["k"]) == hparams["k"],
-             f"k={hparams['k']} must be a positive integer.")
+    for field in ("num_iters", "k"):
+        _require(hparams[field] >= 1 and int(hparams[field]) == hparams[field],
+                 f"{field}={hparams[field]} must be a positive integer.")
     _require(hparams["k"] < hparams["num_iters"],
              f"k={hparams['k']} must be < num_iters={hparams['num_iters']}.")
     _unit_interval(hparams, "momentum")

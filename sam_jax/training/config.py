@@ -11,7 +11,7 @@ import ml_collections
 
 from sam_jax.data import DATASETS
 from sam_jax import optim
-from sam_jax.losses import LOSSES, get_loss, loss_hparam_defaults
+from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing, loss_hparam_defaults
 from sam_jax.models import MODELS
 from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
 
@@ -29,13 +29,20 @@ def optimizer_config(name: str = optim.DEFAULT_OPTIMIZER) -> ml_collections.Conf
     ``sam_jax.optim.OPTIMIZERS``); only the blocks that the chosen optimizer reads (its own and a
     SAM wrapper's ``base``) may differ from their defaults.
     """
-    config = _blocks(optim.OPTIMIZERS, lambda n: optim.get_optimizer_spec(n).defaults)
+    config = ml_collections.ConfigDict({name: dict(spec.defaults) for name, spec in optim.OPTIMIZERS.items()})
     config.name = name
     config.learning_rate = 0.05
     config.schedule = "cosine"  # constant | cosine (to 0 at the last step) | step
     config.warmup_steps = 0
     config.step_boundaries = (0.5, 0.75)  # "step" schedule: fractions of training
     config.step_factor = 0.1  # "step" schedule: multiplier at each boundary
+    return config
+
+
+def mixing_config(name: str = "none") -> ml_collections.ConfigDict:
+    """The ``mixing`` block: ``mixing.name`` (none, mixup, mit) and one block per method."""
+    config = _blocks(MIXINGS, lambda n: MIXINGS[n][0])
+    config.name = name
     return config
 
 
@@ -65,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.kwargs = ml_collections.ConfigDict()  # passed to the model constructor
 
     config.loss = loss_config()
+    config.mixing = mixing_config()  # batch mixing in the train step: none | mixup | mit (MIT-L)
     config.optimizer = optimizer_config()
 
     config.batch_size = 128
@@ -105,6 +113,12 @@ def _unread_blocks_unchanged(where: str, config: ml_collections.ConfigDict, read
                     f"{where}.name={name!r}).")
 
 
+def optimizer_hparams(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Every optimizer's hyper-parameters as plain dicts (defaults for a block the config lacks)."""
+    opt = config.optimizer
+    return optim.hparam_blocks({name: opt[name].to_dict() for name in optim.OPTIMIZERS if name in opt})
+
+
 def run_batch_size(config: ml_collections.ConfigDict, num_train: int) -> int:
     """The batch size of a run: the whole training set for full-batch optimizers."""
     return num_train if optim.get_optimizer_spec(config.optimizer.name).full_batch else config.batch_size
@@ -133,7 +147,13 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
     except ValueError as err:
         fail(f"loss.{err}")
-    blocks = {name: dict(opt[name]) for name in optim.OPTIMIZERS if name in opt}
+    if config.mixing.name not in MIXINGS:
+        fail(f"mixing.name={config.mixing.name!r}; choose one of {sorted(MIXINGS)}.")
+    try:
+        get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {}))
+    except ValueError as err:
+        fail(f"mixing.{err}")
+    blocks = optimizer_hparams(config)
     read = optim.blocks_read(opt.name, blocks)
     for name in read:
         try:
@@ -142,6 +162,8 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
             fail(f"optimizer.{err}")
     try:
         _unread_blocks_unchanged("loss", config.loss, (config.loss.name,), loss_hparam_defaults, LOSSES)
+        _unread_blocks_unchanged("mixing", config.mixing, (config.mixing.name,), lambda n: MIXINGS[n][0],
+                                 MIXINGS)
         _unread_blocks_unchanged("optimizer", opt, read, lambda n: optim.get_optimizer_spec(n).defaults,
                                  optim.OPTIMIZERS)
     except ValueError as err:
@@ -157,7 +179,7 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         fail(f"optimizer.step_boundaries={opt.step_boundaries} must be fractions in (0, 1).")
     if opt.step_factor <= 0:
         fail(f"optimizer.step_factor={opt.step_factor} must be > 0.")
-    m = spec.sub_batch_size(opt[opt.name])
+    m = spec.sub_batch_size(blocks[opt.name])
     if not spec.full_batch:
         if config.batch_size <= 0:
             fail(f"batch_size={config.batch_size} must be > 0.")

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from sam_jax import data
 from sam_jax.calibration import calibration_metrics
 from sam_jax import optim
-from sam_jax.losses import StatefulLoss, get_loss, get_stateful_loss
+from sam_jax.losses import StatefulLoss, get_loss, get_mixing, get_stateful_loss
 from sam_jax.losses.validation import check_labels
 from sam_jax.models import create_model
 from sam_jax.training.checkpoint import Checkpointer, all_finite
-from sam_jax.training.config import run_batch_size, validate_config
+from sam_jax.training.config import optimizer_hparams, run_batch_size, validate_config
 from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
@@ -108,7 +108,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
                          "validation split; set data.val_size > 0.")
     validate_config(config, num_train)
     spec = optim.get_optimizer_spec(config.optimizer.name)
-    hparams = config.optimizer[config.optimizer.name].to_dict()
+    hparams = optimizer_hparams(config)[config.optimizer.name]
     batch_size = run_batch_size(config, num_train)
     steps_per_epoch = data.num_batches(num_train, batch_size)
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
@@ -130,7 +130,8 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
 
     m = spec.sub_batch_size(hparams)
     train_step = make_train_step(model, tx, loss, spec.descent_loss(hparams), m=m if m < batch_size else 0,
-                                 uses_clean_gradient=spec.uses_clean_gradient)
+                                 uses_clean_gradient=spec.uses_clean_gradient,
+                                 mixing=get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {})))
     eval_step = make_eval_step(model)
 
     def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any,
@@ -156,6 +157,8 @@ def check_run_data(run_data: RunData) -> None:
     for split in ("train", "val", "test"):
         dataset = getattr(run_data, split)
         check_labels(dataset.labels, run_data.num_classes, where=f"the {split} split")
+        if not len(dataset.labels):
+            continue
         finite = np.isfinite(dataset.images).reshape(len(dataset.labels), -1).all(axis=1)
         if not finite.all():
             index = int(np.argmin(finite))
@@ -241,7 +244,7 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     size = config.curvature.subset_size or len(train.labels)
     index = data.epoch_permutation(len(train.labels), config.curvature.seed, 0)[:size]
     images, labels = jnp.asarray(train.images[index]), jnp.asarray(train.labels[index])
-    rho = run.optimizer.perturbation_radius(config.optimizer[config.optimizer.name].to_dict())
+    rho = run.optimizer.perturbation_radius(optimizer_hparams(config)[config.optimizer.name])
     # The training loss at its initial state (for a loss with state, e.g. AdaFocal's initial gamma).
     loss_fn = get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
     tracker = make_curvature_tracker(config.curvature, run.eval_step, loss_fn,

@@ -8,6 +8,7 @@ import ml_collections
 import optax
 
 from sam_jax import optim
+from sam_jax.training.config import optimizer_hparams
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -39,6 +40,6 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
       num_train: training examples N (bSAM's posterior scale).
     """
     opt = config.optimizer
-    blocks = {name: opt[name].to_dict() for name in optim.OPTIMIZERS if name in opt}
+    blocks = optimizer_hparams(config)
     context = optim.BuildContext(learning_rate_schedule(config, total_steps), num_train, config.seed, blocks)
     return optim.build_optimizer(opt.name, context)

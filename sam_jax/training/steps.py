@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sam_jax.losses import StatefulLoss
+from sam_jax.losses import MixedObjective, StatefulLoss, get_mixing
 from sam_jax.optim import split_into_sub_batches
 from sam_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
+# fold_in constant that separates the mixing key from the dropout key of the same step.
+_MIXING_STREAM = 0x6D6978
 LossFn = Callable[..., jax.Array]
 
 
@@ -32,7 +34,7 @@ def model_forward(model: nn.Module, params: Any, model_state: Any, images: jax.A
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, loss: StatefulLoss,
                     descent_loss_fn: Optional[LossFn] = None, *, m: int = 0,
-                    uses_clean_gradient: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    uses_clean_gradient: bool = True, mixing: MixedObjective = get_mixing("none")) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
     Args:
@@ -48,23 +50,33 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
         of the sub-batches'.
       uses_clean_gradient: False when the optimizer takes all its gradients from ``grad_fn``
         (bSAM); the clean pass is then a forward pass only.
+      mixing: how a batch becomes a loss (``sam_jax.losses.get_mixing``: none, mixup, MIT-L),
+        keyed from the step's key so that a resumed run mixes identically; the ascent and descent
+        passes of a SAM-family step see the same mixed batch.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
+        mix_key = jax.random.fold_in(rng, _MIXING_STREAM)
 
-        def training_loss(logits: jax.Array, data: Batch) -> jax.Array:
-            return loss.loss(logits, data["label"], state.loss_state, indices=data["index"])
+        def training_loss(data: Batch) -> Callable[..., jax.Array]:
+            def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+                return loss.loss(logits, labels, state.loss_state, mask=mask, indices=data["index"])
+            return loss_fn
 
-        def descent_loss(logits: jax.Array, data: Batch) -> jax.Array:
-            return descent_loss_fn(logits, data["label"])
+        def descent_loss(data: Batch) -> Callable[..., jax.Array]:
+            del data
+            return descent_loss_fn
 
-        def objective(loss_of: Callable[[jax.Array, Batch], jax.Array]
+        def objective(loss_of: Callable[[Batch], Callable[..., jax.Array]]
                       ) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
             def value(params: Any, data: Batch) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-                logits, new_state = model_forward(model, params, state.model_state, data["image"],
-                                                  train=True, rng=rng)
-                return loss_of(logits, data), (logits, new_state)
+                def forward(images: jax.Array) -> tuple[jax.Array, Any]:
+                    return model_forward(model, params, state.model_state, images, train=True, rng=rng)
+
+                loss_value, logits, new_state = mixing.objective(mix_key, forward, loss_of(data),
+                                                                 data["image"], data["label"])
+                return loss_value, (logits, new_state)
             return value
 
         clean = objective(training_loss)

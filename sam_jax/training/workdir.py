@@ -100,8 +100,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
     if config.overwrite:
         remove_run(workdir)
         return False
-    how = (f"To keep it, pick another --config.workdir; to delete it and start afresh, add "
-           f"--config.overwrite=True.")
+    how = ("To keep it, pick another --config.workdir; to delete it and start afresh, add "
+           "--config.overwrite=True.")
     if not config.resume:
         raise WorkdirError(f"workdir {workdir!r} already holds a run and resume=False. {how}")
     differences = config_differences(saved, config)
