@@ -1,4 +1,5 @@
 """Installs sam_jax: sharpness-aware training and calibration in JAX/Flax/Optax."""
+
 from setuptools import find_packages, setup
 
 

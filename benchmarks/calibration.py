@@ -5,6 +5,7 @@ with ``block_until_ready``. "all metrics" is one jitted ``calibration_metrics`` 
 (softmax included); with "+ temperature" it also fits T on a validation split of N/10 rows.
 Prints a Markdown table. Usage: ``python -m benchmarks.calibration [--n 1000000] [--classes 100]``.
 """
+
 import argparse
 import functools
 import platform
@@ -26,7 +27,7 @@ def synthetic_predictions(n: int, num_classes: int, seed: int):
     probs = jax.nn.softmax(jnp.asarray(logits), axis=-1)
     confidence = np.asarray(jnp.max(probs, axis=-1), dtype=np.float64)
     prediction = np.asarray(jnp.argmax(probs, axis=-1))
-    correct = rng.random(n) < confidence ** 1.3
+    correct = rng.random(n) < confidence**1.3
     other = (prediction + rng.integers(1, num_classes, n)) % num_classes
     labels = np.where(correct, prediction, other)
     return jnp.asarray(logits), probs, jnp.asarray(labels.astype(np.int32))
@@ -76,20 +77,21 @@ def main() -> None:
         "margin_moment (logits)": lambda: cal.margin_moment(logits, labels),
         "fit_temperature (N/10 val logits)": lambda: cal.fit_temperature(val_logits, val_labels),
         "all metrics, one jit call (logits)": functools.partial(
-            cal.summary._metrics, logits, labels, None, None, None, None, num_bins=m,
-            loss="cross_entropy"),
+            cal.summary._metrics, logits, labels, None, None, None, None, num_bins=m, loss="cross_entropy"
+        ),
         "all metrics + temperature and TCE": functools.partial(
-            cal.summary._metrics, logits, labels, None, val_logits, val_labels, None, num_bins=m,
-            loss="cross_entropy"),
+            cal.summary._metrics, logits, labels, None, val_logits, val_labels, None, num_bins=m, loss="cross_entropy"
+        ),
     }
-    print(f"# N={args.n:,} x K={args.classes} float32, {m} bins, median of {args.repeats} after "
-          f"warm-up; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# N={args.n:,} x K={args.classes} float32, {m} bins, median of {args.repeats} after "
+        f"warm-up; jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("\n| metric | value | time (s) |\n|---|---:|---:|")
     for name, fn in rows.items():
         seconds, value = median_seconds(fn, args.repeats)
-        shown = (f"ece={float(value['ece']):.6f}" if isinstance(value, dict)
-                 else f"{float(value):.6f}")
+        shown = f"ece={float(value['ece']):.6f}" if isinstance(value, dict) else f"{float(value):.6f}"
         print(f"| {name} | {shown} | {seconds:.3f} |")
 
 

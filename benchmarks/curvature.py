@@ -10,6 +10,7 @@ SGD. Prints Markdown tables.
 
 Usage: python benchmarks/curvature.py [--iters 10,20,30,50,80] [--steps 300]
 """
+
 import argparse
 import importlib.metadata
 import time
@@ -76,10 +77,12 @@ def hessian_linearised(params, batch):
 
 
 def product_costs(reps, count=10):
-    print(f"\n## Cost of one product relative to one gradient (jit, batch 1000, median of {reps}; "
-          f"products timed as a loop of {count}, operator built once per loop)\n\n"
-          "| dtype | gradient ms | HVP (jvp of grad) | HVP, linearised | GNVP (fresh) | "
-          "GNVP, linearised |\n|---|---|---|---|---|---|")
+    print(
+        f"\n## Cost of one product relative to one gradient (jit, batch 1000, median of {reps}; "
+        f"products timed as a loop of {count}, operator built once per loop)\n\n"
+        "| dtype | gradient ms | HVP (jvp of grad) | HVP, linearised | GNVP (fresh) | "
+        "GNVP, linearised |\n|---|---|---|---|---|---|"
+    )
     makers = [
         lambda p, b: lambda v: curvature.hvp(lambda q: loss_fn(q, b), p, v),
         hessian_linearised,
@@ -93,16 +96,14 @@ def product_costs(reps, count=10):
         t_grad = median_time(lambda: grad(params, batch), reps)
         loops = [amortised(make, count) for make in makers]
         ratios = [median_time(lambda: loop(params, batch, v), reps) / count / t_grad for loop in loops]
-        print(f"| {jnp.dtype(dtype).name} | {t_grad * 1e3:.2f} | "
-              + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+        print(f"| {jnp.dtype(dtype).name} | {t_grad * 1e3:.2f} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
 
 def reference_spectrum(params, batch):
     import scipy.sparse.linalg as sla
 
     flat, unravel = ravel_pytree(params)
-    hvp = jax.jit(lambda t, v: ravel_pytree(
-        curvature.hvp(lambda q: loss_fn(q, batch), unravel(t), unravel(v)))[0])
+    hvp = jax.jit(lambda t, v: ravel_pytree(curvature.hvp(lambda q: loss_fn(q, batch), unravel(t), unravel(v)))[0])
     count = [0]
 
     def matvec(v):
@@ -112,8 +113,10 @@ def reference_spectrum(params, batch):
     op = sla.LinearOperator((flat.size, flat.size), matvec=matvec, dtype=np.float64)
     start = time.perf_counter()
     values = sla.eigsh(op, k=5, which="LA", tol=1e-10, v0=np.ones(flat.size))[0]
-    print(f"\nReference: scipy eigsh(k=5, which='LA', tol=1e-10) on the float64 HVP, {count[0]} HVPs, "
-          f"{time.perf_counter() - start:.1f} s; top-5 = {np.sort(values)[::-1]}")
+    print(
+        f"\nReference: scipy eigsh(k=5, which='LA', tol=1e-10) on the float64 HVP, {count[0]} HVPs, "
+        f"{time.perf_counter() - start:.1f} s; top-5 = {np.sort(values)[::-1]}"
+    )
     return np.sort(values)[::-1]
 
 
@@ -144,16 +147,24 @@ def eigenvalue_accuracy(iters, reps):
         solvers[f"matfree {importlib.metadata.version('matfree')}"] = matfree_solver
     except importlib.metadata.PackageNotFoundError:
         pass  # matfree is optional: only our solver is measured
-    print("\n## Top Hessian eigenvalues vs Lanczos iterations (float64; bookkeeping = run time "
-          "minus that of a loop of as many linearised HVPs, relative to the latter)\n\n"
-          "| solver | iterations | rel. err top-1 | max rel. err top-5 | run s | bookkeeping |\n"
-          "|---|---|---|---|---|---|")
+    print(
+        "\n## Top Hessian eigenvalues vs Lanczos iterations (float64; bookkeeping = run time "
+        "minus that of a loop of as many linearised HVPs, relative to the latter)\n\n"
+        "| solver | iterations | rel. err top-1 | max rel. err top-5 | run s | bookkeeping |\n"
+        "|---|---|---|---|---|---|"
+    )
     for name, factory in solvers.items():
         for m in iters:
             if factory is None:
-                solve = jax.jit(lambda p, b, v, m=m: curvature.eigenvalues(
-                    curvature.hessian_operator(lambda q: loss_fn(q, b), p), p, k=5, num_iters=m,
-                    key=jax.random.PRNGKey(1))[0])
+                solve = jax.jit(
+                    lambda p, b, v, m=m: curvature.eigenvalues(
+                        curvature.hessian_operator(lambda q: loss_fn(q, b), p),
+                        p,
+                        k=5,
+                        num_iters=m,
+                        key=jax.random.PRNGKey(1),
+                    )[0]
+                )
             else:
                 solve = factory(m)
             t_run = median_time(lambda: solve(params, batch, v0), reps)
@@ -162,8 +173,7 @@ def eigenvalue_accuracy(iters, reps):
             values = np.asarray(solve(params, batch, v0))
             errors = np.abs(values - reference) / np.abs(reference)
             overhead = (t_run - t_products) / t_products
-            print(f"| {name} | {m} | {errors[0]:.1e} | {errors.max():.1e} | {t_run:.2f} | "
-                  f"{100 * overhead:.0f} % |")
+            print(f"| {name} | {m} | {errors[0]:.1e} | {errors.max():.1e} | {t_run:.2f} | {100 * overhead:.0f} % |")
 
 
 def tracking_overhead(steps, every):
@@ -183,15 +193,14 @@ def tracking_overhead(steps, every):
     config = default_curvature_config()
     config.every = every
     config.quantities = "hessian,gauss_newton"
-    tracker = make_curvature_tracker(
-        config, lambda p, s, x: apply_fn(p, x), cross_entropy, batch_size=128)
+    tracker = make_curvature_tracker(config, lambda p, s, x: apply_fn(p, x), cross_entropy, batch_size=128)
 
     def run(track):
         p, state = params, opt.init(params)
         start, tracked = time.perf_counter(), 0.0
         for step in range(steps):
             i = (step * 128) % (train_x.shape[0] - 128)
-            p, state = train_step(p, state, {"image": train_x[i:i + 128], "label": train_y[i:i + 128]})
+            p, state = train_step(p, state, {"image": train_x[i : i + 128], "label": train_y[i : i + 128]})
             if track and step % every == 0:
                 jax.block_until_ready(p)
                 t0 = time.perf_counter()
@@ -200,19 +209,20 @@ def tracking_overhead(steps, every):
         jax.block_until_ready(p)
         return time.perf_counter() - start, tracked
 
-    jax.block_until_ready(train_step(params, opt.init(params), {"image": train_x[:128],
-                                                                 "label": train_y[:128]}))
+    jax.block_until_ready(train_step(params, opt.init(params), {"image": train_x[:128], "label": train_y[:128]}))
     start = time.perf_counter()
     tracker(params, {}, subset["image"], subset["label"], jax.random.PRNGKey(0))
     compile_s = time.perf_counter() - start
     plain, _ = run(track=False)
     total, tracked = run(track=True)
-    print(f"\n## Tracking overhead: SGD (batch 128, float32) for {steps} steps, tracker every {every} "
-          "steps on a 1000-example subset (Hessian and GN top-1, 30 Lanczos steps each)\n\n"
-          "| training s (no tracking) | training s (tracking) | tracker s | overhead | "
-          "tracker compile s (once) |\n|---|---|---|---|---|\n"
-          f"| {plain:.2f} | {total:.2f} | {tracked:.2f} | {100 * (total - plain) / plain:.0f} % | "
-          f"{compile_s:.1f} |")
+    print(
+        f"\n## Tracking overhead: SGD (batch 128, float32) for {steps} steps, tracker every {every} "
+        "steps on a 1000-example subset (Hessian and GN top-1, 30 Lanczos steps each)\n\n"
+        "| training s (no tracking) | training s (tracking) | tracker s | overhead | "
+        "tracker compile s (once) |\n|---|---|---|---|---|\n"
+        f"| {plain:.2f} | {total:.2f} | {tracked:.2f} | {100 * (total - plain) / plain:.0f} % | "
+        f"{compile_s:.1f} |"
+    )
 
 
 def main():

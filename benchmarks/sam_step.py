@@ -8,6 +8,7 @@ per step over the repeats is reported with its ratio to SGD, as a Markdown table
 
     python -m benchmarks.sam_step [--batch-size 128] [--steps 10] [--repeats 9]
 """
+
 import argparse
 import os
 import statistics
@@ -92,8 +93,10 @@ def main() -> None:
 
     medians = {name: statistics.median(values) for name, values in timings.items()}
     sgd = medians["SGD (momentum 0.9)"]
-    print(f"LeNet-5, batch {args.batch_size}, jit, median of {args.repeats} x {args.steps} steps; "
-          f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores")
+    print(
+        f"LeNet-5, batch {args.batch_size}, jit, median of {args.repeats} x {args.steps} steps; "
+        f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores"
+    )
     print()
     print("| optimizer | ms / step | ratio to SGD |")
     print("|---|---:|---:|")

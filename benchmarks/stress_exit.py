@@ -7,6 +7,7 @@ beside it and counts non-zero exits.
 
     python -m benchmarks.stress_exit --runs=50 --busy=2 --parallel=2 --out=/tmp/stress.json
 """
+
 import argparse
 import contextlib
 import json
@@ -44,21 +45,36 @@ def busy_processes(count: int) -> Iterator[None]:
 
 def _one_run(index: int, config: str, root: str, timeout: float) -> dict:
     workdir = os.path.join(root, f"run{index}")
-    command = [sys.executable, "-m", "experiments.train", f"--config={config}",
-               f"--config.workdir={workdir}"]
+    command = [sys.executable, "-m", "experiments.train", f"--config={config}", f"--config.workdir={workdir}"]
     started = time.time()
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
         code, tail = done.returncode, done.stderr[-2000:]
     except subprocess.TimeoutExpired:
         code, tail = None, f"timed out after {timeout} s"
-    return {"run": index, "exit_code": code, "seconds": round(time.time() - started, 2),
-            "stderr_tail": tail if code != 0 else ""}
+    return {
+        "run": index,
+        "exit_code": code,
+        "seconds": round(time.time() - started, 2),
+        "stderr_tail": tail if code != 0 else "",
+    }
 
 
-def stress(runs: int, busy: int = 2, parallel: int = 1, config: str = DEFAULT_CONFIG,
-           timeout: float = 600.0, out: Optional[str] = None) -> dict:
+def stress(
+    runs: int,
+    busy: int = 2,
+    parallel: int = 1,
+    config: str = DEFAULT_CONFIG,
+    timeout: float = 600.0,
+    out: Optional[str] = None,
+) -> dict:
     """Runs the train CLI ``runs`` times (``parallel`` at once) beside ``busy`` spinning processes.
 
     Returns:
@@ -66,11 +82,16 @@ def stress(runs: int, busy: int = 2, parallel: int = 1, config: str = DEFAULT_CO
       exit code other than 0 (or a time-out), with the tail of its stderr.
     """
     started = time.time()
-    with tempfile.TemporaryDirectory() as root, busy_processes(busy), \
-            ThreadPoolExecutor(parallel) as pool:
+    with tempfile.TemporaryDirectory() as root, busy_processes(busy), ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(lambda i: _one_run(i, config, root, timeout), range(runs)))
-    report = {"runs": runs, "failures": sum(r["exit_code"] != 0 for r in results), "busy": busy,
-              "parallel": parallel, "wall_s": round(time.time() - started, 1), "results": results}
+    report = {
+        "runs": runs,
+        "failures": sum(r["exit_code"] != 0 for r in results),
+        "busy": busy,
+        "parallel": parallel,
+        "wall_s": round(time.time() - started, 1),
+        "results": results,
+    }
     if out:
         with open(out, "w") as f:
             json.dump(report, f, indent=2)
@@ -89,8 +110,10 @@ def main() -> None:
     for result in report["results"]:
         if result["exit_code"] != 0:
             print(f"run {result['run']}: exit {result['exit_code']}\n{result['stderr_tail']}")
-    print(f"{report['runs']} runs, {report['failures']} non-zero exits, {report['busy']} busy "
-          f"processes, {report['parallel']} at a time, {report['wall_s']} s")
+    print(
+        f"{report['runs']} runs, {report['failures']} non-zero exits, {report['busy']} busy "
+        f"processes, {report['parallel']} at a time, {report['wall_s']} s"
+    )
     sys.exit(1 if report["failures"] else 0)
 
 

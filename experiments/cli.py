@@ -3,6 +3,7 @@
 The flag is defined when a driver runs as a script, not when it is imported, so tests and other
 drivers can import any number of driver modules.
 """
+
 import importlib.util
 import os
 import sys
@@ -22,10 +23,11 @@ def _config_help(default_config: str) -> str:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     presets = getattr(module, "PRESETS", ())
-    listed = (f" Presets: {', '.join(f'{path}:{p}' for p in presets)}." if presets
-              else " This file has no presets.")
-    return (f"Run config file[:preset] (default {os.path.relpath(default_config)}).{listed} Override any field with "
-            "--config.<field>=<value>; sam_jax.training.default_config() lists them.")
+    listed = f" Presets: {', '.join(f'{path}:{p}' for p in presets)}." if presets else " This file has no presets."
+    return (
+        f"Run config file[:preset] (default {os.path.relpath(default_config)}).{listed} Override any field with "
+        "--config.<field>=<value>; sam_jax.training.default_config() lists them."
+    )
 
 
 def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) -> None:
@@ -38,8 +40,9 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
       main: the driver's body.
       default_config: config file used when ``--config`` is not given.
     """
-    config_flag = config_flags.DEFINE_config_file("config", default_config, _config_help(default_config),
-                                                  lock_config=True)
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default_config, _config_help(default_config), lock_config=True
+    )
     # Listed by --help (not only --helpfull): a key flag of the driver being run.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["config"])
 

@@ -1,4 +1,4 @@
-""""Too Sharp, Too Sure": calibration follows curvature along training (Morosini et al. 2026, arXiv:2604.20614).
+""" "Too Sharp, Too Sure": calibration follows curvature along training (Morosini et al. 2026, arXiv:2604.20614).
 
     python -m experiments.curvature_calibration --config=experiments/configs/curvature_calibration.py:quick
     python -m experiments.curvature_calibration --config=...:fmnist --mode=run --shard=0/2   # and 1/2
@@ -10,6 +10,7 @@ of ECE and KCE with GN sharpness over each trajectory, mean +- std over learning
 CSV), the App. C dynamics figure per optimizer and loss, the Figure A1 scatter of ECE vs GN sharpness,
 and the App. D check of MSE underconfidence. ``all`` (default) runs then reports.
 """
+
 import collections
 import csv
 import json
@@ -22,8 +23,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.grid import Job, expand_grid, parse_shard, run_jobs, shard_jobs
-from sam_jax.analysis import (mean_std_over_learning_rates, plot_dynamics, plot_ece_vs_sharpness,
-                              trajectory_correlation)
+from sam_jax.analysis import mean_std_over_learning_rates, plot_dynamics, plot_ece_vs_sharpness, trajectory_correlation
 from sam_jax.calibration import mse_optimum_confidence
 from sam_jax.data import NUM_CLASSES, ensure_debian_fashion_mnist
 from sam_jax.training import read_metrics
@@ -65,12 +65,22 @@ def _table(jobs: Sequence[Job], records: dict[str, list], loss: str) -> list[dic
     rows = []
     for group, runs_by_lr in _group_runs(jobs, records, loss).items():
         for split, metric in TABLE_ROWS:
-            correlations = {lr: [trajectory_correlation(r, f"{split}/{metric}") for r in runs]
-                            for lr, runs in runs_by_lr.items()}
+            correlations = {
+                lr: [trajectory_correlation(r, f"{split}/{metric}") for r in runs] for lr, runs in runs_by_lr.items()
+            }
             mean, std, n = mean_std_over_learning_rates(correlations)
-            rows.append({"loss": loss, "optimizer": group, "split": split, "metric": metric,
-                         "mean": mean, "std": std, "num_learning_rates": n,
-                         "seeds": max(len(runs) for runs in runs_by_lr.values())})
+            rows.append(
+                {
+                    "loss": loss,
+                    "optimizer": group,
+                    "split": split,
+                    "metric": metric,
+                    "mean": mean,
+                    "std": std,
+                    "num_learning_rates": n,
+                    "seeds": max(len(runs) for runs in runs_by_lr.values()),
+                }
+            )
     return rows
 
 
@@ -80,8 +90,9 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| split | metric | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
     for split, metric in TABLE_ROWS:
         label = "train" if split == "train" else "validation (held out)"
-        lines.append(f"| {label} | {metric.upper()} | "
-                     + " | ".join(cells.get((g, split, metric), "n/a") for g in groups) + " |")
+        lines.append(
+            f"| {label} | {metric.upper()} | " + " | ".join(cells.get((g, split, metric), "n/a") for g in groups) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -99,14 +110,21 @@ def _mse_rows(jobs: Sequence[Job], records: dict[str, list]) -> list[dict[str, A
         if job.config.loss.name != "mse" or not records[job.name]:
             continue
         last = {k: v for r in records[job.name] for k, v in r.items()}  # latest value of every key
-        rows.append({
-            "optimizer": job.group, "learning_rate": job.config.optimizer.learning_rate,
-            "seed": job.config.seed, "step": last["step"],
-            "train_accuracy": last.get("train/accuracy"),
-            "train_confidence": last.get("train/mean_confidence"),
-            "train_ece": last.get("train/ece"), "val_accuracy": last.get("val/accuracy"),
-            "val_confidence": last.get("val/mean_confidence"), "val_ece": last.get("val/ece"),
-            "optimum_confidence": mse_optimum_confidence(NUM_CLASSES[job.config.data.name])})
+        rows.append(
+            {
+                "optimizer": job.group,
+                "learning_rate": job.config.optimizer.learning_rate,
+                "seed": job.config.seed,
+                "step": last["step"],
+                "train_accuracy": last.get("train/accuracy"),
+                "train_confidence": last.get("train/mean_confidence"),
+                "train_ece": last.get("train/ece"),
+                "val_accuracy": last.get("val/accuracy"),
+                "val_confidence": last.get("val/mean_confidence"),
+                "val_ece": last.get("val/ece"),
+                "optimum_confidence": mse_optimum_confidence(NUM_CLASSES[job.config.data.name]),
+            }
+        )
     return rows
 
 
@@ -143,12 +161,13 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         if rows:
             table_rows += rows
             sections.append(f"### {loss}\n\n{_markdown_table(rows)}")
-    notes = [f"Pearson correlation of ECE / KCE with GN sharpness over each training trajectory, "
-             f"mean ± std (ddof=0) over learning rates (seeds averaged first); {dataset}, "
-             f"MLP 2x200 tanh, {config.data.train_size} train / {config.data.val_size} validation."]
+    notes = [
+        f"Pearson correlation of ECE / KCE with GN sharpness over each training trajectory, "
+        f"mean ± std (ddof=0) over learning rates (seeds averaged first); {dataset}, "
+        f"MLP 2x200 tanh, {config.data.train_size} train / {config.data.val_size} validation."
+    ]
     if diverged:
-        notes.append("Diverged (left out of the table, partial curves in the figures): "
-                     + ", ".join(diverged))
+        notes.append("Diverged (left out of the table, partial curves in the figures): " + ", ".join(diverged))
     if missing:
         notes.append("Not run yet (left out): " + ", ".join(missing))
     with open(os.path.join(out, "table1.md"), "w") as f:
@@ -159,21 +178,31 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         groups = _group_runs(jobs, records, loss)
         for group, runs_by_lr in groups.items():
             name = group.split("_k")[0]
-            plot_dynamics(runs_by_lr, os.path.join(out, f"dynamics_{group}_{loss}.png"),
-                          f"{group} | {loss} | {dataset}", eos_threshold=name in EOS_OPTIMIZERS)
-        plot_ece_vs_sharpness(groups, os.path.join(out, f"ece_vs_gn_sharpness_{loss}.png"),
-                              title=f"train ECE vs GN sharpness | {loss} | {dataset} "
-                                    "(o first tracked step, x last)")
+            plot_dynamics(
+                runs_by_lr,
+                os.path.join(out, f"dynamics_{group}_{loss}.png"),
+                f"{group} | {loss} | {dataset}",
+                eos_threshold=name in EOS_OPTIMIZERS,
+            )
+        plot_ece_vs_sharpness(
+            groups,
+            os.path.join(out, f"ece_vs_gn_sharpness_{loss}.png"),
+            title=f"train ECE vs GN sharpness | {loss} | {dataset} (o first tracked step, x last)",
+        )
 
     mse_rows = _mse_rows(jobs, records)
     if mse_rows:
         _write_csv(os.path.join(out, "mse_confidence.csv"), mse_rows)
-        lines = ["| optimizer | lr | seed | step | train acc | train conf | train ECE | val acc | "
-                 "val conf | e/(e+K-1) |", "|---" * 10 + "|"]
-        lines += [f"| {r['optimizer']} | {r['learning_rate']:.3g} | {r['seed']} | {r['step']} | "
-                  f"{r['train_accuracy']:.3f} | {r['train_confidence']:.3f} | {r['train_ece']:.3f} | "
-                  f"{r['val_accuracy']:.3f} | {r['val_confidence']:.3f} | {r['optimum_confidence']:.3f} |"
-                  for r in mse_rows]
+        lines = [
+            "| optimizer | lr | seed | step | train acc | train conf | train ECE | val acc | val conf | e/(e+K-1) |",
+            "|---" * 10 + "|",
+        ]
+        lines += [
+            f"| {r['optimizer']} | {r['learning_rate']:.3g} | {r['seed']} | {r['step']} | "
+            f"{r['train_accuracy']:.3f} | {r['train_confidence']:.3f} | {r['train_ece']:.3f} | "
+            f"{r['val_accuracy']:.3f} | {r['val_confidence']:.3f} | {r['optimum_confidence']:.3f} |"
+            for r in mse_rows
+        ]
         with open(os.path.join(out, "mse_confidence.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return out
@@ -194,8 +223,7 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
         index, count = parse_shard(shard)
         if config.data.name == "fashion_mnist" and not config.data.data_dir:
             ensure_debian_fashion_mnist()
-        run_jobs(shard_jobs(jobs, index, count),
-                 compilation_cache_dir=os.path.join(config.workdir, "jax_cache"))
+        run_jobs(shard_jobs(jobs, index, count), compilation_cache_dir=os.path.join(config.workdir, "jax_cache"))
     if mode in ("report", "all"):
         out = report(config, jobs)
         with open(os.path.join(out, "table1.md")) as f:
@@ -207,5 +235,7 @@ if __name__ == "__main__":
     # Defined here, not at import, so that tests and other drivers can import this module.
     flags.DEFINE_enum("mode", "all", list(MODES), "Train jobs, write the report, or both.")
     flags.DEFINE_string("shard", "0/1", "Train only shard i of n (jobs i, i+n, ...), e.g. 0/2.")
-    cli.run(lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
-            os.path.join(os.path.dirname(__file__), "configs", "curvature_calibration.py:quick"))
+    cli.run(
+        lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
+        os.path.join(os.path.dirname(__file__), "configs", "curvature_calibration.py:quick"),
+    )

@@ -9,6 +9,7 @@ runs whose optimizer learns a posterior (bSAM), ``--config.posterior_samples`` s
 ``evaluation.json``, ``reliability_test.png`` and, when corruption files exist, ``corruptions.csv``
 to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 """
+
 import csv
 import json
 import os
@@ -28,29 +29,35 @@ from sam_jax.training.writers import to_python
 Member = tuple[Run, TrainState]
 
 
-def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
-                   ) -> Callable[[data.ArrayDataset], np.ndarray]:
+def make_predictor(
+    members: Sequence[Member],
+    config: ml_collections.ConfigDict,
+) -> Callable[[data.ArrayDataset], np.ndarray]:
     """``predict(dataset) -> probs [N, K]``: the predictive average over members and samples."""
     run = members[0][0]
     posterior_sample = run.optimizer.posterior_sample if config.posterior_samples > 0 else None
     mc_samples = config.mc_dropout_samples
     if mc_samples and any(state.model_state for _, state in members):
-        raise ValueError("MC-dropout needs a model without BatchNorm state (its train mode would use "
-                         "batch statistics); set mc_dropout_samples=0.")
+        raise ValueError(
+            "MC-dropout needs a model without BatchNorm state (its train mode would use "
+            "batch statistics); set mc_dropout_samples=0."
+        )
     num_train = len(run.data.train.labels)
 
     def member_logits(member: Member, states: TrainState, images: jax.Array, key: jax.Array) -> jax.Array:
         member_run = member[0]
         if posterior_sample is not None:
+
             def sample(k: jax.Array) -> jax.Array:
                 params = posterior_sample(states.params, states.opt_state, k, num_train)
                 return member_run.eval_step(params, states.model_state, images)
-            return jnp.log(calibration.predictive_average(sample, key=key,
-                                                          num_samples=config.posterior_samples))
+
+            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=config.posterior_samples))
         if mc_samples:
+
             def sample(k: jax.Array) -> jax.Array:
-                return model_forward(member_run.model, states.params, states.model_state, images,
-                                     train=True, rng=k)[0]
+                return model_forward(member_run.model, states.params, states.model_state, images, train=True, rng=k)[0]
+
             return jnp.log(calibration.predictive_average(sample, key=key, num_samples=mc_samples))
         return member_run.eval_step(states.params, states.model_state, images)
 
@@ -58,7 +65,8 @@ def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
     def batch_probs(states: Sequence[TrainState], images: jax.Array, key: jax.Array) -> jax.Array:
         keys = jax.random.split(key, len(members))
         return calibration.predictive_average(
-            [lambda m=m, s=s, k=k: member_logits(m, s, images, k) for m, s, k in zip(members, states, keys)])
+            [lambda m=m, s=s, k=k: member_logits(m, s, images, k) for m, s, k in zip(members, states, keys)]
+        )
 
     states = [state for _, state in members]
 
@@ -72,46 +80,74 @@ def make_predictor(members: Sequence[Member], config: ml_collections.ConfigDict,
     return predict
 
 
-def _metrics(probs: np.ndarray, labels: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray,
-             num_bins: int) -> dict[str, float]:
+def _metrics(
+    probs: np.ndarray, labels: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray, num_bins: int
+) -> dict[str, float]:
     """The calibration suite on predictive probabilities (log-probabilities act as logits)."""
     log_probs = np.log(np.maximum(probs, np.finfo(probs.dtype).tiny))
     val_log_probs = np.log(np.maximum(val_probs, np.finfo(val_probs.dtype).tiny))
-    return calibration.calibration_metrics(log_probs, labels, val_logits=val_log_probs, val_labels=val_labels,
-                                           num_bins=num_bins)
+    return calibration.calibration_metrics(
+        log_probs, labels, val_logits=val_log_probs, val_labels=val_labels, num_bins=num_bins
+    )
 
 
-def _ood(predict: Callable[[data.ArrayDataset], np.ndarray], run: Run, test_probs: np.ndarray,
-         config: ml_collections.ConfigDict) -> dict[str, float]:
+def _ood(
+    predict: Callable[[data.ArrayDataset], np.ndarray],
+    run: Run,
+    test_probs: np.ndarray,
+    config: ml_collections.ConfigDict,
+) -> dict[str, float]:
     ood = data.load_dataset(config.ood_dataset, "test", data_dir=config.ood_data_dir or None)
     if ood.images.shape[1:] != run.data.test.images.shape[1:]:
-        raise ValueError(f"OOD dataset {config.ood_dataset!r} has images of shape {ood.images.shape[1:]}, "
-                         f"the model takes {run.data.test.images.shape[1:]}.")
+        raise ValueError(
+            f"OOD dataset {config.ood_dataset!r} has images of shape {ood.images.shape[1:]}, "
+            f"the model takes {run.data.test.images.shape[1:]}."
+        )
     ood_probs = predict(run.data.prepare(ood))
     return {
-        "auroc_max_prob": float(calibration.auroc(calibration.max_probability_score(test_probs),
-                                                  calibration.max_probability_score(ood_probs))),
-        "auroc_entropy": float(calibration.auroc(calibration.negative_entropy_score(test_probs),
-                                                 calibration.negative_entropy_score(ood_probs))),
+        "auroc_max_prob": float(
+            calibration.auroc(
+                calibration.max_probability_score(test_probs), calibration.max_probability_score(ood_probs)
+            )
+        ),
+        "auroc_entropy": float(
+            calibration.auroc(
+                calibration.negative_entropy_score(test_probs), calibration.negative_entropy_score(ood_probs)
+            )
+        ),
         "num_ood": int(len(ood.labels)),
     }
 
 
-def _corruptions(predict: Callable[[data.ArrayDataset], np.ndarray], run: Run, val_probs: np.ndarray,
-                 config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+def _corruptions(
+    predict: Callable[[data.ArrayDataset], np.ndarray],
+    run: Run,
+    val_probs: np.ndarray,
+    config: ml_collections.ConfigDict,
+) -> list[dict[str, Any]]:
     """Metrics per CIFAR-10-C corruption and severity whose files are present."""
     rows = []
     for corruption in data.CIFAR10_CORRUPTIONS:
         for severity in range(1, 6):
             try:
-                shifted = data.load_dataset("cifar10_corrupted", f"{corruption}_{severity}",
-                                            data_dir=config.corruption_data_dir or None, download=False)
+                shifted = data.load_dataset(
+                    "cifar10_corrupted",
+                    f"{corruption}_{severity}",
+                    data_dir=config.corruption_data_dir or None,
+                    download=False,
+                )
             except FileNotFoundError:
                 break
-            metrics = _metrics(predict(run.data.prepare(shifted)), shifted.labels, val_probs,
-                               run.data.val.labels, config.num_bins)
-            rows.append({"corruption": corruption, "severity": severity,
-                         **{k: metrics[k] for k in ("accuracy", "nll", "ece", "tce", "brier")}})
+            metrics = _metrics(
+                predict(run.data.prepare(shifted)), shifted.labels, val_probs, run.data.val.labels, config.num_bins
+            )
+            rows.append(
+                {
+                    "corruption": corruption,
+                    "severity": severity,
+                    **{k: metrics[k] for k in ("accuracy", "nll", "ece", "tce", "brier")},
+                }
+            )
     return rows
 
 
@@ -133,14 +169,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     predict = make_predictor(members, config)
     val_probs, test_probs = predict(run.data.val), predict(run.data.test)
     results: dict[str, Any] = {
-        "checkpoint": config.checkpoint, "step": int(state.step), "members": len(members),
-        "predictive": ("posterior" if run.optimizer.posterior_sample and config.posterior_samples
-                       else "mc_dropout" if config.mc_dropout_samples else "ensemble" if len(members) > 1
-                       else "point"),
+        "checkpoint": config.checkpoint,
+        "step": int(state.step),
+        "members": len(members),
+        "predictive": (
+            "posterior"
+            if run.optimizer.posterior_sample and config.posterior_samples
+            else "mc_dropout"
+            if config.mc_dropout_samples
+            else "ensemble"
+            if len(members) > 1
+            else "point"
+        ),
         "test": _metrics(test_probs, run.data.test.labels, val_probs, run.data.val.labels, config.num_bins),
     }
-    reliability_diagram(test_probs, run.data.test.labels, config.num_bins,
-                        path=os.path.join(output_dir, "reliability_test.png"))
+    reliability_diagram(
+        test_probs, run.data.test.labels, config.num_bins, path=os.path.join(output_dir, "reliability_test.png")
+    )
     if config.ood_dataset:
         results["ood"] = {"dataset": config.ood_dataset, **_ood(predict, run, test_probs, config)}
     if config.corruptions == "auto" and run.config.data.name == "cifar10":
@@ -160,12 +205,16 @@ def main(config: ml_collections.ConfigDict) -> None:
     results = evaluate_checkpoint(config)
     test = results["test"]
     print(f"{results['checkpoint']} (step {results['step']}, {results['predictive']} predictive)")
-    print(" | ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece",
-                                                     "tce", "brier")))
+    print(
+        " | ".join(
+            f"{k} {test[k]:.4f}" for k in ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece", "tce", "brier")
+        )
+    )
     if "ood" in results:
         ood = results["ood"]
-        print(f"OOD vs {ood['dataset']}: AUROC max-prob {ood['auroc_max_prob']:.4f}, "
-              f"entropy {ood['auroc_entropy']:.4f}")
+        print(
+            f"OOD vs {ood['dataset']}: AUROC max-prob {ood['auroc_max_prob']:.4f}, entropy {ood['auroc_entropy']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Each job trains in its own directory ``<workdir>/<optimizer>[_k<k>]/<loss>/lr<lr
 jobs can run in any order, in several processes (``shard_jobs``), and be interrupted: a job restarts
 from the loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists is skipped.
 """
+
 import contextlib
 import dataclasses
 import json
@@ -71,8 +72,10 @@ def format_learning_rate(learning_rate: float) -> str:
 def _set_nested(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> None:
     for key, value in overrides.items():
         if key not in config:
-            raise ValueError(f"grid.optimizers.{where}.overrides names {key!r}, which the run config "
-                             f"does not have; its fields are {sorted(config.keys())}.")
+            raise ValueError(
+                f"grid.optimizers.{where}.overrides names {key!r}, which the run config "
+                f"does not have; its fields are {sorted(config.keys())}."
+            )
         if isinstance(value, Mapping):
             _set_nested(config[key], value, f"{where}.{key}")
         else:
@@ -82,16 +85,19 @@ def _set_nested(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
 def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
     unknown = set(spec.keys()) - set(GRID_FIELDS)
     if unknown:
-        raise ValueError(f"grid.optimizers.{name} has unknown fields {sorted(unknown)}; "
-                         f"allowed: {list(GRID_FIELDS)}.")
+        raise ValueError(f"grid.optimizers.{name} has unknown fields {sorted(unknown)}; allowed: {list(GRID_FIELDS)}.")
     if not spec.get("learning_rates") or any(lr <= 0 for lr in spec.learning_rates):
-        raise ValueError(f"grid.optimizers.{name}.learning_rates={spec.get('learning_rates')!r} must "
-                         "be a nonempty tuple of positive numbers.")
+        raise ValueError(
+            f"grid.optimizers.{name}.learning_rates={spec.get('learning_rates')!r} must "
+            "be a nonempty tuple of positive numbers."
+        )
     by_loss = spec.get("learning_rates_by_loss") or {}
     for loss, rates in by_loss.items():
         if loss not in tuple(spec.get("losses") or ()) or not rates or any(lr <= 0 for lr in rates):
-            raise ValueError(f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
-                             "one of its losses and give a nonempty tuple of positive numbers.")
+            raise ValueError(
+                f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
+                "one of its losses and give a nonempty tuple of positive numbers."
+            )
     if spec.get("ks") and name != "bulk_sgd":
         raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_sgd.k).")
 
@@ -111,8 +117,10 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
       ValueError: the grid block is missing or malformed.
     """
     if "grid" not in config or not config.grid.get("optimizers"):
-        raise ValueError("The config has no grid.optimizers block; use a grid preset such as "
-                         "experiments/configs/curvature_calibration.py:quick.")
+        raise ValueError(
+            "The config has no grid.optimizers block; use a grid preset such as "
+            "experiments/configs/curvature_calibration.py:quick."
+        )
     seeds = tuple(config.grid.get("seeds") or (config.seed,))
     base = ml_collections.ConfigDict(config.to_dict())
     del base["grid"]
@@ -125,11 +133,9 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
             for loss in tuple(spec.get("losses") or (config.loss.name,)):
                 for learning_rate in by_loss.get(loss, spec.learning_rates):
                     for seed in seeds:
-                        job_name = os.path.join(group, loss, f"lr{format_learning_rate(learning_rate)}",
-                                                f"seed{seed}")
+                        job_name = os.path.join(group, loss, f"lr{format_learning_rate(learning_rate)}", f"seed{seed}")
                         job = ml_collections.ConfigDict(base.to_dict())
-                        _set_nested(job, (spec.get("overrides") or ml_collections.ConfigDict()).to_dict(),
-                                    name)
+                        _set_nested(job, (spec.get("overrides") or ml_collections.ConfigDict()).to_dict(), name)
                         job.optimizer.name = name
                         if k is not None:
                             job.optimizer.bulk_sgd.k = k
@@ -209,8 +215,7 @@ def _compilation_cache(directory: Optional[str]):
         compilation_cache.reset_cache()
 
 
-def run_jobs(jobs: Iterable[Job], progress: bool = True,
-             compilation_cache_dir: Optional[str] = None) -> None:
+def run_jobs(jobs: Iterable[Job], progress: bool = True, compilation_cache_dir: Optional[str] = None) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
 
     Args:
@@ -222,8 +227,10 @@ def run_jobs(jobs: Iterable[Job], progress: bool = True,
     """
     jobs = list(jobs)
     cache: dict[str, RunData] = {}
-    with _compilation_cache(compilation_cache_dir), \
-            tqdm(total=len(jobs), disable=not progress, desc="jobs", unit="job") as bar:
+    with (
+        _compilation_cache(compilation_cache_dir),
+        tqdm(total=len(jobs), disable=not progress, desc="jobs", unit="job") as bar,
+    ):
         for job in jobs:
             bar.set_postfix_str(job.name)
             if not job.done:

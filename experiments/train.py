@@ -3,6 +3,7 @@
     python -m experiments.train --config=experiments/configs/default.py \
         --config.optimizer.name=sam --config.workdir=runs/sam
 """
+
 import json
 import os
 

@@ -1,4 +1,5 @@
 """Shared fixtures: float64 for the tests that compare against NumPy float64 references."""
+
 import jax
 import pytest
 

@@ -3,6 +3,7 @@
 ``loss(params, x, y) = 0.5 mean_i ||tanh(x_i w + b) - y_i||^2`` with a hand-written NumPy gradient,
 so that optimizer steps can be checked against a float64 reference that does not use JAX.
 """
+
 from typing import Any, Callable
 
 import jax
@@ -29,13 +30,20 @@ def numpy_grad(params: dict, x: np.ndarray, y: np.ndarray) -> dict:
     return {"w": x.T @ dz, "b": dz.sum(axis=0)}
 
 
-def run_steps(tx: optax.GradientTransformationExtraArgs, params: dict, grads_fn: Callable[[Any], Any],
-              grad_fn: Callable[[Any], Any], num_steps: int, step_fn: Callable = jax.jit) -> list[dict]:
+def run_steps(
+    tx: optax.GradientTransformationExtraArgs,
+    params: dict,
+    grads_fn: Callable[[Any], Any],
+    grad_fn: Callable[[Any], Any],
+    num_steps: int,
+    step_fn: Callable = jax.jit,
+) -> list[dict]:
     """Applies ``num_steps`` updates of ``tx`` from ``params``; returns the parameters after each.
 
     Each update is ``tx.update(grads_fn(params), state, params, grad_fn=grad_fn)``; ``step_fn`` wraps
     the step (``jax.jit`` or a chex variant).
     """
+
     def step(params, state):
         updates, state = tx.update(grads_fn(params), state, params, grad_fn=grad_fn)
         return optax.apply_updates(params, updates), state

@@ -5,6 +5,7 @@ module of ``sam_jax`` and ``experiments`` is found with ``pkgutil`` (without imp
 imports are read with ``ast``, including those inside functions, so that a lazy import of a higher
 layer fails too.
 """
+
 import ast
 import os
 import pkgutil
@@ -30,11 +31,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("benchmarks",),
 )
 # The layers below ``sam_jax.training`` are numerics: importing them loads none of these.
-NUMERICS = tuple(package for layer in LAYERS[:LAYERS.index(("sam_jax.training",))] for package in layer)
+NUMERICS = tuple(package for layer in LAYERS[: LAYERS.index(("sam_jax.training",))] for package in layer)
 HEAVY = ("matplotlib", "ml_collections", "sklearn", "tqdm", "tensorflow", "tensorflow_datasets")
 # Only the registry may name an optimizer (see sam_jax/optim/registry.py).
-OPTIMIZER_NAMES = frozenset({"sgd", "gd", "adamw", "adam", "muon", "sam", "asam", "ssam", "csam",
-                             "bsam", "bulk_sgd"})
+OPTIMIZER_NAMES = frozenset({"sgd", "gd", "adamw", "adam", "muon", "sam", "asam", "ssam", "csam", "bsam", "bulk_sgd"})
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_OF = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
@@ -51,9 +51,11 @@ def _modules(path: str, prefix: str) -> Iterator[tuple[str, str]]:
             yield info.name, location + ".py"
 
 
-MODULES = {**dict(_modules(os.path.dirname(sam_jax.__file__), "sam_jax.")),
-           "experiments": os.path.join(ROOT, "experiments", "__init__.py"),
-           **dict(_modules(os.path.join(ROOT, "experiments"), "experiments."))}
+MODULES = {
+    **dict(_modules(os.path.dirname(sam_jax.__file__), "sam_jax.")),
+    "experiments": os.path.join(ROOT, "experiments", "__init__.py"),
+    **dict(_modules(os.path.join(ROOT, "experiments"), "experiments.")),
+}
 
 
 def _package(module: str) -> str | None:
@@ -75,14 +77,13 @@ def _imports(module: str, source: str) -> Iterator[tuple[str, int, bool]]:
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    parts = module.split(".")[:len(module.split(".")) - child.level + is_package]
+                    parts = module.split(".")[: len(module.split(".")) - child.level + is_package]
                     base = ".".join(parts + ([base] if base else []))
                 for alias in child.names:
                     # ``from sam_jax import optim`` imports the module sam_jax.optim.
                     name = f"{base}.{alias.name}"
                     yield (name if name in MODULES else base), child.lineno, lazy
-            yield from visit(child, lazy or isinstance(
-                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+            yield from visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     yield from visit(ast.parse(source), False)
 
@@ -112,8 +113,10 @@ def test_no_module_imports_a_higher_layer():
         for target, line, _ in _imports(module, _source(path)):
             other = _package(target)
             if other is not None and other != own and LAYER_OF[other] >= LAYER_OF[own]:
-                violations.append(f"{os.path.relpath(path, ROOT)}:{line}: {own} (layer "
-                                  f"{LAYER_OF[own]}) imports {target} (layer {LAYER_OF[other]})")
+                violations.append(
+                    f"{os.path.relpath(path, ROOT)}:{line}: {own} (layer "
+                    f"{LAYER_OF[own]}) imports {target} (layer {LAYER_OF[other]})"
+                )
     assert not violations, "lower layers import higher ones:\n" + "\n".join(violations)
 
 
@@ -123,27 +126,45 @@ def test_root_package_imports_nothing():
 
 
 def test_numerics_import_no_heavy_dependency_at_module_level():
-    violations = [f"{os.path.relpath(path, ROOT)}:{line}: imports {target}"
-                  for module, path in sorted(MODULES.items()) if _package(module) in NUMERICS
-                  for target, line, lazy in _imports(module, _source(path))
-                  if not lazy and target.split(".")[0] in HEAVY]
-    assert not violations, ("numerics layers import a heavy dependency at import time; import it "
-                            "inside the function that needs it:\n" + "\n".join(violations))
+    violations = [
+        f"{os.path.relpath(path, ROOT)}:{line}: imports {target}"
+        for module, path in sorted(MODULES.items())
+        if _package(module) in NUMERICS
+        for target, line, lazy in _imports(module, _source(path))
+        if not lazy and target.split(".")[0] in HEAVY
+    ]
+    assert not violations, (
+        "numerics layers import a heavy dependency at import time; import it "
+        "inside the function that needs it:\n" + "\n".join(violations)
+    )
 
 
 def test_importing_numerics_loads_no_heavy_dependency():
-    code = (f"import sys; import {', '.join(NUMERICS)}; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
+    code = (
+        f"import sys; import {', '.join(NUMERICS)}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=True,
+    )
     assert result.stdout.strip() == "[]", f"import {', '.join(NUMERICS)} loaded {result.stdout}"
 
 
 def test_training_and_evaluation_name_no_optimizer():
     paths = [path for module, path in MODULES.items() if _package(module) == "sam_jax.training"]
     paths.append(os.path.join(ROOT, "experiments", "evaluate.py"))
-    found = [f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.value!r}"
-             for path in sorted(paths) for node in ast.walk(ast.parse(_source(path)))
-             if isinstance(node, ast.Constant) and node.value in OPTIMIZER_NAMES]
-    assert not found, ("optimizer names outside sam_jax/optim/registry.py; ask the registry "
-                       "(e.g. a spec's flag) instead:\n" + "\n".join(found))
+    found = [
+        f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.value!r}"
+        for path in sorted(paths)
+        for node in ast.walk(ast.parse(_source(path)))
+        if isinstance(node, ast.Constant) and node.value in OPTIMIZER_NAMES
+    ]
+    assert not found, (
+        "optimizer names outside sam_jax/optim/registry.py; ask the registry "
+        "(e.g. a spec's flag) instead:\n" + "\n".join(found)
+    )

@@ -1,4 +1,5 @@
 """On-device augmentation: shapes, determinism, crops against a NumPy reference, flip rate, Cutout."""
+
 import functools
 import itertools
 
@@ -23,16 +24,22 @@ def _candidates(image: np.ndarray, padding: int) -> list[np.ndarray]:
     """Every crop of the zero-padded image, each also mirrored (the NumPy reference)."""
     height, width, _ = image.shape
     padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-    crops = [padded[dy:dy + height, dx:dx + width]
-             for dy, dx in itertools.product(range(2 * padding + 1), repeat=2)]
+    crops = [
+        padded[dy : dy + height, dx : dx + width] for dy, dx in itertools.product(range(2 * padding + 1), repeat=2)
+    ]
     return crops + [crop[:, ::-1] for crop in crops]
 
 
 def test_shapes_and_dtype_are_kept():
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def every_augmentation(key: jax.Array, images: jax.Array) -> tuple[jax.Array, ...]:
-        return (random_crop(key, images, 4), random_flip(key, images), random_crop_and_flip(key, images),
-                cutout(key, images, 8), augment_batch(key, images, crop_padding=4, flip=True, cutout_size=16))
+        return (
+            random_crop(key, images, 4),
+            random_flip(key, images),
+            random_crop_and_flip(key, images),
+            cutout(key, images, 8),
+            augment_batch(key, images, crop_padding=4, flip=True, cutout_size=16),
+        )
 
     for images in (jnp.asarray(_images(4, size=32)), jnp.asarray(_images(4, size=32)).astype(jnp.bfloat16)):
         for out in every_augmentation(jax.random.key(0), images):
@@ -53,8 +60,9 @@ def test_crops_are_shifts_of_the_zero_padded_image():
     out = np.asarray(jax.jit(random_crop_and_flip, static_argnums=2)(jax.random.key(3), jnp.asarray(images), padding))
     used_offsets = set()
     for image, augmented in zip(images, out):
-        matches = [index for index, candidate in enumerate(_candidates(image, padding))
-                   if np.array_equal(candidate, augmented)]
+        matches = [
+            index for index, candidate in enumerate(_candidates(image, padding)) if np.array_equal(candidate, augmented)
+        ]
         assert len(matches) == 1, "each output must be exactly one shifted (and maybe mirrored) crop"
         used_offsets.add(matches[0] % (2 * padding + 1) ** 2)
     assert len(used_offsets) > 5, "offsets should vary across the batch"

@@ -1,5 +1,6 @@
 """bSAM (``sam_jax.optim.bsam``, ``scale_by_bsam``) against a NumPy float64 transcription of Algorithm 1 of
 Möllenhoff & Khan (2023), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,20 @@ HYPER = dict(beta1=0.8, beta2=0.9, prior_precision=5.0, damping=0.1, init_precis
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-def numpy_bsam(params, x, y, noises, learning_rates, rho, beta1, beta2, prior_precision, damping,
-               init_precision, max_direction_norm=None) -> tuple[dict, dict, dict]:
+def numpy_bsam(
+    params,
+    x,
+    y,
+    noises,
+    learning_rates,
+    rho,
+    beta1,
+    beta2,
+    prior_precision,
+    damping,
+    init_precision,
+    max_direction_norm=None,
+) -> tuple[dict, dict, dict]:
     """Algorithm 1, lines 1-9, with ``delta = prior_precision / N`` and the given standard-normal draws.
 
     With ``max_direction_norm`` the direction ``gm / s`` of line 9 is clipped to that global norm
@@ -63,7 +76,6 @@ def _cosine(t):
 
 
 class BsamTest(chex.TestCase):
-
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(("constant", "constant"), ("cosine", "cosine"))
     def test_bsam_matches_algorithm_1_with_given_noise(self, schedule):
@@ -82,8 +94,9 @@ class BsamTest(chex.TestCase):
             ours, state = step(ours, state, noise)
         w, s, gm = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER)
         bsam_state, _ = state
-        chex.assert_trees_all_close((ours, bsam_state.precision, bsam_state.momentum), (w, s, gm),
-                                    rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(
+            (ours, bsam_state.precision, bsam_state.momentum), (w, s, gm), rtol=1e-10, atol=1e-12
+        )
 
     @parameterized.named_parameters(("clip_before", "before"), ("clip_after", "after"))
     def test_chain_with_schedule_and_clipping_matches_reference(self, clip_position):
@@ -103,11 +116,9 @@ class BsamTest(chex.TestCase):
             ours, state = step(ours, state, noise)
         learning_rates = [_cosine(t) for t in range(NUM_STEPS)]
         unclipped, _, _ = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER)
-        clipped, _, _ = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER,
-                                   max_direction_norm=max_norm)
+        clipped, _, _ = numpy_bsam(params, x, y, noises, learning_rates, rho, **HYPER, max_direction_norm=max_norm)
         self.assertGreater(np.abs(clipped["w"] - unclipped["w"]).max(), 1e-3)  # the clip is active
-        chex.assert_trees_all_close(ours, unclipped if clip_position == "before" else clipped,
-                                    rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(ours, unclipped if clip_position == "before" else clipped, rtol=1e-10, atol=1e-12)
 
     def test_own_noise_is_reproducible_and_advances_the_key(self):
         params, x, y = make_problem(2)
@@ -136,8 +147,9 @@ class BsamTest(chex.TestCase):
         row_precision = {"w": jnp.array([0.5, 1.0, 2.0]), "b": jnp.array([4.0, 8.0, 16.0])}
         tx = optim.bsam(0.1, 0.05, NUM_DATA, prior_precision=1.0)
         bsam_state, schedule_state = tx.init(params)
-        bsam_state = bsam_state._replace(precision=jax.tree.map(
-            lambda s, w: jnp.broadcast_to(s[:, None], w.shape), row_precision, params))
+        bsam_state = bsam_state._replace(
+            precision=jax.tree.map(lambda s, w: jnp.broadcast_to(s[:, None], w.shape), row_precision, params)
+        )
         sample = optim.bsam_sample(params, (bsam_state, schedule_state), jax.random.PRNGKey(0), NUM_DATA)
         # The chain's state and the BSAMState inside it give the same draw.
         chex.assert_trees_all_equal(sample, optim.bsam_sample(params, bsam_state, jax.random.PRNGKey(0), NUM_DATA))
@@ -148,8 +160,16 @@ class BsamTest(chex.TestCase):
             np.testing.assert_allclose(sample[name].var(1), std**2, rtol=0.05)
 
     def test_invalid_arguments_raise(self):
-        for bad in (dict(rho=-0.1), dict(num_data=0), dict(beta1=1.0), dict(beta2=-0.1), dict(damping=-1.0),
-                    dict(prior_precision=-1.0), dict(init_precision=0.0), dict(learning_rate=0.0)):
+        for bad in (
+            dict(rho=-0.1),
+            dict(num_data=0),
+            dict(beta1=1.0),
+            dict(beta2=-0.1),
+            dict(damping=-1.0),
+            dict(prior_precision=-1.0),
+            dict(init_precision=0.0),
+            dict(learning_rate=0.0),
+        ):
             kwargs = dict(learning_rate=0.1, rho=0.05, num_data=10, prior_precision=1.0) | bad
             with self.assertRaisesRegex(ValueError, "Bad bSAM hyper-parameters"):
                 optim.bsam(**kwargs)

@@ -2,6 +2,7 @@
 
 Song, Ahn & Yun (2025), "Does SGD really happen in tiny subspaces?", arXiv:2405.16002.
 """
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -53,8 +54,7 @@ def _relative(a, b):
 def test_update_removes_top_eigendirections(problem):
     params, loss = problem
     opt = bulk_sgd(LEARNING_RATE, K, num_iters=30)
-    update = jax.jit(chex.assert_max_traces(
-        lambda g, s, p: opt.update(g, s, p, grad_fn=jax.grad(loss)), n=1))
+    update = jax.jit(chex.assert_max_traces(lambda g, s, p: opt.update(g, s, p, grad_fn=jax.grad(loss)), n=1))
     state = opt.init(params)
     updates, state = update(jax.grad(loss)(params), state, params)
     projected, top = _dense_projection(params, loss)
@@ -63,8 +63,9 @@ def test_update_removes_top_eigendirections(problem):
     assert np.abs(top.T @ flat_updates).max() < 1e-6 * np.linalg.norm(flat_updates)
     # The Ritz vectors actually removed (same key as the first step) are orthogonal to rounding.
     _, lanczos_key = jax.random.split(jax.random.PRNGKey(0))
-    _, removed = curvature.eigenvalues(curvature.hessian_operator(loss, params), params, k=K, num_iters=30,
-                             key=lanczos_key)
+    _, removed = curvature.eigenvalues(
+        curvature.hessian_operator(loss, params), params, k=K, num_iters=30, key=lanczos_key
+    )
     removed = np.asarray(jax.vmap(lambda u: ravel_pytree(u)[0])(removed))
     assert np.abs(removed @ flat_updates).max() < 1e-12 * np.linalg.norm(flat_updates)
     stepped = jax.tree.map(jnp.add, params, updates)
@@ -93,8 +94,11 @@ def test_chain_with_clipping_and_schedule_matches_reference(problem):
     params, loss = problem
     max_norm = 0.5 * float(optax.tree.norm(jax.grad(loss)(params)))  # the clip is active
     schedule = optax.linear_schedule(0.1, 0.0, 4)  # 0.1, then 0.075
-    tx = optax.chain(optax.clip_by_global_norm(max_norm), project_out_top_hessian_directions(K, num_iters=30),
-                     optax.sgd(schedule, momentum=0.9))
+    tx = optax.chain(
+        optax.clip_by_global_norm(max_norm),
+        project_out_top_hessian_directions(K, num_iters=30),
+        optax.sgd(schedule, momentum=0.9),
+    )
     step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p, grad_fn=jax.grad(loss)))
     state, ours, trace, reference = tx.init(params), params, 0.0, ravel_pytree(params)[0]
     for learning_rate in (0.1, 0.075):

@@ -1,4 +1,5 @@
 """Calibration metrics against plain NumPy float64 references, on random and adversarial inputs."""
+
 import fractions
 
 import chex
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ---------------------------------------------------------------- plain references (loops allowed)
+
 
 def ref_width_bin(c, num_bins):
     """1-based bin k with edge_{k-1} < c <= edge_k, edges k/M rounded to the dtype of ``c``."""
@@ -118,6 +120,7 @@ PROB_METRICS = {
 
 # ---------------------------------------------------------------- inputs
 
+
 def one_hot_mix(conf, top, num_classes):
     """Rows with probability ``conf`` on class ``top`` and the rest spread evenly."""
     p = np.repeat(((1 - conf) / (num_classes - 1))[:, None], num_classes, axis=1)
@@ -158,7 +161,7 @@ def make_case(name, rng):
     elif name == "binary":
         p1 = rng.random(N)
         p = np.stack([1 - p1, p1], axis=1)
-        y = (rng.random(N) < p1 ** 2).astype(int)
+        y = (rng.random(N) < p1**2).astype(int)
     else:
         raise AssertionError(name)
     return p, y
@@ -237,8 +240,7 @@ def test_adaptive_bins_hold_equal_mass():
     n = 15 * 13 + 4
     p = one_hot_mix(np.random.default_rng(3).uniform(0.2, 1.0, n), np.zeros(n, int), 4)
     conf = jnp.sort(jnp.asarray(p.max(1)))
-    bins = np.asarray(jax.jit(cal.binning.equal_mass_bins_sorted, static_argnums=2)(
-        conf, jnp.ones(n), M))
+    bins = np.asarray(jax.jit(cal.binning.equal_mass_bins_sorted, static_argnums=2)(conf, jnp.ones(n), M))
     counts = np.bincount(bins, minlength=M)
     assert counts.sum() == n and counts.max() - counts.min() <= 1
 
@@ -277,8 +279,7 @@ def test_metrics_inline_in_a_callers_jit_and_trace_once():
         for seed in range(2):
             q = jnp.asarray(np.random.default_rng(seed).dirichlet(np.ones(K), size=N))
             labels = jnp.asarray(y)
-            np.testing.assert_allclose(float(jitted(q, labels)), float(fn(q, labels)),
-                                       rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(float(jitted(q, labels)), float(fn(q, labels)), rtol=1e-12, err_msg=name)
 
 
 def test_bad_arguments_raise_value_error():

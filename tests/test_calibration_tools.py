@@ -1,5 +1,6 @@
 """Temperature/isotonic scaling, margins, entropy, AUROC, predictive averaging, bootstrap and the
 one-call summary, against plain NumPy float64 references."""
+
 import functools
 
 import numpy as np
@@ -34,6 +35,7 @@ def synthetic_logits(rng, n=4000, k=5, temperature=2.0):
 
 # ---------------------------------------------------------------- temperature and isotonic scaling
 
+
 @pytest.mark.parametrize("true_temperature", [0.5, 2.0])
 def test_fit_temperature_recovers_generating_temperature(true_temperature):
     rng = np.random.default_rng(0)
@@ -55,8 +57,7 @@ def test_fit_temperature_masked_and_bounded():
     padded = cal.fit_temperature(jnp.asarray(z), jnp.asarray(y), mask=jnp.asarray(mask))
     np.testing.assert_allclose(float(padded), float(full), rtol=1e-9)
     separable = np.eye(3)[np.arange(30) % 3] * 0.5  # NLL keeps falling as T -> 0
-    t_min = float(cal.fit_temperature(jnp.asarray(separable), jnp.asarray(np.arange(30) % 3),
-                                      bounds=(0.05, 10.0)))
+    t_min = float(cal.fit_temperature(jnp.asarray(separable), jnp.asarray(np.arange(30) % 3), bounds=(0.05, 10.0)))
     np.testing.assert_allclose(t_min, 0.05, rtol=1e-5)
     with pytest.raises(ValueError, match="bounds"):
         cal.fit_temperature(jnp.asarray(z), jnp.asarray(y), bounds=(1.0, 0.5))
@@ -84,11 +85,14 @@ def test_isotonic_calibrator_is_monotone_and_lowers_ece():
         assert np.all(np.diff(mapped) >= 0)
     # Each class map agrees with scikit-learn's own predictions on the fitted data.
     from sklearn.isotonic import IsotonicRegression
+
     reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip")
     reference.fit(p[:3000, 1], y[:3000] == 1)
-    np.testing.assert_allclose(np.interp(p[3000:, 1], np.asarray(calibrator.knots_x[1]),
-                                         np.asarray(calibrator.knots_y[1])),
-                               reference.predict(p[3000:, 1]), atol=1e-12)
+    np.testing.assert_allclose(
+        np.interp(p[3000:, 1], np.asarray(calibrator.knots_x[1]), np.asarray(calibrator.knots_y[1])),
+        reference.predict(p[3000:, 1]),
+        atol=1e-12,
+    )
     calibrated = calibrator(jnp.asarray(p[3000:]))
     np.testing.assert_allclose(np.asarray(calibrated).sum(1), 1.0, atol=1e-12)
     before = float(cal.ece(jnp.asarray(p[3000:]), jnp.asarray(y[3000:])))
@@ -98,20 +102,20 @@ def test_isotonic_calibrator_is_monotone_and_lowers_ece():
 
 # ---------------------------------------------------------------- margins and entropy
 
+
 def test_margins_moment_and_entropy_match_reference():
     rng = np.random.default_rng(4)
     z = rng.standard_normal((50, 4)) * 2
     z[:5, 1] = z[:5, 0]  # ties between the label and the runner-up
     y = np.r_[np.zeros(5, int), rng.integers(0, 4, 45)]
     ref = np.array([z[i, y[i]] - max(z[i, j] for j in range(4) if j != y[i]) for i in range(50)])
-    np.testing.assert_allclose(np.asarray(cal.margins(jnp.asarray(z), jnp.asarray(y))), ref,
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(cal.margins(jnp.asarray(z), jnp.asarray(y))), ref, rtol=1e-12)
     assert np.all(ref[:5] <= 0)
-    np.testing.assert_allclose(float(cal.margin_moment(jnp.asarray(z), jnp.asarray(y))),
-                               np.mean(np.exp(-ref)), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(cal.margin_moment(jnp.asarray(z), jnp.asarray(y))), np.mean(np.exp(-ref)), rtol=1e-12
+    )
     huge = np.array([[0.0, 200.0], [1.0, 0.0]])  # exp(200) overflows only in padding
-    got = cal.margin_moment(jnp.asarray(huge, jnp.float32), jnp.array([0, 0]),
-                            mask=jnp.array([0, 1]))
+    got = cal.margin_moment(jnp.asarray(huge, jnp.float32), jnp.array([0, 0]), mask=jnp.array([0, 1]))
     np.testing.assert_allclose(float(got), np.exp(-1.0), rtol=1e-6)
     # Theorem 4.1: ECE <= (K - 1) Q.
     p = jnp.asarray(softmax(z))
@@ -128,12 +132,12 @@ def test_mse_optimum_confidence_and_sam_entropy_coefficients():
     y = jnp.array([0, 1])
     np.testing.assert_allclose(cal.sam_entropy_coefficient(p, p_tilde, y), [0.2 / 0.1, 0.4 / 0.3])
     bound = cal.sam_entropy_coefficient_bound(p_tilde, y, 0.1, jnp.array([1.0, 2.0]))
-    np.testing.assert_allclose(bound,
-                               [0.2 / (1 - np.exp(0.05) * 0.8), 0.4 / (1 - np.exp(0.1) * 0.6)])
+    np.testing.assert_allclose(bound, [0.2 / (1 - np.exp(0.05) * 0.8), 0.4 / (1 - np.exp(0.1) * 0.6)])
     np.testing.assert_allclose(cal.binary_entropy(jnp.array([0.0, 0.5, 1.0])), [0, np.log(2), 0])
 
 
 # ---------------------------------------------------------------- OOD
+
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_auroc_matches_sklearn(ties):
@@ -142,13 +146,10 @@ def test_auroc_matches_sklearn(ties):
     if ties:
         s_in, s_out = np.round(s_in), np.round(s_out)  # many tied scores across the two sets
     expected = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[s_in, s_out])
-    np.testing.assert_allclose(float(cal.auroc(jnp.asarray(s_in), jnp.asarray(s_out))), expected,
-                               rtol=1e-12)
+    np.testing.assert_allclose(float(cal.auroc(jnp.asarray(s_in), jnp.asarray(s_out))), expected, rtol=1e-12)
     w_in, w_out = rng.integers(0, 3, 300), rng.integers(0, 3, 200)
-    weighted = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[s_in, s_out],
-                             sample_weight=np.r_[w_in, w_out])
-    got = cal.auroc(jnp.asarray(s_in), jnp.asarray(s_out), mask_in=jnp.asarray(w_in),
-                    mask_out=jnp.asarray(w_out))
+    weighted = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[s_in, s_out], sample_weight=np.r_[w_in, w_out])
+    got = cal.auroc(jnp.asarray(s_in), jnp.asarray(s_out), mask_in=jnp.asarray(w_in), mask_out=jnp.asarray(w_out))
     np.testing.assert_allclose(float(got), weighted, rtol=1e-12)
 
 
@@ -161,6 +162,7 @@ def test_ood_scores():
 
 
 # ---------------------------------------------------------------- predictive averaging, bootstrap
+
 
 def test_predictive_average_ensemble_and_sampled_forms():
     rng = np.random.default_rng(6)
@@ -211,8 +213,7 @@ def test_bootstrap_interval_matches_numpy_resampling():
     for k in jax.random.split(key, 30):
         idx = np.asarray(jax.random.randint(k, (200,), 0, 200))
         replicates.append(float(metric(jnp.asarray(p[idx]), jnp.asarray(y[idx]))))
-    np.testing.assert_allclose([interval.lower, interval.upper],
-                               np.quantile(replicates, [0.025, 0.975]), rtol=1e-9)
+    np.testing.assert_allclose([interval.lower, interval.upper], np.quantile(replicates, [0.025, 0.975]), rtol=1e-9)
     np.testing.assert_allclose(interval.estimate, metric(jnp.asarray(p), jnp.asarray(y)))
     assert interval.lower <= interval.estimate <= interval.upper
     with pytest.raises(ValueError, match="leading dimension"):
@@ -220,6 +221,7 @@ def test_bootstrap_interval_matches_numpy_resampling():
 
 
 # ---------------------------------------------------------------- one-call summary
+
 
 def test_calibration_metrics_agrees_with_individual_metrics():
     rng = np.random.default_rng(10)
@@ -232,20 +234,28 @@ def test_calibration_metrics_agrees_with_individual_metrics():
     p3 = jax.nn.softmax(z3)
     t = cal.fit_temperature(zv, yv)
     expected = {
-        "accuracy": cal.accuracy(p3, y3), "nll": cal.nll(p3, y3), "brier": cal.brier(p3, y3),
-        "ece": cal.ece(p3, y3), "adaptive_ece": cal.adaptive_ece(p3, y3),
-        "classwise_ece": cal.classwise_ece(p3, y3), "mce": cal.max_calibration_error(p3, y3),
-        "kce": cal.kernel_calibration_error(p3, y3), "mean_confidence": cal.mean_confidence(p3),
-        "margin_moment": cal.margin_moment(z3, y3), "mean_margin": jnp.mean(cal.margins(z3, y3)),
+        "accuracy": cal.accuracy(p3, y3),
+        "nll": cal.nll(p3, y3),
+        "brier": cal.brier(p3, y3),
+        "ece": cal.ece(p3, y3),
+        "adaptive_ece": cal.adaptive_ece(p3, y3),
+        "classwise_ece": cal.classwise_ece(p3, y3),
+        "mce": cal.max_calibration_error(p3, y3),
+        "kce": cal.kernel_calibration_error(p3, y3),
+        "mean_confidence": cal.mean_confidence(p3),
+        "margin_moment": cal.margin_moment(z3, y3),
+        "mean_margin": jnp.mean(cal.margins(z3, y3)),
         "true_class_entropy": cal.true_class_entropy(p3, y3),
         "loss": np.mean(0.5 * ((z[:300] - np.eye(5)[y[:300]]) ** 2).sum(1)),
-        "temperature": t, "tce": cal.ece(jax.nn.softmax(z3 / t), y3),
+        "temperature": t,
+        "tce": cal.ece(jax.nn.softmax(z3 / t), y3),
     }
     assert set(got) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], float(value), rtol=1e-9, atol=1e-12, err_msg=name)
-    shapes = jax.eval_shape(functools.partial(summary._metrics, num_bins=15, loss="cross_entropy"),
-                            z3, y3, None, None, None, None)
+    shapes = jax.eval_shape(
+        functools.partial(summary._metrics, num_bins=15, loss="cross_entropy"), z3, y3, None, None, None, None
+    )
     assert set(shapes) == set(expected) - {"temperature", "tce"}
     with pytest.raises(ValueError, match="together"):
         cal.calibration_metrics(z3, y3, val_logits=zv)

@@ -1,4 +1,5 @@
 """CSAM loss (eq. 4) and a CSAM step against NumPy float64 references with hand-written gradients."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,6 @@ def make_logits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CsamLossTest(parameterized.TestCase):
-
     @parameterized.product(gamma=(0.0, 0.5, 1.0, 2.0), stop_gradient_weight=(False, True), masked=(False, True))
     def test_value_and_gradient_match_numpy(self, gamma, stop_gradient_weight, masked):
         logits, labels = make_logits()
@@ -59,18 +59,22 @@ class CsamLossTest(parameterized.TestCase):
         self.assertTrue(np.any(p > 0.5) and np.any(p <= 0.5), msg="both branches of eq. (4) must be exercised")
         expected_value, expected_grad = numpy_csam(logits, labels, gamma, stop_gradient_weight, mask)
         value, grad = jax.value_and_grad(csam_loss)(
-            jnp.asarray(logits), jnp.asarray(labels), gamma, stop_gradient_weight=stop_gradient_weight,
-            mask=None if mask is None else jnp.asarray(mask))
+            jnp.asarray(logits),
+            jnp.asarray(labels),
+            gamma,
+            stop_gradient_weight=stop_gradient_weight,
+            mask=None if mask is None else jnp.asarray(mask),
+        )
         np.testing.assert_allclose(value, expected_value, rtol=1e-10)
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-14)
 
     def test_threshold_is_inclusive_at_one_half(self):
         logits = jnp.array([[0.0, 0.0], [1e-3, 0.0], [-1e-3, 0.0]])
         labels = jnp.array([0, 0, 0])
-        per_example = [float(csam_loss(logits[i:i + 1], labels[i:i + 1], 2.0)) for i in range(3)]
+        per_example = [float(csam_loss(logits[i : i + 1], labels[i : i + 1], 2.0)) for i in range(3)]
         p = jax.nn.softmax(logits)[:, 0]
         np.testing.assert_allclose(per_example[0], np.log(2.0), rtol=1e-12)  # p = 1/2 exactly: plain CE
-        np.testing.assert_allclose(per_example[1], -(1 + p[1]) ** -2.0 * np.log(p[1]), rtol=1e-12)
+        np.testing.assert_allclose(per_example[1], -((1 + p[1]) ** -2.0) * np.log(p[1]), rtol=1e-12)
         np.testing.assert_allclose(per_example[2], -np.log(p[2]), rtol=1e-12)
 
     def test_gamma_zero_is_cross_entropy(self):
@@ -132,5 +136,6 @@ def test_masked_mean_is_the_weighted_mean_with_an_empty_set_rule():
     # The losses reduce with it: a padded batch gives the unpadded value.
     logits = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [9.0, 9.0, 9.0]])
     labels = jnp.array([0, 2, 1])
-    np.testing.assert_allclose(cross_entropy(logits, labels, jnp.array([1, 1, 0])),
-                               cross_entropy(logits[:2], labels[:2]), rtol=1e-12)
+    np.testing.assert_allclose(
+        cross_entropy(logits, labels, jnp.array([1, 1, 0])), cross_entropy(logits[:2], labels[:2]), rtol=1e-12
+    )

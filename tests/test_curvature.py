@@ -1,4 +1,5 @@
 """Curvature engine against dense float64 references (jax.hessian, explicit Jacobians, numpy eigh)."""
+
 import chex
 import flax.linen as nn
 import jax
@@ -67,8 +68,15 @@ def problem(request, float64):
         return cross_entropy(apply_fn(p, b["image"]), b["label"])
 
     hessian = np.asarray(jax.jit(jax.hessian(lambda t: loss_fn(unravel(t), batch)))(flat))
-    return dict(apply_fn=apply_fn, params=params, batch=batch, flat=np.asarray(flat),
-                unravel=unravel, loss_fn=loss_fn, hessian=hessian)
+    return dict(
+        apply_fn=apply_fn,
+        params=params,
+        batch=batch,
+        flat=np.asarray(flat),
+        unravel=unravel,
+        loss_fn=loss_fn,
+        hessian=hessian,
+    )
 
 
 def _dense_gauss_newton(apply_fn, params, batch, loss):
@@ -82,8 +90,7 @@ def _dense_gauss_newton(apply_fn, params, batch, loss):
     else:
         p = np.exp(logits - logits.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        out_hessians = (np.einsum("bi,ij->bij", p, np.eye(NUM_CLASSES))
-                        - np.einsum("bi,bj->bij", p, p)) / num
+        out_hessians = (np.einsum("bi,ij->bij", p, np.eye(NUM_CLASSES)) - np.einsum("bi,bj->bij", p, p)) / num
     return np.einsum("bkn,bkl,blm->nm", jac, out_hessians, jac)
 
 
@@ -112,7 +119,8 @@ def test_gnvp_matches_dense_gauss_newton(problem, loss_name):
     dense = _dense_gauss_newton(problem["apply_fn"], problem["params"], problem["batch"], loss_name)
     v, v_tree = _random_direction(problem, seed=1)
     product = jax.jit(curvature.gnvp, static_argnums=(0, 1))(
-        problem["apply_fn"], loss, problem["params"], problem["batch"], v_tree)
+        problem["apply_fn"], loss, problem["params"], problem["batch"], v_tree
+    )
     assert _relative(ravel_pytree(product)[0], dense @ v) < 1e-10
     eigs = np.linalg.eigvalsh(dense)
     assert eigs.min() > -1e-12 * eigs.max()  # PSD up to rounding
@@ -142,8 +150,9 @@ def test_eigenvalues_of_a_scalar_loss_mean_its_hessian(problem):
 
 
 def test_smallest_hessian_eigenvalue(problem):
-    value = jax.jit(lambda p, b: curvature.hessian_sharpness(problem["loss_fn"], p, b, num_iters=30,
-                                                             which="smallest"))(problem["params"], problem["batch"])
+    value = jax.jit(lambda p, b: curvature.hessian_sharpness(problem["loss_fn"], p, b, num_iters=30, which="smallest"))(
+        problem["params"], problem["batch"]
+    )
     reference = np.linalg.eigvalsh(problem["hessian"])
     np.testing.assert_allclose(value[0], reference[0], rtol=1e-6)
     assert reference[0] < 0  # a non-convex point, so "smallest" is not the same as "closest to 0"
@@ -153,8 +162,11 @@ def test_smallest_hessian_eigenvalue(problem):
 def test_top_gauss_newton_eigenvalues(problem, loss_name):
     loss = {"cross_entropy": cross_entropy, "mse": mse}[loss_name]
     dense = _dense_gauss_newton(problem["apply_fn"], problem["params"], problem["batch"], loss_name)
-    values = jax.jit(lambda p, b: curvature.gauss_newton_sharpness(
-        problem["apply_fn"], p, b, loss_from_logits=loss, k=5, num_iters=30))(problem["params"], problem["batch"])
+    values = jax.jit(
+        lambda p, b: curvature.gauss_newton_sharpness(
+            problem["apply_fn"], p, b, loss_from_logits=loss, k=5, num_iters=30
+        )
+    )(problem["params"], problem["batch"])
     reference = np.linalg.eigvalsh(dense)[::-1][:5]
     np.testing.assert_allclose(values[0], reference[0], rtol=1e-6)
     np.testing.assert_allclose(values, reference, rtol=1e-6)
@@ -170,8 +182,9 @@ def test_gauss_newton_equals_hessian_for_linear_model_with_mse(float64):
     def apply_fn(p, inputs):
         return model.apply({"params": p}, inputs)
 
-    columns = jax.jit(jax.vmap(lambda e: ravel_pytree(
-        curvature.gnvp(apply_fn, mse, params, batch, unravel(e)))[0]))(jnp.eye(flat.size))
+    columns = jax.jit(jax.vmap(lambda e: ravel_pytree(curvature.gnvp(apply_fn, mse, params, batch, unravel(e)))[0]))(
+        jnp.eye(flat.size)
+    )
     hessian = jax.jit(jax.hessian(lambda t: mse(apply_fn(unravel(t), x), batch["label"])))(flat)
     np.testing.assert_allclose(columns, hessian, atol=1e-12)
 
@@ -191,7 +204,8 @@ def test_batch_sharpness_matches_dense(problem):
 
 def test_hutchinson_trace_within_three_standard_errors(problem):
     estimate, stderr = jax.jit(lambda p, b: curvature.hessian_trace(problem["loss_fn"], p, b, num_probes=100))(
-        problem["params"], problem["batch"])
+        problem["params"], problem["batch"]
+    )
     exact = np.trace(problem["hessian"])
     assert 0 < stderr < abs(exact)
     assert abs(estimate - exact) < 3 * stderr
@@ -213,7 +227,8 @@ def test_lanczos_quadrature_is_exact_for_low_moments(problem):
 
 def test_spectral_density_normalised_and_moments_match(problem):
     density = jax.jit(lambda p, b: curvature.spectral_density(problem["loss_fn"], p, b, num_probes=20, num_iters=20))(
-        problem["params"], problem["batch"])
+        problem["params"], problem["batch"]
+    )
     np.testing.assert_allclose(density.weights.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(np.trapezoid(density.density, density.grid), 1.0, rtol=1e-6)
     eigs = np.linalg.eigvalsh(problem["hessian"])
@@ -239,10 +254,12 @@ def test_tracking_in_your_own_jit_compiles_once(float64):
         hessian_keys = jax.random.split(key, 3)
         halves = jax.tree.map(lambda a: a.reshape((2, -1) + a.shape[1:]), batch)
         return {
-            "hessian_top1": curvature.eigenvalues(lambda p: loss_fn(p, batch), params, num_iters=5,
-                                                  key=hessian_keys[0])[0][0],
-            "hessian_min": curvature.hessian_sharpness(loss_fn, params, batch, num_iters=5, which="smallest",
-                                                       key=hessian_keys[1])[0],
+            "hessian_top1": curvature.eigenvalues(
+                lambda p: loss_fn(p, batch), params, num_iters=5, key=hessian_keys[0]
+            )[0][0],
+            "hessian_min": curvature.hessian_sharpness(
+                loss_fn, params, batch, num_iters=5, which="smallest", key=hessian_keys[1]
+            )[0],
             "gauss_newton_top1": curvature.gauss_newton_sharpness(apply_fn, params, batch, num_iters=5)[0],
             "batch_sharpness": curvature.batch_sharpness(loss_fn, params, halves),
             "trace": curvature.hessian_trace(loss_fn, params, batch, num_probes=4, key=hessian_keys[2])[0],
@@ -252,8 +269,9 @@ def test_tracking_in_your_own_jit_compiles_once(float64):
     rng = np.random.default_rng(5)
     for step in range(3):
         params = jax.tree.map(lambda a: a + 0.01 * step, initial_params)
-        batch = dict(initial_batch, image=initial_batch["image"]
-                     + 0.1 * rng.standard_normal(initial_batch["image"].shape))
+        batch = dict(
+            initial_batch, image=initial_batch["image"] + 0.1 * rng.standard_normal(initial_batch["image"].shape)
+        )
         metrics = track(params, batch, jax.random.PRNGKey(step))
         chex.assert_tree_all_finite(metrics)
 

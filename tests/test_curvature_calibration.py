@@ -1,4 +1,5 @@
 """The "Too Sharp, Too Sure" experiment: grid runner, Table 1 correlations, and an end-to-end smoke run."""
+
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ def _quick(workdir) -> ml_collections.ConfigDict:
 
 # --- grid expansion, shards, skip-if-done ---------------------------------------------------------
 
+
 def test_expand_grid_names_and_fields(tmp_path):
     config = get_config("fmnist")
     config.workdir = str(tmp_path)
@@ -46,8 +48,9 @@ def test_expand_grid_names_and_fields(tmp_path):
     gd_mse = by_name[os.path.join("gd", "mse", "lr0.02", "seed0")]
     assert gd_mse.config.loss.name == "mse"
     # learning_rates_by_loss replaces the rates for that loss only.
-    assert {job.config.optimizer.learning_rate for job in jobs if job.group == "sgd"
-            and job.config.loss.name == "mse"} == set(spec.sgd.learning_rates_by_loss.mse)
+    assert {
+        job.config.optimizer.learning_rate for job in jobs if job.group == "sgd" and job.config.loss.name == "mse"
+    } == set(spec.sgd.learning_rates_by_loss.mse)
     assert os.path.join("gd", "cross_entropy", "lr0.25", "seed0") in by_name
     # Per-optimizer overrides reach only that optimizer's jobs.
     assert gd_mse.config.curvature.quantities == "hessian,gauss_newton"
@@ -79,12 +82,15 @@ def test_expand_grid_is_deterministic():
     assert names == [job.name for job in grid.expand_grid(get_config("paper"))]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.grid.optimizers.sgd.update({"learning_rates": ()}), "learning_rates"),
-    (lambda c: c.grid.optimizers.sgd.update({"ks": (1,)}), "only for bulk_sgd"),
-    (lambda c: c.grid.optimizers.gd.learning_rates_by_loss.update({"hinge": (0.1,)}), "one of its losses"),
-    (lambda c: c.grid.optimizers.sgd.overrides.update({"no_such_field": 1}), "no_such_field"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.grid.optimizers.sgd.update({"learning_rates": ()}), "learning_rates"),
+        (lambda c: c.grid.optimizers.sgd.update({"ks": (1,)}), "only for bulk_sgd"),
+        (lambda c: c.grid.optimizers.gd.learning_rates_by_loss.update({"hinge": (0.1,)}), "one of its losses"),
+        (lambda c: c.grid.optimizers.sgd.overrides.update({"no_such_field": 1}), "no_such_field"),
+    ],
+)
 def test_expand_grid_rejects_bad_grids(change, message):
     config = get_config("quick")
     change(config)
@@ -132,8 +138,7 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(grid, "load_run_data", lambda config: "data")
     monkeypatch.setattr(grid, "build_run", lambda config, run_data: (config.workdir, run_data))
-    monkeypatch.setattr(grid, "train_and_evaluate",
-                        lambda config, workdir, run: trained.append((workdir, run)) or {})
+    monkeypatch.setattr(grid, "train_and_evaluate", lambda config, workdir, run: trained.append((workdir, run)) or {})
     assert grid.run_job(done) == {"test/accuracy": 0.5}
     grid.run_jobs([done, todo], progress=False)
     assert trained == [(todo.workdir, (todo.workdir, "data"))]
@@ -154,19 +159,29 @@ def test_diverged_job_is_recorded_and_not_retried(tmp_path, monkeypatch):
 
 # --- correlations and Table 1 against numpy / scipy -------------------------------------------------
 
+
 def _synthetic_records(rng, steps, ece_scale, noise):
     sharp = 10 + 5 * np.sin(steps / 40.0)
     records = []
     for step, s in zip(steps, sharp):
-        records.append({
-            "step": int(step), "curvature/gauss_newton_top1": float(s),
-            "train/ece": float(ece_scale * s + noise * rng.normal()),
-            "train/kce": float(-ece_scale * s + noise * rng.normal()),
-            "val/ece": float(rng.normal()), "val/kce": float(rng.normal()),
-            "train/loss": 1.0, "train/accuracy": 0.5, "train/mean_margin": 0.1,
-            "val/loss": 1.0, "val/accuracy": 0.5, "val/mean_margin": 0.1,
-            "train/mean_confidence": 0.3, "val/mean_confidence": 0.3,
-        })
+        records.append(
+            {
+                "step": int(step),
+                "curvature/gauss_newton_top1": float(s),
+                "train/ece": float(ece_scale * s + noise * rng.normal()),
+                "train/kce": float(-ece_scale * s + noise * rng.normal()),
+                "val/ece": float(rng.normal()),
+                "val/kce": float(rng.normal()),
+                "train/loss": 1.0,
+                "train/accuracy": 0.5,
+                "train/mean_margin": 0.1,
+                "val/loss": 1.0,
+                "val/accuracy": 0.5,
+                "val/mean_margin": 0.1,
+                "train/mean_confidence": 0.3,
+                "val/mean_confidence": 0.3,
+            }
+        )
         records.append({"step": int(step) + 1, "train_step/loss": 1.0})  # a log-only record
     return records
 
@@ -187,8 +202,13 @@ def test_pearson_undefined_cases():
 
 
 def test_trajectory_keeps_steps_where_all_keys_are_finite():
-    records = [{"step": 1, "a": 1.0, "b": 2.0}, {"step": 2, "a": 3.0}, {"step": 3, "a": "nan", "b": 1.0},
-               {"step": 4, "a": float("inf"), "b": 1.0}, {"step": 5, "a": 5.0, "b": 0.0}]
+    records = [
+        {"step": 1, "a": 1.0, "b": 2.0},
+        {"step": 2, "a": 3.0},
+        {"step": 3, "a": "nan", "b": 1.0},
+        {"step": 4, "a": float("inf"), "b": 1.0},
+        {"step": 5, "a": 5.0, "b": 0.0},
+    ]
     series = trajectory(records, ("a", "b"))
     np.testing.assert_array_equal(series["step"], [1, 5])
     np.testing.assert_array_equal(series["a"], [1.0, 5.0])
@@ -200,8 +220,7 @@ def test_trajectory_correlation_matches_scipy():
     rows = [r for r in records if "train/ece" in r]
     ece = [r["train/ece"] for r in rows]
     sharp = [r["curvature/gauss_newton_top1"] for r in rows]
-    assert trajectory_correlation(records, "train/ece") == pytest.approx(
-        scipy.stats.pearsonr(ece, sharp)[0], abs=1e-12)
+    assert trajectory_correlation(records, "train/ece") == pytest.approx(scipy.stats.pearsonr(ece, sharp)[0], abs=1e-12)
 
 
 def test_mean_std_over_learning_rates():
@@ -226,8 +245,9 @@ def test_report_table_matches_scipy(tmp_path):
         with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         rows = [r for r in records if "train/ece" in r]
-        value = scipy.stats.pearsonr([r["train/ece"] for r in rows],
-                                     [r["curvature/gauss_newton_top1"] for r in rows])[0]
+        value = scipy.stats.pearsonr([r["train/ece"] for r in rows], [r["curvature/gauss_newton_top1"] for r in rows])[
+            0
+        ]
         key = (job.config.loss.name, job.group)
         expected.setdefault(key, {}).setdefault(job.config.optimizer.learning_rate, []).append(value)
     out = driver.report(config, jobs)
@@ -248,9 +268,12 @@ def test_report_table_matches_scipy(tmp_path):
 
 # --- end to end on real data --------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
-                    reason=f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}; install the "
-                           "Debian Fashion-MNIST package to run the smoke test.")
+
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST_DIR),
+    reason=f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}; install the "
+    "Debian Fashion-MNIST package to run the smoke test.",
+)
 def test_quick_preset_end_to_end(tmp_path):
     config = _quick(tmp_path)
     jobs = grid.expand_grid(config)
@@ -258,23 +281,40 @@ def test_quick_preset_end_to_end(tmp_path):
     grid.run_jobs(jobs, progress=False, compilation_cache_dir=str(tmp_path / "jax_cache"))
     out = driver.report(config, jobs)
 
-    tracked = ["train/loss", "train/accuracy", "train/ece", "train/kce", "train/mean_margin",
-               "train/margin_moment", "val/loss", "val/accuracy", "val/ece", "val/kce",
-               "val/mean_margin", "val/margin_moment", "curvature/gauss_newton_top1",
-               "curvature/hessian_top1"]
+    tracked = [
+        "train/loss",
+        "train/accuracy",
+        "train/ece",
+        "train/kce",
+        "train/mean_margin",
+        "train/margin_moment",
+        "val/loss",
+        "val/accuracy",
+        "val/ece",
+        "val/kce",
+        "val/mean_margin",
+        "val/margin_moment",
+        "curvature/gauss_newton_top1",
+        "curvature/hessian_top1",
+    ]
     for job in jobs:
         assert job.done
         records = [r for r in driver.read_metrics(job.workdir) if "train/ece" in r]
-        assert [r["step"] for r in records] == list(range(0, config.num_steps + 1,
-                                                          config.eval_every_steps))
+        assert [r["step"] for r in records] == list(range(0, config.num_steps + 1, config.eval_every_steps))
         keys = tracked + (["curvature/batch_sharpness"] if job.config.optimizer.name != "gd" else [])
         for record in records:
             for key in keys:
                 assert isinstance(record[key], float) and math.isfinite(record[key]), (job.name, key)
 
-    expected_files = ["table1.md", "table1.csv", "mse_confidence.md", "mse_confidence.csv",
-                      "ece_vs_gn_sharpness_cross_entropy.png", "ece_vs_gn_sharpness_mse.png",
-                      "dynamics_gd_mse.png"]
+    expected_files = [
+        "table1.md",
+        "table1.csv",
+        "mse_confidence.md",
+        "mse_confidence.csv",
+        "ece_vs_gn_sharpness_cross_entropy.png",
+        "ece_vs_gn_sharpness_mse.png",
+        "dynamics_gd_mse.png",
+    ]
     expected_files += [f"dynamics_{job.group}_cross_entropy.png" for job in jobs]
     for name in expected_files:
         assert os.path.getsize(os.path.join(out, name)) > 0, name

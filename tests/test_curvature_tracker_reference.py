@@ -4,6 +4,7 @@ Lanczos runs as many steps as the model has parameters, so every call finds the 
 eigenvalues exactly whatever its starting vector; the tracker and the direct calls then agree to
 rounding. The perturbed point is built with ``sam_jax.optim.ascent_perturbation``, as in SAM.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,10 +53,16 @@ def problem(float64):
     config.quantities = "hessian,gauss_newton,hessian_min,batch_sharpness"
     config.num_iters = num_params
     config.subset_size = 0
-    tracker = make_curvature_tracker(config, model_apply, cross_entropy, batch_size=NUM_EXAMPLES,
-                                     perturbation_rho=RHO)
-    return dict(tracker=tracker, model_apply=model_apply, params=params, model_state=model_state,
-                images=images, labels=labels, num_params=num_params)
+    tracker = make_curvature_tracker(config, model_apply, cross_entropy, batch_size=NUM_EXAMPLES, perturbation_rho=RHO)
+    return dict(
+        tracker=tracker,
+        model_apply=model_apply,
+        params=params,
+        model_state=model_state,
+        images=images,
+        labels=labels,
+        num_params=num_params,
+    )
 
 
 def test_tracker_equals_the_curvature_functions_it_wraps(problem):
@@ -70,27 +77,24 @@ def test_tracker_equals_the_curvature_functions_it_wraps(problem):
 
     @jax.jit  # one compilation for all five direct calls
     def direct(params):
-        perturbed = optax.apply_updates(
-            params, ascent_perturbation(jax.grad(loss_fn)(params, batch), params, RHO))
+        perturbed = optax.apply_updates(params, ascent_perturbation(jax.grad(loss_fn)(params, batch), params, RHO))
         return {
             "hessian_top1": curvature.hessian_sharpness(loss_fn, params, batch, num_iters=num_iters)[0],
-            "gauss_newton_top1": curvature.gauss_newton_sharpness(apply_fn, params, batch,
-                                                                  num_iters=num_iters)[0],
+            "gauss_newton_top1": curvature.gauss_newton_sharpness(apply_fn, params, batch, num_iters=num_iters)[0],
             # The tracker's one mini-batch of ``batch_size`` examples is the whole subset.
-            "batch_sharpness": curvature.batch_sharpness(loss_fn, params,
-                                                         jax.tree.map(lambda a: a[None], batch)),
-            "kappa_min_theta": curvature.hessian_sharpness(loss_fn, params, batch, num_iters=num_iters,
-                                                           which="smallest")[0],
-            "kappa_min_perturbed": curvature.hessian_sharpness(loss_fn, perturbed, batch,
-                                                               num_iters=num_iters, which="smallest")[0],
+            "batch_sharpness": curvature.batch_sharpness(loss_fn, params, jax.tree.map(lambda a: a[None], batch)),
+            "kappa_min_theta": curvature.hessian_sharpness(
+                loss_fn, params, batch, num_iters=num_iters, which="smallest"
+            )[0],
+            "kappa_min_perturbed": curvature.hessian_sharpness(
+                loss_fn, perturbed, batch, num_iters=num_iters, which="smallest"
+            )[0],
         }
 
     expected = direct(params)
-    metrics = problem["tracker"](params, state, problem["images"], problem["labels"],
-                                 jax.random.PRNGKey(7))
+    metrics = problem["tracker"](params, state, problem["images"], problem["labels"], jax.random.PRNGKey(7))
     for name, value in expected.items():
-        np.testing.assert_allclose(metrics[f"curvature/{name}"], float(value), rtol=1e-8, atol=1e-10,
-                                   err_msg=name)
+        np.testing.assert_allclose(metrics[f"curvature/{name}"], float(value), rtol=1e-8, atol=1e-10, err_msg=name)
     assert metrics["curvature/kappa_min_perturbed"] != pytest.approx(metrics["curvature/kappa_min_theta"])
 
 
@@ -98,11 +102,9 @@ def test_zero_gradient_gives_finite_kappa(problem):
     # All-zero weights give zero logits; with balanced labels every gradient entry is zero.
     params = jax.tree.map(jnp.zeros_like, problem["params"])
     labels = jnp.arange(NUM_EXAMPLES) % NUM_CLASSES
-    metrics = problem["tracker"](params, problem["model_state"], problem["images"], labels,
-                                 jax.random.PRNGKey(7))
+    metrics = problem["tracker"](params, problem["model_state"], problem["images"], labels, jax.random.PRNGKey(7))
     assert metrics["curvature/kappa_min_bound"] == 0.0
     for name in ("kappa_min_theta", "kappa_min_perturbed", "kappa_min_bound"):
         assert np.isfinite(metrics[f"curvature/{name}"]), name
     # A zero gradient leaves the SAM point at theta (the old ``g / ||g||`` gave NaN here).
-    assert metrics["curvature/kappa_min_perturbed"] == pytest.approx(
-        metrics["curvature/kappa_min_theta"], abs=1e-12)
+    assert metrics["curvature/kappa_min_perturbed"] == pytest.approx(metrics["curvature/kappa_min_theta"], abs=1e-12)

@@ -1,4 +1,5 @@
 """The training-time curvature tracker and its config validation (the sharpness plot: test_figures.py)."""
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -40,19 +41,30 @@ def setup():
     config.num_iters = 10
     config.density_probes = 2
     config.density_iters = 6
-    tracker = make_curvature_tracker(config, model_apply, cross_entropy, batch_size=BATCH_SIZE,
-                                     perturbation_rho=0.05)
-    return dict(tracker=tracker, params=variables["params"], state=state, images=images,
-                labels=labels, traces=traces)
+    tracker = make_curvature_tracker(config, model_apply, cross_entropy, batch_size=BATCH_SIZE, perturbation_rho=0.05)
+    return dict(tracker=tracker, params=variables["params"], state=state, images=images, labels=labels, traces=traces)
 
 
 def test_tracker_returns_finite_values_for_every_quantity(setup):
-    metrics = setup["tracker"](setup["params"], setup["state"], setup["images"], setup["labels"],
-                               jax.random.PRNGKey(1))
-    expected = {f"curvature/{name}" for name in (
-        "hessian_top1", "hessian_top2", "gauss_newton_top1", "gauss_newton_top2", "hessian_min",
-        "batch_sharpness", "hessian_trace", "hessian_trace_stderr", "density_nodes",
-        "density_weights", "kappa_min_theta", "kappa_min_perturbed", "kappa_min_bound")}
+    metrics = setup["tracker"](setup["params"], setup["state"], setup["images"], setup["labels"], jax.random.PRNGKey(1))
+    expected = {
+        f"curvature/{name}"
+        for name in (
+            "hessian_top1",
+            "hessian_top2",
+            "gauss_newton_top1",
+            "gauss_newton_top2",
+            "hessian_min",
+            "batch_sharpness",
+            "hessian_trace",
+            "hessian_trace_stderr",
+            "density_nodes",
+            "density_weights",
+            "kappa_min_theta",
+            "kappa_min_perturbed",
+            "kappa_min_bound",
+        )
+    }
     assert set(metrics) == expected
     for name, value in metrics.items():
         assert np.all(np.isfinite(value)), name
@@ -74,13 +86,16 @@ def test_tracker_compiles_once(setup):
     assert traced > 0 and len(setup["traces"]) == traced
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("quantities", "hessian,curvature", "quantities"),
-    ("quantities", "", "quantities"),
-    ("top_k", 40, "num_iters"),
-    ("trace_probes", 1, "trace_probes"),
-    ("every", -1, "every"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("quantities", "hessian,curvature", "quantities"),
+        ("quantities", "", "quantities"),
+        ("top_k", 40, "num_iters"),
+        ("trace_probes", 1, "trace_probes"),
+        ("every", -1, "every"),
+    ],
+)
 def test_config_validation(field, value, match):
     config = default_curvature_config()
     config[field] = value
@@ -97,5 +112,4 @@ def test_config_rejects_unknown_field_and_small_subset():
     config.subset_size = 4
     with pytest.raises(ValueError, match="subset_size"):
         make_curvature_tracker(config, None, cross_entropy, batch_size=BATCH_SIZE)
-    assert validate_curvature_config(default_curvature_config()) == (
-        "hessian", "gauss_newton", "batch_sharpness")
+    assert validate_curvature_config(default_curvature_config()) == ("hessian", "gauss_newton", "batch_sharpness")

@@ -32,18 +32,12 @@ def write_idx(path: str, array: np.ndarray, *, compress: bool) -> None:
         f.write(gzip.compress(payload) if compress else payload)
 
 
-def write_idx_split(
-    folder: str, split: str, images: np.ndarray, labels: np.ndarray, *, compress: bool
-) -> None:
+def write_idx_split(folder: str, split: str, images: np.ndarray, labels: np.ndarray, *, compress: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     prefix = {"train": "train", "test": "t10k"}[split]
     suffix = ".gz" if compress else ""
-    write_idx(
-        os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), images, compress=compress
-    )
-    write_idx(
-        os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), labels, compress=compress
-    )
+    write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), images, compress=compress)
+    write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), labels, compress=compress)
 
 
 def write_fashion_mnist(folder: str, num_train: int, num_test: int = 3) -> None:
@@ -53,9 +47,7 @@ def write_fashion_mnist(folder: str, num_train: int, num_test: int = 3) -> None:
         write_idx_split(folder, split, random_images(n, (28, 28)), labels, compress=True)
 
 
-def write_cifar_pickle(
-    path: str, images_nhwc: np.ndarray, labels: np.ndarray, label_key: bytes
-) -> None:
+def write_cifar_pickle(path: str, images_nhwc: np.ndarray, labels: np.ndarray, label_key: bytes) -> None:
     rows = images_nhwc.transpose(0, 3, 1, 2).reshape(images_nhwc.shape[0], -1)
     batch = {b"batch_label": b"test batch", label_key: labels.tolist(), b"data": rows}
     with open(path, "wb") as f:
@@ -112,9 +104,7 @@ def test_truncated_idx_is_a_clear_error(tmp_path, compress):
     path = str(tmp_path / "train-images-idx3-ubyte")
     write_idx(path, random_images(20, (28, 28)), compress=compress)
     truncate(path)
-    with pytest.raises(
-        ValueError, match=r"train-images-idx3-ubyte.*(gzip|needs).*truncated or corrupted"
-    ):
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*(gzip|needs).*truncated or corrupted"):
         data.read_idx(path)
 
 
@@ -176,13 +166,9 @@ def test_cifar100_uses_fine_labels(tmp_path):
 
 
 def test_truncated_or_missing_cifar_pickle_is_a_clear_error(tmp_path):
-    write_cifar_pickle(
-        str(tmp_path / "test_batch"), random_images(8, (32, 32, 3)), np.arange(8), b"labels"
-    )
+    write_cifar_pickle(str(tmp_path / "test_batch"), random_images(8, (32, 32, 3)), np.arange(8), b"labels")
     truncate(str(tmp_path / "test_batch"))
-    with pytest.raises(
-        ValueError, match="test_batch: not a readable CIFAR pickle.*download it again"
-    ):
+    with pytest.raises(ValueError, match="test_batch: not a readable CIFAR pickle.*download it again"):
         data.read_cifar_pickle_dir(str(tmp_path), "test")
     with pytest.raises(FileNotFoundError, match="data_batch_1.*data_batch_5"):
         data.read_cifar_pickle_dir(str(tmp_path), "train")
@@ -251,9 +237,7 @@ def no_sources(tmp_path, monkeypatch):
     """No data anywhere: empty env, empty TFDS dir, empty Debian dir, and downloads that fail."""
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(
-        debian, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian" / "fashion-mnist")
-    )
+    monkeypatch.setattr(debian, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian" / "fashion-mnist"))
     real_load_from_tfds = tfds_source.load_from_tfds
 
     def load_without_network(name, split, *, tfds_dir, download):
@@ -288,9 +272,7 @@ def test_load_dataset_reads_every_format_from_data_dir(no_sources):
         np.array([5, 95]),
         b"fine_labels",
     )
-    write_svhn_mat(
-        str(root / "svhn" / "extra_32x32.mat"), random_images(2, (32, 32, 3)), np.array([0, 3])
-    )
+    write_svhn_mat(str(root / "svhn" / "extra_32x32.mat"), random_images(2, (32, 32, 3)), np.array([0, 3]))
     write_cifar10_c(root / "CIFAR-10-C", "glass_blur", per_severity=2)
 
     expected = {
@@ -312,9 +294,7 @@ def test_load_dataset_reads_every_format_from_data_dir(no_sources):
 def test_unknown_name_or_split_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"Unknown dataset 'cifar'.*'cifar10', 'cifar100'"):
         data.load_dataset("cifar", "train")
-    with pytest.raises(
-        ValueError, match=r"Unknown split 'extra' for dataset 'cifar10'.*'train', 'test'"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown split 'extra' for dataset 'cifar10'.*'train', 'test'"):
         data.load_dataset("cifar10", "extra")
     with pytest.raises(ValueError, match=r"'<corruption>_<severity>'.*gaussian_noise"):
         data.load_dataset("cifar10_corrupted", "gaussian_noise_6")
@@ -440,11 +420,7 @@ def test_digits_is_a_fixed_80_20_split_of_sklearn_digits():
 
     train, test = data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
     assert (train.num_examples, test.num_examples) == (1438, 359)
-    assert (
-        train.images.shape[1:] == (8, 8, 1)
-        and train.images.dtype == np.uint8
-        and train.num_classes == 10
-    )
+    assert train.images.shape[1:] == (8, 8, 1) and train.images.dtype == np.uint8 and train.num_classes == 10
     np.testing.assert_array_equal(data.load_dataset("digits", "test").images, test.images)
 
     reference = load_digits()
@@ -490,15 +466,11 @@ def test_ensure_debian_fashion_mnist(tmp_path, monkeypatch):
     assert commands == ["install", "update", "install"]
 
 
-@pytest.mark.skipif(
-    not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed"
-)
+@pytest.mark.skipif(not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed")
 def test_real_debian_fashion_mnist(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    train, test = data.load_dataset("fashion_mnist", "train"), data.load_dataset(
-        "fashion_mnist", "test"
-    )
+    train, test = data.load_dataset("fashion_mnist", "train"), data.load_dataset("fashion_mnist", "test")
     assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
     assert train.num_classes == 10
     # The release is balanced: 6000 training and 1000 test images per class.

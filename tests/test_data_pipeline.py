@@ -15,17 +15,13 @@ def indexed_dataset(num_examples: int, shape=(2, 2, 1), num_classes: int = 10) -
     images = np.broadcast_to(
         np.arange(num_examples, dtype=np.float32)[:, None, None, None], (num_examples, *shape)
     ).copy()
-    return data.ArrayDataset(
-        images, (np.arange(num_examples) % num_classes).astype(np.int32), num_classes
-    )
+    return data.ArrayDataset(images, (np.arange(num_examples) % num_classes).astype(np.int32), num_classes)
 
 
 def example_ids(batch) -> np.ndarray:
     """Ids of the examples of a batch dict or an ``ArrayDataset``, checking labels still match."""
     images, labels = (
-        (batch.images, batch.labels)
-        if isinstance(batch, data.ArrayDataset)
-        else (batch["image"], batch["label"])
+        (batch.images, batch.labels) if isinstance(batch, data.ArrayDataset) else (batch["image"], batch["label"])
     )
     ids = np.asarray(images)[:, 0, 0, 0].astype(np.int64)
     np.testing.assert_array_equal(np.asarray(labels), ids % 10)  # image and label still paired
@@ -48,9 +44,7 @@ def test_train_val_split_is_a_seeded_disjoint_subset():
     np.testing.assert_array_equal(
         example_ids(data.train_val_split(ds, train_size=20, val_size=0, seed=3)[0]), train_ids
     )
-    assert not np.array_equal(
-        example_ids(data.train_val_split(ds, train_size=20, val_size=10, seed=4)[0]), train_ids
-    )
+    assert not np.array_equal(example_ids(data.train_val_split(ds, train_size=20, val_size=10, seed=4)[0]), train_ids)
 
 
 def test_train_val_split_none_keeps_the_rest_and_rejects_too_large_sizes():
@@ -58,9 +52,7 @@ def test_train_val_split_none_keeps_the_rest_and_rejects_too_large_sizes():
     train, val = data.train_val_split(ds, train_size=None, val_size=15, seed=0)
     assert sorted(np.concatenate([example_ids(train), example_ids(val)])) == list(range(50))
     assert (train.num_examples, val.num_examples, train.num_classes) == (35, 15, 10)
-    with pytest.raises(
-        ValueError, match=r"train_size \(40\) \+ val_size \(11\) must be at most the 50"
-    ):
+    with pytest.raises(ValueError, match=r"train_size \(40\) \+ val_size \(11\) must be at most the 50"):
         data.train_val_split(ds, train_size=40, val_size=11, seed=0)
     with pytest.raises(ValueError, match="val_size >= 0"):
         data.train_val_split(ds, train_size=None, val_size=-1, seed=0)
@@ -72,9 +64,7 @@ def test_train_val_split_none_keeps_the_rest_and_rejects_too_large_sizes():
 def test_normalizer_matches_float64_reference_across_chunks():
     rng = np.random.default_rng(0)
     # More examples than one chunk of the two-pass computation, channels with different stats.
-    images = np.clip(rng.normal([40, 128, 220], [10, 60, 20], size=(2500, 3, 2, 3)), 0, 255).astype(
-        np.uint8
-    )
+    images = np.clip(rng.normal([40, 128, 220], [10, 60, 20], size=(2500, 3, 2, 3)), 0, 255).astype(np.uint8)
     ds = data.ArrayDataset(images, np.zeros(2500, np.int32), 10)
     normalizer = data.fit_normalizer(ds)
     reference = images.astype(np.float64) / 255.0
@@ -96,9 +86,7 @@ def test_normalize_float_images_without_rescaling_and_bad_inputs():
     np.testing.assert_allclose(normalizer.mean, [2.0])
     np.testing.assert_allclose(data.normalize(ds, normalizer).images.ravel(), [-1.0, 1.0])
     with pytest.raises(ValueError, match=r"Channels \[0\] are constant"):
-        data.fit_normalizer(
-            data.ArrayDataset(np.ones((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 2)
-        )
+        data.fit_normalizer(data.ArrayDataset(np.ones((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 2))
     rgb = data.ArrayDataset(np.zeros((2, 1, 1, 3), np.uint8), np.zeros(2, np.int32), 2)
     with pytest.raises(ValueError, match="images have 3 channels"):
         data.normalize(rgb, normalizer)
@@ -137,9 +125,7 @@ def test_train_batches_follow_the_epoch_permutation_and_drop_the_remainder():
         assert batch["label"].dtype == np.int32
         np.testing.assert_array_equal(example_ids(batch), order[5 * b : 5 * (b + 1)])
     unshuffled = list(data.train_batches(ds, 5, seed=1, epoch=2, shuffle=False))
-    np.testing.assert_array_equal(
-        np.concatenate([example_ids(b) for b in unshuffled]), np.arange(20)
-    )
+    np.testing.assert_array_equal(np.concatenate([example_ids(b) for b in unshuffled]), np.arange(20))
 
 
 def test_resuming_at_start_batch_gives_the_same_batches():
@@ -167,9 +153,7 @@ def test_eval_batches_pad_the_last_batch_and_mask_it():
     batches = list(data.eval_batches(ds, 4))
     assert len(batches) == 3
     for batch in batches:
-        chex.assert_shape(
-            [batch["image"], batch["label"], batch["mask"]], [(4, 2, 2, 1), (4,), (4,)]
-        )
+        chex.assert_shape([batch["image"], batch["label"], batch["mask"]], [(4, 2, 2, 1), (4,), (4,)])
     np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
     np.testing.assert_array_equal(batches[-1]["image"][2:], 0)
     np.testing.assert_array_equal(batches[-1]["label"][2:], 0)

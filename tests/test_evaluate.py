@@ -1,4 +1,5 @@
 """experiments.evaluate: saved run -> calibration suite, reliability PNG, OOD AUROC, ensembles, MC-dropout."""
+
 import json
 import os
 import struct
@@ -69,8 +70,9 @@ def test_ensemble_and_mc_dropout_average_probabilities(trained_runs):
     runs = [load_trained(w) for w in (first, second)]
     member_logits = [predict(run, state.params, state.model_state, run.data.test) for run, state in runs]
     probs = np.mean([scipy.special.softmax(logits, axis=1) for logits in member_logits], axis=0)
-    np.testing.assert_allclose(ensemble["test"]["accuracy"],
-                               np.mean(probs.argmax(1) == runs[0][0].data.test.labels), atol=1e-6)
+    np.testing.assert_allclose(
+        ensemble["test"]["accuracy"], np.mean(probs.argmax(1) == runs[0][0].data.test.labels), atol=1e-6
+    )
     mc = evaluate_checkpoint(_config(first, mc_dropout_samples=8, output_dir=os.path.join(first, "mc")))
     point_nll = json.load(open(os.path.join(first, "summary.json")))["test/nll"]
     assert mc["predictive"] == "mc_dropout"
@@ -112,18 +114,24 @@ def _write_cifar10_and_shifts(root) -> None:
     np.save(corrupted / "labels.npy", labels.astype(np.int64))
     svhn = root / "svhn"
     svhn.mkdir()
-    scipy.io.savemat(svhn / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 50)).astype(np.uint8),
-                                                "y": rng.integers(1, 11, (50, 1))})
+    scipy.io.savemat(
+        svhn / "test_32x32.mat",
+        {"X": rng.integers(0, 256, (32, 32, 3, 50)).astype(np.uint8), "y": rng.integers(1, 11, (50, 1))},
+    )
 
 
 def test_cifar10_run_gets_corruption_and_svhn_ood_results(tmp_path):
     data_root = tmp_path / "data"
     _write_cifar10_and_shifts(data_root)
     workdir = str(tmp_path / "run")
-    train_and_evaluate(digits_config(workdir, **{"data.name": "cifar10", "data.data_dir": str(data_root),
-                                                 "data.val_size": 50, "batch_size": 50}))
-    results = evaluate_checkpoint(_config(workdir, ood_dataset="svhn", ood_data_dir=str(data_root),
-                                          corruption_data_dir=str(data_root)))
+    train_and_evaluate(
+        digits_config(
+            workdir, **{"data.name": "cifar10", "data.data_dir": str(data_root), "data.val_size": 50, "batch_size": 50}
+        )
+    )
+    results = evaluate_checkpoint(
+        _config(workdir, ood_dataset="svhn", ood_data_dir=str(data_root), corruption_data_dir=str(data_root))
+    )
     rows = results["corruptions"]
     assert [(r["corruption"], r["severity"]) for r in rows] == [("gaussian_noise", s) for s in range(1, 6)]
     assert all(0 <= r["accuracy"] <= 1 and np.isfinite(r["nll"]) for r in rows)
@@ -134,8 +142,9 @@ def test_cifar10_run_gets_corruption_and_svhn_ood_results(tmp_path):
 
 def test_bsam_run_is_evaluated_with_posterior_samples(tmp_path):
     workdir = str(tmp_path / "bsam")
-    train_and_evaluate(digits_config(workdir, **{"optimizer.name": "bsam", "optimizer.learning_rate": 0.5,
-                                                 "optimizer.bsam.rho": 0.01}))
+    train_and_evaluate(
+        digits_config(workdir, **{"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.bsam.rho": 0.01})
+    )
     sampled = evaluate_checkpoint(_config(workdir, posterior_samples=4, output_dir=str(tmp_path / "sampled")))
     mean_only = evaluate_checkpoint(_config(workdir, posterior_samples=0, output_dir=str(tmp_path / "mean")))
     assert (sampled["predictive"], mean_only["predictive"]) == ("posterior", "point")

@@ -5,6 +5,7 @@ references; every registered loss is also checked for finite values and gradient
 logits of magnitude 1e4, for the identities that reduce it to cross-entropy, for hyper-parameter
 and label errors, and the stateful ones (AdaFocal, CRL, BalCAL) for their state updates.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,19 +43,19 @@ def ref_label_smoothing(z, y, mask=None, smoothing=0.1):
 
 def ref_focal(z, y, mask=None, gamma=3.0):
     p = true_prob(z, y)
-    return weighted_mean(-(1 - p) ** gamma * np.log(p), mask)
+    return weighted_mean(-((1 - p) ** gamma) * np.log(p), mask)
 
 
 def ref_flsd53(z, y, mask=None):
     p = true_prob(z, y)
-    return weighted_mean(-(1 - p) ** np.where(p < 0.2, 5.0, 3.0) * np.log(p), mask)
+    return weighted_mean(-((1 - p) ** np.where(p < 0.2, 5.0, 3.0)) * np.log(p), mask)
 
 
 def ref_dual_focal(z, y, mask=None, gamma=5.0):
     probs = np.exp(log_softmax(z))
     p = probs[np.arange(len(y)), y]
     p_j = np.array([max([q for q in row if q < py], default=0.0) for row, py in zip(probs, p)])
-    return weighted_mean(-(1 - p + p_j) ** gamma * np.log(p), mask)
+    return weighted_mean(-((1 - p + p_j) ** gamma) * np.log(p), mask)
 
 
 def ref_mmce(z, y, mask=None, weight=1.0):
@@ -94,8 +95,7 @@ def ref_cpc(z, y, mask=None, lambda_bdc=0.1, lambda_bec=1.0):
     for row, label in zip(z, y):
         rest = [j for j in range(k) if j != label]
         bdc = -np.mean([np.log(1 / (1 + np.exp(-(row[label] - row[j])))) for j in rest])
-        bec = -np.mean([0.5 * np.log(1 / (1 + np.exp(-(row[a] - row[b]))))
-                        for a in rest for b in rest if a != b])
+        bec = -np.mean([0.5 * np.log(1 / (1 + np.exp(-(row[a] - row[b])))) for a in rest for b in rest if a != b])
         values.append(lambda_bdc * bdc + lambda_bec * bec)
     return weighted_mean(-np.log(true_prob(z, y)) + np.array(values), mask)
 
@@ -152,11 +152,12 @@ def jax_values_and_grads(float64):
 
     @jax.jit
     def all_losses(z, y, mask):
-        return {name: jax.value_and_grad(losses.get_loss(name, **hparams))(z, y, mask)
-                for name, (_, hparams) in REFERENCES.items()}
+        return {
+            name: jax.value_and_grad(losses.get_loss(name, **hparams))(z, y, mask)
+            for name, (_, hparams) in REFERENCES.items()
+        }
 
-    return z, y, {masked: all_losses(z, y, jnp.asarray(MASK) if masked else None)
-                  for masked in (False, True)}
+    return z, y, {masked: all_losses(z, y, jnp.asarray(MASK) if masked else None) for masked in (False, True)}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -179,13 +180,25 @@ def test_default_hyperparameters_match_reference_defaults():
         np.testing.assert_allclose(values[name], reference(z, y), rtol=1e-10, err_msg=name)
 
 
-EXTREME = np.array([[1e4, -1e4, 0.0, 5.0], [-1e4, 1e4, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0],
-                    [1e4, 1e4, -1e4, 0.0], [-1e4, -1e4, -1e4, 1e4], [2.0, 1.0, 0.5, 1e4]],
-                   np.float32)
+EXTREME = np.array(
+    [
+        [1e4, -1e4, 0.0, 5.0],
+        [-1e4, 1e4, 3.0, -2.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [1e4, 1e4, -1e4, 0.0],
+        [-1e4, -1e4, -1e4, 1e4],
+        [2.0, 1.0, 0.5, 1e4],
+    ],
+    np.float32,
+)
 EXTREME_LABELS = np.array([0, 0, 2, 1, 3, 0])
 EXTREME_CASES = [(name, {}) for name in sorted(losses.LOSSES)] + [
-    ("focal", {"gamma": 0.5}), ("dual_focal", {"gamma": 0.5}), ("label_smoothing", {"smoothing": 0.5}),
-    ("adafocal", {"gamma_initial": -2.0}), ("adafocal", {"gamma_initial": 0.5})]
+    ("focal", {"gamma": 0.5}),
+    ("dual_focal", {"gamma": 0.5}),
+    ("label_smoothing", {"smoothing": 0.5}),
+    ("adafocal", {"gamma_initial": -2.0}),
+    ("adafocal", {"gamma_initial": 0.5}),
+]
 
 
 def _stacked_if_needed(name, z):
@@ -198,14 +211,17 @@ def extreme_results():
 
     @jax.jit
     def all_cases(z, y, mask):
-        return [jax.value_and_grad(losses.get_loss(name, **hparams))(_stacked_if_needed(name, z), y, mask)
-                for name, hparams in EXTREME_CASES]
+        return [
+            jax.value_and_grad(losses.get_loss(name, **hparams))(_stacked_if_needed(name, z), y, mask)
+            for name, hparams in EXTREME_CASES
+        ]
 
     return all_cases(jnp.asarray(EXTREME), jnp.asarray(EXTREME_LABELS), jnp.asarray(MASK, jnp.float32))
 
 
-@pytest.mark.parametrize("case", range(len(EXTREME_CASES)),
-                         ids=[f"{name}{hparams or ''}" for name, hparams in EXTREME_CASES])
+@pytest.mark.parametrize(
+    "case", range(len(EXTREME_CASES)), ids=[f"{name}{hparams or ''}" for name, hparams in EXTREME_CASES]
+)
 def test_extreme_float32_logits_give_finite_values_and_gradients(extreme_results, case):
     value, grad = extreme_results[case]
     assert value.dtype == jnp.float32
@@ -213,34 +229,55 @@ def test_extreme_float32_logits_give_finite_values_and_gradients(extreme_results
 
 
 IDENTITY_CASES = [
-    ("focal", {"gamma": 0.0}), ("label_smoothing", {"smoothing": 0.0}), ("csam", {"gamma": 0.0}),
-    ("mmce", {"weight": 0.0}), ("dual_focal", {"gamma": 0.0}), ("mdca", {"weight": 0.0}),
-    ("mbls", {"weight": 0.0}), ("acls", {"alpha": 0.0}), ("confidence_penalty", {"weight": 0.0}),
-    ("cpc", {"lambda_bdc": 0.0, "lambda_bec": 0.0}), ("crl", {}),
-    ("adafocal", {"gamma_initial": 0.0, "switch_point": 0.0})]
+    ("focal", {"gamma": 0.0}),
+    ("label_smoothing", {"smoothing": 0.0}),
+    ("csam", {"gamma": 0.0}),
+    ("mmce", {"weight": 0.0}),
+    ("dual_focal", {"gamma": 0.0}),
+    ("mdca", {"weight": 0.0}),
+    ("mbls", {"weight": 0.0}),
+    ("acls", {"alpha": 0.0}),
+    ("confidence_penalty", {"weight": 0.0}),
+    ("cpc", {"lambda_bdc": 0.0, "lambda_bec": 0.0}),
+    ("crl", {}),
+    ("adafocal", {"gamma_initial": 0.0, "switch_point": 0.0}),
+]
 
 
 def test_identities_reducing_to_cross_entropy():
     """focal/dual focal/CSAM gamma = 0, LS smoothing = 0, regulariser weights 0, CRL with an empty
     history and AdaFocal with gamma 0 are all cross-entropy."""
     z, y = make_batch(seed=3)
-    values = jax.jit(lambda z, y, mask: [losses.get_loss(name, **hparams)(z, y, mask)
-                                         for name, hparams in IDENTITY_CASES])(z, y, MASK)
+    values = jax.jit(
+        lambda z, y, mask: [losses.get_loss(name, **hparams)(z, y, mask) for name, hparams in IDENTITY_CASES]
+    )(z, y, MASK)
     for (name, _), value in zip(IDENTITY_CASES, values):
         np.testing.assert_allclose(value, ref_ce(z, y, MASK), rtol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("name,hparams,bad", [
-    ("focal", {"gamma": -0.5}, "gamma"), ("dual_focal", {"gamma": -1.0}, "gamma"),
-    ("label_smoothing", {"smoothing": 1.0}, "smoothing"),
-    ("label_smoothing", {"smoothing": -0.1}, "smoothing"), ("mmce", {"weight": -1.0}, "weight"),
-    ("mdca", {"weight": -1.0}, "weight"), ("mbls", {"margin": -1.0}, "margin"),
-    ("acls", {"neg_lambda": -0.1}, "neg_lambda"), ("cpc", {"lambda_bec": -1.0}, "lambda_bec"),
-    ("confidence_penalty", {"weight": -0.1}, "weight"), ("csam", {"gamma": 2.5}, "gamma"),
-    ("crl", {"rank_weight": -1.0}, "rank_weight"), ("adafocal", {"num_bins": 0}, "num_bins"),
-    ("adafocal", {"switch_point": -0.2}, "switch_point"), ("balcal", {"delta": 0.0}, "delta"),
-    ("balcal", {"lambda_init": 1.5}, "lambda_init"), ("focal", {"gama": 1.0}, "gama"),
-    ("cross_entropy", {"smoothing": 0.1}, "smoothing")])
+@pytest.mark.parametrize(
+    "name,hparams,bad",
+    [
+        ("focal", {"gamma": -0.5}, "gamma"),
+        ("dual_focal", {"gamma": -1.0}, "gamma"),
+        ("label_smoothing", {"smoothing": 1.0}, "smoothing"),
+        ("label_smoothing", {"smoothing": -0.1}, "smoothing"),
+        ("mmce", {"weight": -1.0}, "weight"),
+        ("mdca", {"weight": -1.0}, "weight"),
+        ("mbls", {"margin": -1.0}, "margin"),
+        ("acls", {"neg_lambda": -0.1}, "neg_lambda"),
+        ("cpc", {"lambda_bec": -1.0}, "lambda_bec"),
+        ("confidence_penalty", {"weight": -0.1}, "weight"),
+        ("csam", {"gamma": 2.5}, "gamma"),
+        ("crl", {"rank_weight": -1.0}, "rank_weight"),
+        ("adafocal", {"num_bins": 0}, "num_bins"),
+        ("adafocal", {"switch_point": -0.2}, "switch_point"),
+        ("balcal", {"delta": 0.0}, "delta"),
+        ("balcal", {"lambda_init": 1.5}, "lambda_init"),
+        ("focal", {"gama": 1.0}, "gama"),
+        ("cross_entropy", {"smoothing": 0.1}, "smoothing"),
+    ],
+)
 def test_bad_hyperparameters_raise_naming_them(name, hparams, bad):
     with pytest.raises(ValueError, match=bad):
         losses.get_loss(name, **hparams)
@@ -309,9 +346,11 @@ def test_adafocal_update_and_loss_match_reference():
     np.testing.assert_allclose(new.gamma, expected_gamma, rtol=1e-12)
     assert np.any(np.asarray(new.gamma) < 0) and np.any(np.asarray(new.gamma) > 0)
     z, y = make_batch(seed=6)
-    np.testing.assert_allclose(losses.adafocal_loss(z, y, new),
-                               ref_adafocal_loss(np.asarray(new.gamma), np.asarray(new.edges), z, y),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        losses.adafocal_loss(z, y, new),
+        ref_adafocal_loss(np.asarray(new.gamma), np.asarray(new.edges), z, y),
+        rtol=1e-10,
+    )
 
 
 def test_adafocal_update_ignores_padding_rows():
@@ -351,8 +390,7 @@ def test_crl_history_update_and_ranking_loss_match_reference():
     terms, weights = [], []
     for i in range(B):
         j = (i + 1) % B
-        terms.append(max(0.0, -np.sign(rate[i] - rate[j]) * (kappa[i] - kappa[j])
-                         + abs(rate[i] - rate[j])))
+        terms.append(max(0.0, -np.sign(rate[i] - rate[j]) * (kappa[i] - kappa[j]) + abs(rate[i] - rate[j])))
         weights.append(MASK[i] * MASK[j])
     expected = ref_ce(z, y, MASK) + 0.5 * np.dot(terms, weights) / np.sum(weights)
     loss_fn = lambda v: losses.crl_loss(v, y, history, indices=indices, rank_weight=0.5, mask=MASK)
@@ -395,14 +433,12 @@ def test_balcal_update_loss_and_prediction_match_reference():
     expected = ref_balcal_update(z2, y, 1.0)
     assert 0.0 < expected < 1.0
     np.testing.assert_allclose(state.lam, expected, rtol=1e-12)
-    np.testing.assert_allclose(spec.predict(z2, state), expected * linear + (1 - expected) * etf,
-                               rtol=1e-12)
+    np.testing.assert_allclose(spec.predict(z2, state), expected * linear + (1 - expected) * etf, rtol=1e-12)
 
     batch, labels = z2[:6], np.array([0, 0, 1, 2, 2, 2])
     counts = np.bincount(labels, minlength=K)
     scale = np.where(counts > 0, np.sqrt((6 / 3) / np.maximum(counts, 1)), 1.0)
-    expected_loss = (expected * ref_ce(batch[:, 0], labels)
-                     + (1 - expected) * ref_ce(batch[:, 1] * scale, labels))
+    expected_loss = expected * ref_ce(batch[:, 0], labels) + (1 - expected) * ref_ce(batch[:, 1] * scale, labels)
     np.testing.assert_allclose(spec.loss(batch, labels, state), expected_loss, rtol=1e-10)
 
 
@@ -430,8 +466,9 @@ def test_stateless_losses_have_empty_state_and_identity_updates():
     state = spec.init(100, K)
     assert state == () and spec.epoch_split is None
     assert spec.step_update(state, z, y, mask=MASK, indices=np.arange(B)) == ()
-    np.testing.assert_allclose(spec.loss(z, y, state, mask=MASK, indices=np.arange(B)),
-                               ref_focal(z, y, MASK, gamma=2.0), rtol=1e-10)
+    np.testing.assert_allclose(
+        spec.loss(z, y, state, mask=MASK, indices=np.arange(B)), ref_focal(z, y, MASK, gamma=2.0), rtol=1e-10
+    )
     assert spec.predict(z, state) is z
 
 

@@ -1,6 +1,7 @@
 """Every registered training loss trains through the shared loop on real data (digits), alone and
 with SAM / CSAM, and so do mixup and MIT-L; a loss's state (AdaFocal's gammas, CRL's history) and
 the mixing draws survive a restart exactly."""
+
 import os
 import signal
 
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 from sam_jax.losses import LOSSES, get_stateful_loss
-from sam_jax.training import (Checkpointer, Hook, TrainingPreempted, build_run, load_run_data,
-                              train_and_evaluate)
+from sam_jax.training import Checkpointer, Hook, TrainingPreempted, build_run, load_run_data, train_and_evaluate
 from tests.test_training import digits_config
 
 # BalCAL trains a two-headed model (logits [B, 2, K]) that the model zoo does not have yet.
@@ -24,8 +24,9 @@ def digits(tmp_path_factory):
 
 
 def _train(workdir: str, run_data, hooks=(), **overrides) -> dict:
-    config = digits_config(workdir, num_steps=40, eval_every_steps=40, eval_at_start=False,
-                           eval_train_size=200, **overrides)
+    config = digits_config(
+        workdir, num_steps=40, eval_every_steps=40, eval_at_start=False, eval_train_size=200, **overrides
+    )
     return train_and_evaluate(config, hooks=hooks, run=build_run(config, run_data))
 
 
@@ -36,8 +37,9 @@ def test_loss_trains_in_the_loop(tmp_path, digits, loss):
     assert np.isfinite(summary["test/loss"]) and np.isfinite(summary["test/ece"])
 
 
-@pytest.mark.parametrize("loss, optimizer", [("focal", "sam"), ("acls", "sam"), ("focal", "csam"),
-                                             ("acls", "csam"), ("crl", "sam")])
+@pytest.mark.parametrize(
+    "loss, optimizer", [("focal", "sam"), ("acls", "sam"), ("focal", "csam"), ("acls", "csam"), ("crl", "sam")]
+)
 def test_loss_trains_with_sharpness_aware_optimizers(tmp_path, digits, loss, optimizer):
     summary = _train(str(tmp_path), digits, **{"loss.name": loss, "optimizer.name": optimizer})
     assert summary["test/accuracy"] > 0.6, summary
@@ -51,8 +53,15 @@ def test_mixing_trains_in_the_loop(tmp_path, digits, mixing, alpha):
 
 @pytest.mark.parametrize("loss, mixing", [("adafocal", "none"), ("crl", "none"), ("cross_entropy", "mixup")])
 def test_loss_state_and_mixing_survive_a_restart_exactly(tmp_path, digits, loss, mixing):
-    overrides = {"loss.name": loss, "mixing.name": mixing, "num_steps": 40, "eval_every_steps": 40,
-                 "eval_at_start": False, "eval_train_size": 200, "checkpoint_every_steps": 10}
+    overrides = {
+        "loss.name": loss,
+        "mixing.name": mixing,
+        "num_steps": 40,
+        "eval_every_steps": 40,
+        "eval_at_start": False,
+        "eval_train_size": 200,
+        "checkpoint_every_steps": 10,
+    }
     reference_dir, stopped_dir = str(tmp_path / "reference"), str(tmp_path / "stopped")
     config = digits_config(reference_dir, **overrides)
     train_and_evaluate(config, run=build_run(config, digits))
@@ -76,8 +85,9 @@ def test_loss_state_and_mixing_survive_a_restart_exactly(tmp_path, digits, loss,
             checkpointer.close()
         initial = get_stateful_loss(loss).init(len(digits.train.labels), digits.num_classes)
         changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), state.loss_state, initial)
-        assert any(jax.tree_util.tree_leaves(changed)) or not jax.tree_util.tree_leaves(initial), \
+        assert any(jax.tree_util.tree_leaves(changed)) or not jax.tree_util.tree_leaves(initial), (
             "the loss state never changed"
+        )
         return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.params, state.loss_state))]
 
     for got, want in zip(final(stopped_dir), final(reference_dir), strict=True):

@@ -1,4 +1,5 @@
 """m-sharpness SAM (``sam_jax.optim.m_sharpness``) against a NumPy float64 per-sub-batch reference."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ def numpy_m_sharpness(params, batch, m, rho, adaptive=False, eta=0.0, renormaliz
     for _ in range(NUM_STEPS):
         total = {k: np.zeros_like(v) for k, v in params.items()}
         for start in range(0, BATCH_SIZE, m):
-            x, y = batch["image"][start:start + m], batch["label"][start:start + m]
+            x, y = batch["image"][start : start + m], batch["label"][start : start + m]
             g = numpy_grad(params, x, y)
             t = {k: np.abs(v) + eta if adaptive else np.ones_like(v) for k, v in params.items()}
             norm = np_norm({k: t[k] * g[k] for k in g})
@@ -58,12 +59,10 @@ def run_m_sharpness(tx, params, batch, m, step_fn=jax.jit) -> list[dict]:
     per_sub_batch_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0))
     stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_batches)  # noqa: E731
 
-    return run_steps(tx, params, lambda p: per_sub_batch_grad(p, sub_batches), stacked_grad_fn, NUM_STEPS,
-                     step_fn)
+    return run_steps(tx, params, lambda p: per_sub_batch_grad(p, sub_batches), stacked_grad_fn, NUM_STEPS, step_fn)
 
 
 class MSharpnessTest(chex.TestCase):
-
     @parameterized.named_parameters(
         ("m1_sam", 1, dict()),
         ("m4_sam", 4, dict()),

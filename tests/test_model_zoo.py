@@ -1,5 +1,6 @@
 """The model zoo: parameter counts against the published ones, forward/backward passes of small
 configurations, model state and rng conventions, bfloat16 compute, and a short training run."""
+
 import functools
 from typing import Any
 
@@ -71,8 +72,9 @@ def _batch(side: int = 32, batch: int = 2) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(fast_jit, static_argnums=0)
-def _loss_and_grads(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array,
-                    rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict, Any]:
+def _loss_and_grads(
+    model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, rng: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, dict, Any]:
     """One training-mode pass as the train loop makes it: loss, logits, new model state, gradients."""
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -122,10 +124,15 @@ def test_exact_counts_of_architecture_choices():
 
 
 def test_bad_configurations_raise_value_error():
-    for name, kwargs in [("resnet20", {"depth": 21}), ("resnet20", {"shortcut": "C"}),
-                         ("resnet20", {"normalization": "layer"}), ("wrn28_10", {"depth": 4}),
-                         ("pyramidnet110", {"depth": 100}), ("resnet18", {"stem": "tiny"}),
-                         ("vit_s16", {"no_such_field": 1})]:
+    for name, kwargs in [
+        ("resnet20", {"depth": 21}),
+        ("resnet20", {"shortcut": "C"}),
+        ("resnet20", {"normalization": "layer"}),
+        ("wrn28_10", {"depth": 4}),
+        ("pyramidnet110", {"depth": 100}),
+        ("resnet18", {"stem": "tiny"}),
+        ("vit_s16", {"no_such_field": 1}),
+    ]:
         with pytest.raises(ValueError):
             create_model(name, 10, **kwargs)
 
@@ -139,8 +146,10 @@ def test_resnet20_forward_backward_updates_batch_stats():
     assert logits.shape == (2, 10) and np.isfinite(loss)
     _assert_grads_match_params(grads, variables["params"])
     assert jax.tree.structure(new_state["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
-    changed = [not np.allclose(new, old) for new, old in
-               zip(jax.tree.leaves(new_state["batch_stats"]), jax.tree.leaves(variables["batch_stats"]))]
+    changed = [
+        not np.allclose(new, old)
+        for new, old in zip(jax.tree.leaves(new_state["batch_stats"]), jax.tree.leaves(variables["batch_stats"]))
+    ]
     assert all(changed)
     # Evaluation uses the running averages: deterministic, and no rng needed.
     np.testing.assert_array_equal(_evaluate(model, variables, images), _evaluate(model, variables, images))
@@ -161,8 +170,10 @@ def test_resnet20_frn_is_stateless_and_batch_independent():
 
 def _assert_dropout_uses_rng(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array) -> None:
     """Training needs the "dropout" rng and depends on it; evaluation is deterministic without it."""
-    grads = [jax.tree.leaves(_loss_and_grads(model, variables, images, labels, jax.random.key(seed))[3])
-             for seed in (0, 0, 1)]
+    grads = [
+        jax.tree.leaves(_loss_and_grads(model, variables, images, labels, jax.random.key(seed))[3])
+        for seed in (0, 0, 1)
+    ]
     assert all(np.array_equal(a, b) for a, b in zip(grads[0], grads[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(grads[0], grads[2]))
     with pytest.raises(Exception, match="dropout"):
@@ -211,8 +222,9 @@ def test_shakedrop_scales_forward_and_backward_separately():
 
 
 def test_small_vit_forward_backward_and_dropout():
-    model = VisionTransformer(num_classes=10, patch_size=8, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
-                              dropout_rate=0.1)
+    model = VisionTransformer(
+        num_classes=10, patch_size=8, hidden_size=32, depth=2, num_heads=2, mlp_dim=64, dropout_rate=0.1
+    )
     images, labels = _batch()
     variables = _init(model, images)
     assert variables["params"]["position_embedding"].shape == (1, 17, 32)  # 4x4 patches + class token
@@ -232,22 +244,30 @@ def test_small_resnet_stems(stem, bottleneck, side):
     _assert_grads_match_params(grads, variables["params"])
 
 
-@pytest.mark.parametrize("model", [
-    CifarResNet(num_classes=10, depth=8, dtype=jnp.bfloat16),
-    VisionTransformer(num_classes=10, patch_size=8, hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
-                      dtype=jnp.bfloat16),
-], ids=["resnet8", "vit_tiny"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        CifarResNet(num_classes=10, depth=8, dtype=jnp.bfloat16),
+        VisionTransformer(
+            num_classes=10, patch_size=8, hidden_size=32, depth=1, num_heads=2, mlp_dim=64, dtype=jnp.bfloat16
+        ),
+    ],
+    ids=["resnet8", "vit_tiny"],
+)
 def test_bfloat16_compute_with_float32_params_and_logits(model):
     images, _ = _batch()
     variables = _init(model, images)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
     # Gradients take the dtype of the float32 parameters, so a training-mode forward pass is enough.
-    logits, state = fast_jit(functools.partial(model.apply, train=True, capture_intermediates=True,
-                                               mutable=True))(variables, images)
+    logits, state = fast_jit(functools.partial(model.apply, train=True, capture_intermediates=True, mutable=True))(
+        variables, images
+    )
     assert logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.get("batch_stats", {})))
-    outputs = {tuple(key.key for key in path[:-2]): value  # path: module names, "__call__", index
-               for path, value in jax.tree_util.tree_leaves_with_path(state["intermediates"])}
+    outputs = {
+        tuple(key.key for key in path[:-2]): value  # path: module names, "__call__", index
+        for path, value in jax.tree_util.tree_leaves_with_path(state["intermediates"])
+    }
     layers = [value for path, value in outputs.items() if path and path[-1].startswith(("Conv", "Dense", "patch"))]
     assert layers and all(value.dtype == jnp.bfloat16 for value in layers)
     assert outputs[("head",)].dtype == jnp.float32

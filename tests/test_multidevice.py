@@ -1,4 +1,5 @@
 """The loop's step has no single-device assumption: 8 CPU devices give the 1-device result."""
+
 import json
 import os
 import subprocess
@@ -24,10 +25,15 @@ print(json.dumps({{"devices": jax.device_count(), "leaves": leaves, "loss": summ
 
 def _run(tmp_path, devices: int) -> dict:
     workdir = str(tmp_path / f"devices{devices}")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir)], cwd=ROOT, env=env,
-                         check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

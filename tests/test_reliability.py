@@ -1,4 +1,5 @@
 """Reliability: clean exits, good checkpoints, no silent data loss, preemption, loud input errors."""
+
 import glob
 import json
 import os
@@ -17,9 +18,18 @@ import pytest
 from benchmarks.stress_exit import stress
 from sam_jax import calibration, data, losses
 from sam_jax.data import prefetch
-from sam_jax.training import (PREEMPTED_EXIT_CODE, Checkpointer, Hook, TrainingDivergedError,
-                              TrainingPreempted, WorkdirError, build_run, load_run_data,
-                              read_metrics, train_and_evaluate)
+from sam_jax.training import (
+    PREEMPTED_EXIT_CODE,
+    Checkpointer,
+    Hook,
+    TrainingDivergedError,
+    TrainingPreempted,
+    WorkdirError,
+    build_run,
+    load_run_data,
+    read_metrics,
+    train_and_evaluate,
+)
 from sam_jax.training.steps import model_forward
 from tests.test_training import digits_config
 
@@ -29,12 +39,18 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
 
 # ------------------------------------------------------------------ 1. crash-free shutdown
 
+
 def _diverging_config(workdir: str) -> ml_collections.ConfigDict:
     """A ReLU MLP at learning rate 1e30: its loss is NaN within a few steps."""
-    return digits_config(workdir, **{"optimizer.learning_rate": 1e30, "optimizer.schedule": "constant",
-                                     "checkpoint_every_steps": 1,
-                                     "model.kwargs": ml_collections.ConfigDict(
-                                         {"widths": (32,), "activation": "relu"})})
+    return digits_config(
+        workdir,
+        **{
+            "optimizer.learning_rate": 1e30,
+            "optimizer.schedule": "constant",
+            "checkpoint_every_steps": 1,
+            "model.kwargs": ml_collections.ConfigDict({"widths": (32,), "activation": "relu"}),
+        },
+    )
 
 
 def _prefetch_threads() -> list[threading.Thread]:
@@ -70,14 +86,17 @@ def test_exit_with_a_producer_inside_device_put_is_clean():
     unwind through XLA's C++ frames: ``FATAL: exception not rethrown``, SIGABRT. An unbounded queue
     keeps the producer copying; the prefetcher is never closed, so only the exit-time join saves it.
     """
-    script = ("import numpy as np\n"
-              "from sam_jax.data import prefetch_to_device\n"
-              "source = iter(lambda: {'x': np.ones((64, 784), np.float32)}, None)\n"
-              "batches = prefetch_to_device(source, size=10**6)\n"
-              "next(batches)\n")
+    script = (
+        "import numpy as np\n"
+        "from sam_jax.data import prefetch_to_device\n"
+        "source = iter(lambda: {'x': np.ones((64, 784), np.float32)}, None)\n"
+        "batches = prefetch_to_device(source, size=10**6)\n"
+        "next(batches)\n"
+    )
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -96,6 +115,7 @@ def test_cli_exit_codes_are_zero_under_load():
 
 
 # ------------------------------------------------------------------ 2. last good checkpoint
+
 
 def test_kept_checkpoint_after_divergence_is_finite_with_finite_loss(tmp_path):
     # The learning rate jumps by 1e30 at step 20: step 21's parameters are the diverged point.
@@ -121,14 +141,15 @@ def test_kept_checkpoint_after_divergence_is_finite_with_finite_loss(tmp_path):
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
     for step in (kept, kept + 1):  # the batch that produced it and the next one
         epoch, index = divmod(step - 1, run.steps_per_epoch)
-        batch = next(data.train_batches(run.data.train, run.batch_size, seed=config.seed,
-                                        epoch=epoch, start_batch=index))
-        logits, _ = model_forward(run.model, state.params, state.model_state,
-                                  jnp.asarray(batch["image"]), train=False)
+        batch = next(
+            data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=epoch, start_batch=index)
+        )
+        logits, _ = model_forward(run.model, state.params, state.model_state, jnp.asarray(batch["image"]), train=False)
         assert np.isfinite(float(losses.cross_entropy(logits, jnp.asarray(batch["label"]))))
 
 
 # ------------------------------------------------------------------ 3. no silent data loss
+
 
 def test_reused_workdir_resumes_when_config_matches(tmp_path):
     first = train_and_evaluate(digits_config(str(tmp_path), num_steps=20))
@@ -146,15 +167,17 @@ def test_reused_workdir_with_other_config_is_an_error_and_keeps_the_run(tmp_path
     with pytest.raises(WorkdirError, match="resume=False"):
         train_and_evaluate(digits_config(str(tmp_path), resume=False))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
-    fresh = train_and_evaluate(digits_config(str(tmp_path), overwrite=True,
-                                             **{"optimizer.learning_rate": 0.2}))
+    fresh = train_and_evaluate(digits_config(str(tmp_path), overwrite=True, **{"optimizer.learning_rate": 0.2}))
     assert fresh["resumed_from_step"] == 0
 
 
 def _truncate_newest_checkpoint(workdir: str) -> int:
     newest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-    files = [f for f in glob.glob(os.path.join(workdir, "checkpoints", str(newest), "**", "*"),
-                                  recursive=True) if os.path.isfile(f)]
+    files = [
+        f
+        for f in glob.glob(os.path.join(workdir, "checkpoints", str(newest), "**", "*"), recursive=True)
+        if os.path.isfile(f)
+    ]
     for path in files:  # cut every file in half: a disk that filled up during a copy
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
@@ -171,10 +194,13 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     assert summary["test/accuracy"] > 0.5
 
 
-@pytest.mark.parametrize("make_workdir", [
-    lambda tmp: os.path.join(tmp, "a_file", "run"),  # parent is a regular file
-    lambda tmp: "/proc/sam_jax_run",  # a file system nobody can create directories in
-])
+@pytest.mark.parametrize(
+    "make_workdir",
+    [
+        lambda tmp: os.path.join(tmp, "a_file", "run"),  # parent is a regular file
+        lambda tmp: "/proc/sam_jax_run",  # a file system nobody can create directories in
+    ],
+)
 def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir):
     (tmp_path / "a_file").write_text("not a directory")
     started = time.time()
@@ -184,6 +210,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir):
 
 
 # ------------------------------------------------------------------ 4. preemption
+
 
 def test_sigterm_in_process_saves_the_step_and_resumes(tmp_path):
     def send_sigterm(state):
@@ -207,8 +234,14 @@ def test_sigterm_in_process_saves_the_step_and_resumes(tmp_path):
 
 
 def _cli(workdir: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.train", f"--config={ROOT}/tests/configs/resume.py",
-            f"--config.workdir={workdir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"--config={ROOT}/tests/configs/resume.py",
+        f"--config.workdir={workdir}",
+        *extra,
+    ]
 
 
 def _final_state(workdir: str) -> list[np.ndarray]:
@@ -232,8 +265,9 @@ def reference_final_state(tmp_path_factory) -> list[np.ndarray]:
 
 def _start_and_signal(workdir: str, sig: int) -> subprocess.CompletedProcess:
     """Starts the CLI, sends ``sig`` once its first checkpoint exists, and waits for it."""
-    process = subprocess.Popen(_cli(workdir), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _cli(workdir), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     checkpoints = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -271,6 +305,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_final_state):
 
 # ------------------------------------------------------------------ 5. inputs that are wrong
 
+
 @pytest.mark.parametrize("bad", [10, -1])
 def test_losses_reject_labels_out_of_range(bad):
     logits = jnp.zeros((4, 10))
@@ -282,8 +317,7 @@ def test_losses_reject_labels_out_of_range(bad):
         losses.csam_loss(logits, labels, 1.0)
 
 
-@pytest.mark.parametrize("metric", [calibration.ece, calibration.brier, calibration.nll,
-                                    calibration.classwise_ece])
+@pytest.mark.parametrize("metric", [calibration.ece, calibration.brier, calibration.nll, calibration.classwise_ece])
 def test_calibration_metrics_reject_bad_labels_and_non_distributions(metric):
     probs = jnp.full((4, 3), 1 / 3)
     with pytest.raises(ValueError, match="label 3 at index 1"):
@@ -291,9 +325,11 @@ def test_calibration_metrics_reject_bad_labels_and_non_distributions(metric):
     with pytest.raises(ValueError, match="label -2"):
         metric(probs, jnp.array([0, 1, -2, 2]))
     labels = jnp.array([0, 1, 1, 2])
-    for rows, message in ((probs.at[2, 0].set(-0.1).at[2, 1].set(0.1 + 2 / 3), "negative"),
-                          (probs.at[1].set(jnp.array([0.5, 0.6, 0.2])), "does not sum to 1"),
-                          (probs.at[3, 0].set(jnp.nan), "NaN or inf")):
+    for rows, message in (
+        (probs.at[2, 0].set(-0.1).at[2, 1].set(0.1 + 2 / 3), "negative"),
+        (probs.at[1].set(jnp.array([0.5, 0.6, 0.2])), "does not sum to 1"),
+        (probs.at[3, 0].set(jnp.nan), "NaN or inf"),
+    ):
         with pytest.raises(ValueError, match=message):
             metric(rows, labels)
     masked = jnp.array([0, 1, 7, 2])  # a padded (mask 0) row is not checked

@@ -1,4 +1,5 @@
 """SAM, ASAM and SSAM (``sam_jax.optim.sam``) against a NumPy float64 reference on a tiny model."""
+
 from typing import Callable
 
 import chex
@@ -52,8 +53,15 @@ def numpy_sam_momentum(params, x, y, rhos, weight_decay=0.0, **kwargs) -> list[d
     return history
 
 
-def run(tx: optax.GradientTransformationExtraArgs, params, x, y, num_steps: int,
-        step_fn: Callable = jax.jit, adapt_grad_fn: Callable = lambda grad_fn: grad_fn) -> list[dict]:
+def run(
+    tx: optax.GradientTransformationExtraArgs,
+    params,
+    x,
+    y,
+    num_steps: int,
+    step_fn: Callable = jax.jit,
+    adapt_grad_fn: Callable = lambda grad_fn: grad_fn,
+) -> list[dict]:
     """Runs ``num_steps`` of ``tx`` on ``loss`` and returns the parameters after each step.
 
     ``step_fn`` wraps the step (jit or a chex variant); ``adapt_grad_fn`` adapts the gradient
@@ -64,7 +72,6 @@ def run(tx: optax.GradientTransformationExtraArgs, params, x, y, num_steps: int,
 
 
 class SamTest(chex.TestCase):
-
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
         ("sam", dict()),

@@ -1,4 +1,5 @@
 """The shared train loop: config errors, determinism, hooks, BN state, every optimizer (see also test_reliability)."""
+
 import json
 import os
 
@@ -38,44 +39,54 @@ def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
     return config
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model.name": "resnet9000"}, "model.name"),
-    ({"data.name": "imagenet22k"}, "data.name"),
-    ({"optimizer.name": "lion"}, "optimizer.name"),
-    ({"optimizer.learning_rate": -0.1}, "optimizer.learning_rate"),
-    ({"optimizer.name": "sam", "optimizer.sam.rho": -1.0}, r"optimizer\.sam\.rho"),
-    ({"optimizer.name": "sam", "optimizer.sam.base": "muon"}, r"optimizer\.sam\.base"),
-    ({"optimizer.name": "bsam", "optimizer.bsam.init_precision": 0.0}, r"optimizer\.bsam\.init_precision"),
-    ({"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 20}, r"optimizer\.bulk_sgd\.k"),
-    ({"optimizer.schedule": "exp"}, "optimizer.schedule"),
-    ({"loss.name": "hinge"}, "loss.name"),
-    ({"loss.name": "focal", "loss.focal.gamma": -1.0}, "gamma"),
-    ({"num_epochs": 0, "num_steps": 0}, "num_epochs"),
-    # A field of a block the chosen optimizer (or loss) does not read would be silently ignored.
-    ({"optimizer.adamw.weight_decay": 0.0}, r"optimizer\.adamw\.weight_decay.*does not read"),
-    ({"optimizer.name": "adamw", "optimizer.sgd.momentum": 0.0}, r"optimizer\.sgd\.momentum.*does not read"),
-    ({"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.sgd.momentum": 0.5},
-     r"optimizer\.sgd\.momentum.*does not read"),
-    ({"optimizer.name": "sam", "optimizer.csam.gamma": 2.0}, r"optimizer\.csam\.gamma.*does not read"),
-    ({"loss.focal.gamma": 2.0}, r"loss\.focal\.gamma.*does not read"),
-    # Unknown hyper-parameters and values of the wrong type.
-    ({"optimizer.name": "sam", "optimizer.sam.rhoo": 0.1}, r"optimizer\.sam\.rhoo is not a hyper-parameter"),
-    ({"loss.name": "focal", "loss.focal.alpha": 1.0}, r"loss\.focal.*unknown hyper-parameter 'alpha'"),
-], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None)
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.name": "resnet9000"}, "model.name"),
+        ({"data.name": "imagenet22k"}, "data.name"),
+        ({"optimizer.name": "lion"}, "optimizer.name"),
+        ({"optimizer.learning_rate": -0.1}, "optimizer.learning_rate"),
+        ({"optimizer.name": "sam", "optimizer.sam.rho": -1.0}, r"optimizer\.sam\.rho"),
+        ({"optimizer.name": "sam", "optimizer.sam.base": "muon"}, r"optimizer\.sam\.base"),
+        ({"optimizer.name": "bsam", "optimizer.bsam.init_precision": 0.0}, r"optimizer\.bsam\.init_precision"),
+        ({"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 20}, r"optimizer\.bulk_sgd\.k"),
+        ({"optimizer.schedule": "exp"}, "optimizer.schedule"),
+        ({"loss.name": "hinge"}, "loss.name"),
+        ({"loss.name": "focal", "loss.focal.gamma": -1.0}, "gamma"),
+        ({"num_epochs": 0, "num_steps": 0}, "num_epochs"),
+        # A field of a block the chosen optimizer (or loss) does not read would be silently ignored.
+        ({"optimizer.adamw.weight_decay": 0.0}, r"optimizer\.adamw\.weight_decay.*does not read"),
+        ({"optimizer.name": "adamw", "optimizer.sgd.momentum": 0.0}, r"optimizer\.sgd\.momentum.*does not read"),
+        (
+            {"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.sgd.momentum": 0.5},
+            r"optimizer\.sgd\.momentum.*does not read",
+        ),
+        ({"optimizer.name": "sam", "optimizer.csam.gamma": 2.0}, r"optimizer\.csam\.gamma.*does not read"),
+        ({"loss.focal.gamma": 2.0}, r"loss\.focal\.gamma.*does not read"),
+        # Unknown hyper-parameters and values of the wrong type.
+        ({"optimizer.name": "sam", "optimizer.sam.rhoo": 0.1}, r"optimizer\.sam\.rhoo is not a hyper-parameter"),
+        ({"loss.name": "focal", "loss.focal.alpha": 1.0}, r"loss\.focal.*unknown hyper-parameter 'alpha'"),
+    ],
+    ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None,
+)
 def test_bad_config_fails_with_clear_message(tmp_path, overrides, message):
     config = digits_config(str(tmp_path), **overrides)
     with pytest.raises(ValueError, match=message):
         validate_config(config)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"optimizer.sgd.momentum": 0.5, "optimizer.sgd.nesterov": True, "optimizer.sgd.weight_decay": 5e-4},
-    {"optimizer.name": "sam", "optimizer.sgd.momentum": 0.0, "optimizer.sam.rho": 0.1},
-    {"optimizer.name": "csam", "optimizer.csam.base": "adamw", "optimizer.adamw.weight_decay": 0.0},
-    {"optimizer.name": "gd", "optimizer.gd.weight_decay": 1e-3},
-    {"loss.name": "focal", "loss.focal.gamma": 2.0},
-    {"loss.name": "label_smoothing", "loss.label_smoothing.smoothing": 0.05},
-], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer.sgd.momentum": 0.5, "optimizer.sgd.nesterov": True, "optimizer.sgd.weight_decay": 5e-4},
+        {"optimizer.name": "sam", "optimizer.sgd.momentum": 0.0, "optimizer.sam.rho": 0.1},
+        {"optimizer.name": "csam", "optimizer.csam.base": "adamw", "optimizer.adamw.weight_decay": 0.0},
+        {"optimizer.name": "gd", "optimizer.gd.weight_decay": 1e-3},
+        {"loss.name": "focal", "loss.focal.gamma": 2.0},
+        {"loss.name": "label_smoothing", "loss.label_smoothing.smoothing": 0.05},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
 def test_blocks_the_optimizer_and_loss_read_may_be_set(tmp_path, overrides):
     # A SAM-family optimizer reads its own block and the block of its base.
     validate_config(digits_config(str(tmp_path), **overrides))
@@ -139,33 +150,46 @@ class _BatchNormMLP(nn.Module):
 @pytest.mark.parametrize("optimizer", ["sgd", "sam"])
 def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, optimizer):
     monkeypatch.setitem(models.MODELS, "bn_mlp", _BatchNormMLP)
-    config = digits_config(str(tmp_path), **{"model.name": "bn_mlp", "model.kwargs": ml_collections.ConfigDict(),
-                                             "optimizer.name": optimizer, "num_steps": 1})
+    config = digits_config(
+        str(tmp_path),
+        **{
+            "model.name": "bn_mlp",
+            "model.kwargs": ml_collections.ConfigDict(),
+            "optimizer.name": optimizer,
+            "num_steps": 1,
+        },
+    )
     run = build_run(config)
     state = jax.tree_util.tree_map(jnp.copy, run.init_state)
-    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64]),
-             "index": jnp.arange(64, dtype=jnp.int32)}  # positions in the training set
+    batch = {
+        "image": jnp.asarray(run.data.train.images[:64]),
+        "label": jnp.asarray(run.data.train.labels[:64]),
+        "index": jnp.arange(64, dtype=jnp.int32),
+    }  # positions in the training set
     new_state, _ = run.train_step(state, batch)
     variables = {"params": run.init_state.params, **run.init_state.model_state}
     _, expected = run.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     jax.tree_util.tree_map(np.testing.assert_allclose, new_state.model_state, dict(expected))
 
 
-@pytest.mark.parametrize("overrides", [
-    {"optimizer.name": "gd"},
-    {"optimizer.name": "adamw", "optimizer.learning_rate": 3e-3},
-    {"optimizer.name": "muon", "optimizer.learning_rate": 0.02},
-    {"optimizer.name": "asam", "optimizer.asam.rho": 0.5},
-    {"optimizer.name": "ssam"},
-    {"optimizer.name": "csam", "optimizer.csam.gamma": 1.5},
-    {"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.learning_rate": 3e-3},
-    {"optimizer.name": "sam", "optimizer.sam.m": 16},
-    {"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.bsam.rho": 0.01},
-    {"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 2, "optimizer.bulk_sgd.num_iters": 8},
-], ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer.name": "gd"},
+        {"optimizer.name": "adamw", "optimizer.learning_rate": 3e-3},
+        {"optimizer.name": "muon", "optimizer.learning_rate": 0.02},
+        {"optimizer.name": "asam", "optimizer.asam.rho": 0.5},
+        {"optimizer.name": "ssam"},
+        {"optimizer.name": "csam", "optimizer.csam.gamma": 1.5},
+        {"optimizer.name": "sam", "optimizer.sam.base": "adamw", "optimizer.learning_rate": 3e-3},
+        {"optimizer.name": "sam", "optimizer.sam.m": 16},
+        {"optimizer.name": "bsam", "optimizer.learning_rate": 0.5, "optimizer.bsam.rho": 0.01},
+        {"optimizer.name": "bulk_sgd", "optimizer.bulk_sgd.k": 2, "optimizer.bulk_sgd.num_iters": 8},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
 def test_every_optimizer_trains_in_the_loop(tmp_path, overrides):
-    config = digits_config(str(tmp_path), num_steps=30, eval_every_steps=30, checkpoint_every_steps=30,
-                           **overrides)
+    config = digits_config(str(tmp_path), num_steps=30, eval_every_steps=30, checkpoint_every_steps=30, **overrides)
     summary = train_and_evaluate(config)
     assert summary["test/accuracy"] > 0.5, summary["test/accuracy"]
     assert np.isfinite(summary["test/nll"])
@@ -177,11 +201,21 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
     from sam_jax import optim
     from sam_jax.losses import cross_entropy, csam_loss
 
-    config = digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": 2.0,
-                                             "optimizer.csam.rho": 0.3, "optimizer.schedule": "constant"})
+    config = digits_config(
+        str(tmp_path),
+        **{
+            "optimizer.name": "csam",
+            "optimizer.csam.gamma": 2.0,
+            "optimizer.csam.rho": 0.3,
+            "optimizer.schedule": "constant",
+        },
+    )
     run = build_run(config)
-    batch = {"image": jnp.asarray(run.data.train.images[:64]), "label": jnp.asarray(run.data.train.labels[:64]),
-             "index": jnp.arange(64, dtype=jnp.int32)}  # positions in the training set
+    batch = {
+        "image": jnp.asarray(run.data.train.images[:64]),
+        "label": jnp.asarray(run.data.train.labels[:64]),
+        "index": jnp.arange(64, dtype=jnp.int32),
+    }  # positions in the training set
     new_state, _ = run.train_step(run.init_state, batch)
 
     def objective(loss):
@@ -192,8 +226,13 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
     sgd = config.optimizer.sgd
     assert (sgd.nesterov, sgd.weight_decay) == (False, 0.0)
     tx = optim.sam(optax.sgd(config.optimizer.learning_rate, momentum=sgd.momentum), 0.3)
-    updates, _ = tx.update(jax.grad(objective(cross_entropy))(params), tx.init(params), params,
-                           grad_fn=jax.grad(objective(lambda z, y: csam_loss(z, y, 2.0))))
+    updates, _ = tx.update(
+        jax.grad(objective(cross_entropy))(params),
+        tx.init(params),
+        params,
+        grad_fn=jax.grad(objective(lambda z, y: csam_loss(z, y, 2.0))),
+    )
     expected = optax.apply_updates(params, updates)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                           new_state.params, expected)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected
+    )

@@ -10,6 +10,7 @@ Every case changes each hyper-parameter of the blocks it reads from its default,
 ``test_every_changed_field_matters`` checks that reverting any one of them changes the reference
 steps, so a field the loop dropped on the way to the transformation cannot go unnoticed.
 """
+
 import dataclasses
 import itertools
 from typing import Any, Callable, Mapping, Optional
@@ -24,10 +25,26 @@ import pytest
 import sam_jax.optim
 from sam_jax import data, models
 from sam_jax.losses import csam_loss
-from sam_jax.optim import (OPTIMIZERS, OptimizerSpec, bsam, m_sharpness_sam,
-                           project_out_top_hessian_directions, sam, split_into_sub_batches)
-from sam_jax.training import (Hook, RunData, build_run, check_run_data, default_config, optimizer_hparams,
-                              learning_rate_schedule, train_and_evaluate, validate_config)
+from sam_jax.optim import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    bsam,
+    m_sharpness_sam,
+    project_out_top_hessian_directions,
+    sam,
+    split_into_sub_batches,
+)
+from sam_jax.training import (
+    Hook,
+    RunData,
+    build_run,
+    check_run_data,
+    default_config,
+    optimizer_hparams,
+    learning_rate_schedule,
+    train_and_evaluate,
+    validate_config,
+)
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -53,8 +70,9 @@ def _run_data() -> RunData:
 RUN_DATA = _run_data()
 
 
-def tiny_config(name: str = "sgd", blocks: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                **optimizer_fields) -> ml_collections.ConfigDict:
+def tiny_config(
+    name: str = "sgd", blocks: Optional[Mapping[str, Mapping[str, Any]]] = None, **optimizer_fields
+) -> ml_collections.ConfigDict:
     """An MLP (one hidden layer of 8, float64 compute) on ``RUN_DATA``; ``blocks`` override
     ``optimizer.<block>.<field>``, ``optimizer_fields`` the top-level ``optimizer.*``."""
     config = default_config()
@@ -80,21 +98,24 @@ def _as_float64(tree: Any) -> Any:
     # Flax's Dense keeps float32 parameters even under jax_enable_x64 (its param_dtype), so the
     # loop's initial state is promoted; the optimizer states at init are zeros, constants or
     # copies of the parameters, so promoting them is the same as initialising at float64.
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        tree)
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def loop_batches(run, config) -> list[dict[str, jax.Array]]:
     """The first ``STEPS_TAKEN`` batches the loop feeds (``_train`` in sam_jax/training/loop.py)."""
     if run.optimizer.full_batch:
-        whole = {"image": RUN_DATA.train.images, "label": RUN_DATA.train.labels,
-                 "index": np.arange(NUM_TRAIN, dtype=np.int32)}
+        whole = {
+            "image": RUN_DATA.train.images,
+            "label": RUN_DATA.train.labels,
+            "index": np.arange(NUM_TRAIN, dtype=np.int32),
+        }
         assert run.batch_size == NUM_TRAIN
         batches = [whole] * STEPS_TAKEN
     else:
         assert run.batch_size == BATCH_SIZE
-        batches = list(itertools.islice(
-            data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=0), STEPS_TAKEN))
+        batches = list(
+            itertools.islice(data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=0), STEPS_TAKEN)
+        )
     return [{k: jnp.asarray(v) for k, v in batch.items()} for batch in batches]
 
 
@@ -109,6 +130,7 @@ def loop_steps(config: ml_collections.ConfigDict):
 
 # --------------------------------------------------------------------------- hand-built references
 
+
 def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -116,27 +138,34 @@ def _cross_entropy(logits, labels):
 def _objective(model, loss_of):
     def value(params, batch):
         return loss_of(model.apply({"params": params}, batch["image"]), batch["label"])
+
     return value
 
 
 def _sgd(h, lr):
     # sgd block: L2 weight decay added to the gradient, then (Nesterov) heavy-ball momentum.
-    return optax.chain(optax.add_decayed_weights(h["weight_decay"]),
-                       optax.trace(decay=h["momentum"], nesterov=h["nesterov"]),
-                       optax.scale_by_learning_rate(lr))
+    return optax.chain(
+        optax.add_decayed_weights(h["weight_decay"]),
+        optax.trace(decay=h["momentum"], nesterov=h["nesterov"]),
+        optax.scale_by_learning_rate(lr),
+    )
 
 
 def _adam(h, lr):
-    return optax.chain(optax.add_decayed_weights(h["weight_decay"]),
-                       optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]),
-                       optax.scale_by_learning_rate(lr))
+    return optax.chain(
+        optax.add_decayed_weights(h["weight_decay"]),
+        optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]),
+        optax.scale_by_learning_rate(lr),
+    )
 
 
 def _adamw(h, lr):
     # Decoupled weight decay (Loshchilov & Hutter): added to Adam's direction, scaled by lr.
-    return optax.chain(optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]),
-                       optax.add_decayed_weights(h["weight_decay"]),
-                       optax.scale_by_learning_rate(lr))
+    return optax.chain(
+        optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]),
+        optax.add_decayed_weights(h["weight_decay"]),
+        optax.scale_by_learning_rate(lr),
+    )
 
 
 BASES = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
@@ -144,10 +173,12 @@ BASES = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 def _sam_family(name, options=lambda h: {}):
     """SAM (Foret et al. eq. 2) around the hand-built base; m-sharpness when m > 0."""
+
     def build(b, lr, n, seed):
         h = b[name]
         base = BASES[h["base"]](b[h["base"]], lr)
         return (m_sharpness_sam if h["m"] else sam)(base, h["rho"], **options(h))
+
     return build
 
 
@@ -185,47 +216,113 @@ SGD_CHANGED = {"momentum": 0.7, "nesterov": True, "weight_decay": 1e-3}
 ADAM_CHANGED = {"b1": 0.8, "b2": 0.99, "eps": 1e-6, "weight_decay": 1e-3}
 
 CASES = [
-    Case("sgd+warmup_cosine", "sgd", {"sgd": SGD_CHANGED}, lambda b, lr, n, s: _sgd(b["sgd"], lr),
-         schedule_fields={"warmup_steps": 2},
-         schedule=optax.join_schedules([optax.linear_schedule(0.0, LEARNING_RATE, 2),
-                                        optax.cosine_decay_schedule(LEARNING_RATE, NUM_STEPS - 2)], [2])),
-    Case("gd+constant", "gd", {"gd": {"weight_decay": 1e-2}},
-         lambda b, lr, n, s: optax.chain(optax.add_decayed_weights(b["gd"]["weight_decay"]),
-                                         optax.scale_by_learning_rate(lr)),
-         schedule_fields={"schedule": "constant"}, schedule=optax.constant_schedule(LEARNING_RATE)),
-    Case("adam+step", "adam", {"adam": ADAM_CHANGED}, lambda b, lr, n, s: _adam(b["adam"], lr),
-         # boundaries at int(0.25 * 6) = 1 and int(0.5 * 6) = 3
-         schedule_fields={"schedule": "step", "step_boundaries": (0.25, 0.5), "step_factor": 0.3},
-         schedule=optax.piecewise_constant_schedule(LEARNING_RATE, {1: 0.3, 3: 0.3}),
-         jit_reference=True),
+    Case(
+        "sgd+warmup_cosine",
+        "sgd",
+        {"sgd": SGD_CHANGED},
+        lambda b, lr, n, s: _sgd(b["sgd"], lr),
+        schedule_fields={"warmup_steps": 2},
+        schedule=optax.join_schedules(
+            [optax.linear_schedule(0.0, LEARNING_RATE, 2), optax.cosine_decay_schedule(LEARNING_RATE, NUM_STEPS - 2)],
+            [2],
+        ),
+    ),
+    Case(
+        "gd+constant",
+        "gd",
+        {"gd": {"weight_decay": 1e-2}},
+        lambda b, lr, n, s: optax.chain(
+            optax.add_decayed_weights(b["gd"]["weight_decay"]), optax.scale_by_learning_rate(lr)
+        ),
+        schedule_fields={"schedule": "constant"},
+        schedule=optax.constant_schedule(LEARNING_RATE),
+    ),
+    Case(
+        "adam+step",
+        "adam",
+        {"adam": ADAM_CHANGED},
+        lambda b, lr, n, s: _adam(b["adam"], lr),
+        # boundaries at int(0.25 * 6) = 1 and int(0.5 * 6) = 3
+        schedule_fields={"schedule": "step", "step_boundaries": (0.25, 0.5), "step_factor": 0.3},
+        schedule=optax.piecewise_constant_schedule(LEARNING_RATE, {1: 0.3, 3: 0.3}),
+        jit_reference=True,
+    ),
     Case("adamw", "adamw", {"adamw": ADAM_CHANGED}, lambda b, lr, n, s: _adamw(b["adamw"], lr)),
-    Case("muon", "muon", {"muon": {"beta": 0.8, "weight_decay": 1e-2, "adam_b1": 0.8, "adam_b2": 0.99}},
-         lambda b, lr, n, s: optax.contrib.muon(lr, beta=b["muon"]["beta"],
-                                                weight_decay=b["muon"]["weight_decay"],
-                                                adam_b1=b["muon"]["adam_b1"], adam_b2=b["muon"]["adam_b2"]),
-         jit_reference=True),
+    Case(
+        "muon",
+        "muon",
+        {"muon": {"beta": 0.8, "weight_decay": 1e-2, "adam_b1": 0.8, "adam_b2": 0.99}},
+        lambda b, lr, n, s: optax.contrib.muon(
+            lr,
+            beta=b["muon"]["beta"],
+            weight_decay=b["muon"]["weight_decay"],
+            adam_b1=b["muon"]["adam_b1"],
+            adam_b2=b["muon"]["adam_b2"],
+        ),
+        jit_reference=True,
+    ),
     Case("sam", "sam", {"sam": {"rho": 0.2}, "sgd": SGD_CHANGED}, _sam_family("sam")),
     Case("sam-adam", "sam", {"sam": {"rho": 0.2, "base": "adam"}, "adam": ADAM_CHANGED}, _sam_family("sam")),
-    Case("sam-adamw-m4", "sam", {"sam": {"rho": 0.2, "base": "adamw", "m": 4}, "adamw": ADAM_CHANGED},
-         _sam_family("sam"), m=lambda b: b["sam"]["m"]),
-    Case("asam", "asam", {"asam": {"rho": 0.3, "eta": 0.05}, "sgd": SGD_CHANGED},
-         _sam_family("asam", lambda h: {"adaptive": True, "eta": h["eta"]})),
-    Case("ssam", "ssam", {"ssam": {"rho": 0.2}, "sgd": SGD_CHANGED},
-         _sam_family("ssam", lambda h: {"renormalize": True})),
-    Case("csam", "csam", {"csam": {"rho": 0.2, "gamma": 1.5}, "sgd": SGD_CHANGED},
-         _sam_family("csam"), descent_gamma=lambda b: b["csam"]["gamma"]),
-    Case("bsam", "bsam",
-         {"bsam": {"rho": 0.05, "beta1": 0.8, "beta2": 0.99, "prior_precision": 10.0, "damping": 0.3,
-                   "init_precision": 2.0}},
-         lambda b, lr, n, s: bsam(lr, b["bsam"]["rho"], n, beta1=b["bsam"]["beta1"], beta2=b["bsam"]["beta2"],
-                                  prior_precision=b["bsam"]["prior_precision"], damping=b["bsam"]["damping"],
-                                  init_precision=b["bsam"]["init_precision"], seed=s),
-         clean_gradient=False),
-    Case("bulk_sgd", "bulk_sgd", {"bulk_sgd": {"k": 2, "num_iters": 8, "momentum": 0.5}},
-         lambda b, lr, n, s: optax.chain(
-             project_out_top_hessian_directions(b["bulk_sgd"]["k"], num_iters=b["bulk_sgd"]["num_iters"], seed=s),
-             optax.trace(decay=b["bulk_sgd"]["momentum"]), optax.scale_by_learning_rate(lr)),
-         jit_reference=True),
+    Case(
+        "sam-adamw-m4",
+        "sam",
+        {"sam": {"rho": 0.2, "base": "adamw", "m": 4}, "adamw": ADAM_CHANGED},
+        _sam_family("sam"),
+        m=lambda b: b["sam"]["m"],
+    ),
+    Case(
+        "asam",
+        "asam",
+        {"asam": {"rho": 0.3, "eta": 0.05}, "sgd": SGD_CHANGED},
+        _sam_family("asam", lambda h: {"adaptive": True, "eta": h["eta"]}),
+    ),
+    Case(
+        "ssam", "ssam", {"ssam": {"rho": 0.2}, "sgd": SGD_CHANGED}, _sam_family("ssam", lambda h: {"renormalize": True})
+    ),
+    Case(
+        "csam",
+        "csam",
+        {"csam": {"rho": 0.2, "gamma": 1.5}, "sgd": SGD_CHANGED},
+        _sam_family("csam"),
+        descent_gamma=lambda b: b["csam"]["gamma"],
+    ),
+    Case(
+        "bsam",
+        "bsam",
+        {
+            "bsam": {
+                "rho": 0.05,
+                "beta1": 0.8,
+                "beta2": 0.99,
+                "prior_precision": 10.0,
+                "damping": 0.3,
+                "init_precision": 2.0,
+            }
+        },
+        lambda b, lr, n, s: bsam(
+            lr,
+            b["bsam"]["rho"],
+            n,
+            beta1=b["bsam"]["beta1"],
+            beta2=b["bsam"]["beta2"],
+            prior_precision=b["bsam"]["prior_precision"],
+            damping=b["bsam"]["damping"],
+            init_precision=b["bsam"]["init_precision"],
+            seed=s,
+        ),
+        clean_gradient=False,
+    ),
+    Case(
+        "bulk_sgd",
+        "bulk_sgd",
+        {"bulk_sgd": {"k": 2, "num_iters": 8, "momentum": 0.5}},
+        lambda b, lr, n, s: optax.chain(
+            project_out_top_hessian_directions(b["bulk_sgd"]["k"], num_iters=b["bulk_sgd"]["num_iters"], seed=s),
+            optax.trace(decay=b["bulk_sgd"]["momentum"]),
+            optax.scale_by_learning_rate(lr),
+        ),
+        jit_reference=True,
+    ),
 ]
 CASES_BY_NAME = {name: [c for c in CASES if c.name == name] for name in {c.name for c in CASES}}
 # Every registered optimizer (collected at import, so a new built-in one needs a case here).
@@ -240,8 +337,9 @@ def _all_blocks(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[st
 
 
 def _float_fields(case: Case) -> dict[str, dict[str, float]]:
-    return {block: {f: v for f, v in values.items() if isinstance(v, float)}
-            for block, values in case.overrides.items()}
+    return {
+        block: {f: v for f, v in values.items() if isinstance(v, float)} for block, values in case.overrides.items()
+    }
 
 
 def reference_stepper(case: Case, blocks, model, learning_rate):
@@ -270,14 +368,14 @@ def reference_stepper(case: Case, blocks, model, learning_rate):
 
             def grad_fn(p):
                 return jax.grad(descent)(p, batch)
+
         updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
         return optax.apply_updates(params, updates), opt_state
 
     return jax.jit(step) if case.jit_reference else step
 
 
-def reference_steps(case, blocks, model, params, batches, learning_rate, *, seed=SEED, floats=None,
-                    step=None):
+def reference_steps(case, blocks, model, params, batches, learning_rate, *, seed=SEED, floats=None, step=None):
     """``STEPS_TAKEN`` steps of the hand-built reference from ``params``; (params, opt_state)."""
     step = step or reference_stepper(case, blocks, model, learning_rate)
     # Off the run's mesh, so that a jitted reference step traces once.
@@ -302,12 +400,14 @@ def _max_difference(a, b) -> float:
 
 # --------------------------------------------------------------------------- optimizers
 
+
 def check_loop_against_reference(case: Case, reference_schedule: optax.Schedule, **optimizer_fields) -> None:
     config = tiny_config(case.name, case.overrides, **optimizer_fields)
     run, init, state = loop_steps(config)
     assert run.total_steps == NUM_STEPS and int(state.step) == STEPS_TAKEN
-    params, opt_state = reference_steps(case, _all_blocks(case.overrides), run.model, init.params,
-                                        loop_batches(run, config), reference_schedule)
+    params, opt_state = reference_steps(
+        case, _all_blocks(case.overrides), run.model, init.params, loop_batches(run, config), reference_schedule
+    )
     assert _max_difference(state.params, init.params) > 1e-4  # it moved
     assert_trees_close(state.params, params)
     assert_trees_close(state.opt_state, opt_state)
@@ -326,8 +426,7 @@ def _hand_model_and_batches(full_batch: bool):
     if full_batch:
         batches = [{"image": RUN_DATA.train.images, "label": RUN_DATA.train.labels}] * STEPS_TAKEN
     else:
-        batches = itertools.islice(data.train_batches(RUN_DATA.train, BATCH_SIZE, seed=SEED, epoch=0),
-                                   STEPS_TAKEN)
+        batches = itertools.islice(data.train_batches(RUN_DATA.train, BATCH_SIZE, seed=SEED, epoch=0), STEPS_TAKEN)
     return model, _as_float64(params), [{k: jnp.asarray(v) for k, v in b.items()} for b in batches]
 
 
@@ -341,19 +440,25 @@ def test_every_changed_field_matters(case):
     floats = _float_fields(case) if case.jit_reference else None
     step = reference_stepper(case, blocks, model, schedule)
     changed, _ = reference_steps(case, blocks, model, params0, batches, schedule, floats=floats, step=step)
-    variants = [(block, field) for block, values in case.overrides.items() for field in values
-                if not (block == case.name and field == "base")]  # base changes which blocks are read
+    variants = [
+        (block, field)
+        for block, values in case.overrides.items()
+        for field in values
+        if not (block == case.name and field == "base")
+    ]  # base changes which blocks are read
     if case.name in ("bsam", "bulk_sgd"):  # the optimizers that draw noise from the run's seed
         variants.append((None, "seed"))
     for block, field in variants:
         if block is None:
-            reverted, _ = reference_steps(case, blocks, model, params0, batches, schedule, seed=0,
-                                          floats=floats, step=step)
+            reverted, _ = reference_steps(
+                case, blocks, model, params0, batches, schedule, seed=0, floats=floats, step=step
+            )
         elif case.jit_reference and field in floats.get(block, {}):
             reverted_floats = {b: dict(v) for b, v in floats.items()}
             reverted_floats[block][field] = float(OPTIMIZERS[block].defaults[field])
-            reverted, _ = reference_steps(case, blocks, model, params0, batches, schedule,
-                                          floats=reverted_floats, step=step)
+            reverted, _ = reference_steps(
+                case, blocks, model, params0, batches, schedule, floats=reverted_floats, step=step
+            )
         elif case.jit_reference:
             continue  # bulk_sgd's k and num_iters are array shapes: a recompile each (seconds)
         else:
@@ -372,14 +477,30 @@ SCHEDULES = {
     # name: (optimizer fields, hand-built optax schedule over HORIZON steps)
     "constant": ({"schedule": "constant"}, optax.constant_schedule(LEARNING_RATE)),
     "cosine": ({"schedule": "cosine"}, optax.cosine_decay_schedule(LEARNING_RATE, HORIZON)),
-    "step": ({"schedule": "step", "step_boundaries": (0.3, 0.6), "step_factor": 0.2},
-             optax.piecewise_constant_schedule(LEARNING_RATE, {3: 0.2, 6: 0.2})),
-    "warmup_cosine": ({"schedule": "cosine", "warmup_steps": WARMUP},
-                      optax.join_schedules([optax.linear_schedule(0.0, LEARNING_RATE, WARMUP),
-                                            optax.cosine_decay_schedule(LEARNING_RATE, HORIZON - WARMUP)], [WARMUP])),
-    "warmup_step": ({"schedule": "step", "warmup_steps": WARMUP, "step_boundaries": (0.5,), "step_factor": 0.1},
-                    optax.join_schedules([optax.linear_schedule(0.0, LEARNING_RATE, WARMUP),
-                                          optax.piecewise_constant_schedule(LEARNING_RATE, {3: 0.1})], [WARMUP])),
+    "step": (
+        {"schedule": "step", "step_boundaries": (0.3, 0.6), "step_factor": 0.2},
+        optax.piecewise_constant_schedule(LEARNING_RATE, {3: 0.2, 6: 0.2}),
+    ),
+    "warmup_cosine": (
+        {"schedule": "cosine", "warmup_steps": WARMUP},
+        optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, LEARNING_RATE, WARMUP),
+                optax.cosine_decay_schedule(LEARNING_RATE, HORIZON - WARMUP),
+            ],
+            [WARMUP],
+        ),
+    ),
+    "warmup_step": (
+        {"schedule": "step", "warmup_steps": WARMUP, "step_boundaries": (0.5,), "step_factor": 0.1},
+        optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, LEARNING_RATE, WARMUP),
+                optax.piecewise_constant_schedule(LEARNING_RATE, {3: 0.1}),
+            ],
+            [WARMUP],
+        ),
+    ),
 }
 
 
@@ -395,21 +516,42 @@ def test_learning_rate_schedule_equals_optax_schedule(name):
 def test_cosine_and_warmup_follow_their_formulas():
     steps = np.arange(HORIZON + 1)
     cosine = learning_rate_schedule(tiny_config(schedule="cosine"), HORIZON)
-    np.testing.assert_allclose([float(cosine(t)) for t in steps],
-                               LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * np.minimum(steps, HORIZON) / HORIZON)),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        [float(cosine(t)) for t in steps],
+        LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * np.minimum(steps, HORIZON) / HORIZON)),
+        rtol=1e-12,
+        atol=1e-15,
+    )
     warm = learning_rate_schedule(tiny_config(schedule="constant", warmup_steps=WARMUP), HORIZON)
-    np.testing.assert_allclose([float(warm(t)) for t in steps],
-                               LEARNING_RATE * np.minimum(steps / WARMUP, 1.0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        [float(warm(t)) for t in steps], LEARNING_RATE * np.minimum(steps / WARMUP, 1.0), rtol=1e-12, atol=1e-15
+    )
 
 
 # --------------------------------------------------------------------------- validation
 
 BAD_VALUES = {  # field -> a value its rule rejects
-    "momentum": 1.0, "weight_decay": -1e-3, "b1": 1.0, "b2": -0.1, "eps": 0.0, "beta": 1.5,
-    "adam_b1": -0.5, "adam_b2": 1.0, "rho": -0.1, "m": 2.5, "base": "lion", "eta": -0.01, "gamma": 2.5,
-    "beta1": 1.0, "beta2": -0.1, "prior_precision": -1.0, "damping": -0.1, "init_precision": 0.0, "k": 0,
-    "nesterov": "yes", "num_iters": 0,
+    "momentum": 1.0,
+    "weight_decay": -1e-3,
+    "b1": 1.0,
+    "b2": -0.1,
+    "eps": 0.0,
+    "beta": 1.5,
+    "adam_b1": -0.5,
+    "adam_b2": 1.0,
+    "rho": -0.1,
+    "m": 2.5,
+    "base": "lion",
+    "eta": -0.01,
+    "gamma": 2.5,
+    "beta1": 1.0,
+    "beta2": -0.1,
+    "prior_precision": -1.0,
+    "damping": -0.1,
+    "init_precision": 0.0,
+    "k": 0,
+    "nesterov": "yes",
+    "num_iters": 0,
 }
 
 
@@ -434,8 +576,9 @@ def test_bad_value_names_the_field(name, field):
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_non_number_and_unknown_field_name_the_field(name):
-    numeric = [f for f, v in OPTIMIZERS[name].defaults.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numeric = [
+        f for f, v in OPTIMIZERS[name].defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     for field in numeric:
         with pytest.raises(ValueError, match=rf"optimizer\.{name}\.{field}='x' must be a number"):
             validate_config(_block_replaced(tiny_config(name), name, **{field: "x"}))
@@ -466,6 +609,7 @@ def test_sam_with_base_adam_reads_the_adam_block():
 
 # --------------------------------------------------------------------------- registry extension
 
+
 @pytest.fixture
 def register_optimizer():
     """``register_optimizer(spec)`` adds ``spec`` to the registry until the end of the test."""
@@ -481,16 +625,16 @@ def register_optimizer():
 
 
 def _sign_sgd(hparams, context):
-    return optax.chain(optax.scale_by_sign(), optax.scale(hparams["scale"]),
-                       optax.scale_by_learning_rate(context.learning_rate))
+    return optax.chain(
+        optax.scale_by_sign(), optax.scale(hparams["scale"]), optax.scale_by_learning_rate(context.learning_rate)
+    )
 
 
 def test_optimizer_registered_at_runtime_trains_in_the_loop(tmp_path, register_optimizer):
     config = tiny_config()  # built before the registration: no my_sign_sgd block
     config.num_steps = STEPS_TAKEN
     config.eval_at_start = False
-    register_optimizer(OptimizerSpec("my_sign_sgd", {"scale": 1.0}, build=_sign_sgd,
-                                     summary="sign SGD (test)"))
+    register_optimizer(OptimizerSpec("my_sign_sgd", {"scale": 1.0}, build=_sign_sgd, summary="sign SGD (test)"))
     assert default_config().optimizer.my_sign_sgd.to_dict() == {"scale": 1.0}  # rebuilt: it has one
     config.optimizer.name = "my_sign_sgd"
     config.optimizer.my_sign_sgd = ml_collections.ConfigDict({"scale": 0.5})
@@ -498,8 +642,9 @@ def test_optimizer_registered_at_runtime_trains_in_the_loop(tmp_path, register_o
     final = {}
     run = build_run(config, RUN_DATA)
     run = dataclasses.replace(run, init_state=_as_float64(run.init_state))
-    summary = train_and_evaluate(config, str(tmp_path), hooks=[Hook(STEPS_TAKEN, lambda s: final.update(
-        params=s.params) or {})], run=run)
+    summary = train_and_evaluate(
+        config, str(tmp_path), hooks=[Hook(STEPS_TAKEN, lambda s: final.update(params=s.params) or {})], run=run
+    )
     assert summary["total_steps"] == STEPS_TAKEN and np.isfinite(summary["test/nll"])
 
     params = run.init_state.params

@@ -1,4 +1,4 @@
-""""Too Sharp, Too Sure" (Morosini et al. 2026, arXiv:2604.20614, Sec. 3, App. C-D): the grid presets.
+""" "Too Sharp, Too Sure" (Morosini et al. 2026, arXiv:2604.20614, Sec. 3, App. C-D): the grid presets.
 
     python -m experiments.curvature_calibration --config=experiments/configs/curvature_calibration.py:quick
 
@@ -10,6 +10,7 @@ gradient methods of the form 2/c (the paper shows BulkSGD at 2/70 and 2/30). Whe
 (steps, batch size, momentum, SAM's rho, adaptive learning rates) the choices are ours and are listed
 in docs/curvature_calibration.md.
 """
+
 import ml_collections
 
 from sam_jax.training import default_config
@@ -27,13 +28,20 @@ MSE_LEARNING_RATES = (2 / 400, 2 / 250, 2 / 150, 2 / 100)
 
 def _optimizer(learning_rates, losses=("cross_entropy",), ks=(), **overrides) -> ml_collections.ConfigDict:
     by_loss = {"mse": MSE_LEARNING_RATES} if "mse" in losses else {}
-    return ml_collections.ConfigDict({"learning_rates": tuple(learning_rates), "losses": tuple(losses),
-                                      "learning_rates_by_loss": by_loss, "ks": tuple(ks),
-                                      "overrides": overrides})
+    return ml_collections.ConfigDict(
+        {
+            "learning_rates": tuple(learning_rates),
+            "losses": tuple(losses),
+            "learning_rates_by_loss": by_loss,
+            "ks": tuple(ks),
+            "overrides": overrides,
+        }
+    )
 
 
-def _grid(learning_rates: dict[str, tuple[float, ...]], mse: bool, bulk_ks: tuple[int, ...],
-          bulk_num_iters: int) -> ml_collections.ConfigDict:
+def _grid(
+    learning_rates: dict[str, tuple[float, ...]], mse: bool, bulk_ks: tuple[int, ...], bulk_num_iters: int
+) -> ml_collections.ConfigDict:
     both = ("cross_entropy", "mse") if mse else ("cross_entropy",)
     # Full-batch GD has one batch: its batch sharpness is not defined on the tracker's subset.
     gd_curvature = {"curvature": {"quantities": "hessian,gauss_newton"}}
@@ -42,17 +50,20 @@ def _grid(learning_rates: dict[str, tuple[float, ...]], mse: bool, bulk_ks: tupl
     # blocks its optimizer reads (SAM reads its base's, sgd).
     sgd = {"sgd": {"momentum": 0.0, "weight_decay": 0.0}}
     grid = ml_collections.ConfigDict()
-    grid.optimizers = ml_collections.ConfigDict({
-        "gd": _optimizer(learning_rates["gd"], both, optimizer={"gd": {"weight_decay": 0.0}},
-                         **gd_curvature),
-        "sgd": _optimizer(learning_rates["sgd"], both, optimizer=sgd),
-        "adamw": _optimizer(learning_rates["adamw"], optimizer={"adamw": {"weight_decay": 0.0}}),
-        "muon": _optimizer(learning_rates["muon"], optimizer={"muon": {"weight_decay": 0.0}}),
-        "sam": _optimizer(learning_rates["sam"],
-                          optimizer={"sam": {"rho": 0.05, "base": "sgd"}, **sgd}),
-        "bulk_sgd": _optimizer(learning_rates["bulk_sgd"], ks=bulk_ks, optimizer={
-            "bulk_sgd": {"num_iters": bulk_num_iters, "momentum": 0.0}}),
-    })
+    grid.optimizers = ml_collections.ConfigDict(
+        {
+            "gd": _optimizer(learning_rates["gd"], both, optimizer={"gd": {"weight_decay": 0.0}}, **gd_curvature),
+            "sgd": _optimizer(learning_rates["sgd"], both, optimizer=sgd),
+            "adamw": _optimizer(learning_rates["adamw"], optimizer={"adamw": {"weight_decay": 0.0}}),
+            "muon": _optimizer(learning_rates["muon"], optimizer={"muon": {"weight_decay": 0.0}}),
+            "sam": _optimizer(learning_rates["sam"], optimizer={"sam": {"rho": 0.05, "base": "sgd"}, **sgd}),
+            "bulk_sgd": _optimizer(
+                learning_rates["bulk_sgd"],
+                ks=bulk_ks,
+                optimizer={"bulk_sgd": {"num_iters": bulk_num_iters, "momentum": 0.0}},
+            ),
+        }
+    )
     return grid
 
 
@@ -81,11 +92,19 @@ def _base() -> ml_collections.ConfigDict:
 def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
     """Returns the grid config of ``preset`` (one of ``PRESETS``)."""
     if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r} for curvature_calibration; use one of {PRESETS}, "
-                         "e.g. --config=experiments/configs/curvature_calibration.py:quick.")
+        raise ValueError(
+            f"Unknown preset {preset!r} for curvature_calibration; use one of {PRESETS}, "
+            "e.g. --config=experiments/configs/curvature_calibration.py:quick."
+        )
     config = _base()
-    eos = {"gd": EOS_LEARNING_RATES, "sgd": EOS_LEARNING_RATES, "sam": EOS_LEARNING_RATES,
-           "bulk_sgd": EOS_LEARNING_RATES, "adamw": ADAMW_LEARNING_RATES, "muon": MUON_LEARNING_RATES}
+    eos = {
+        "gd": EOS_LEARNING_RATES,
+        "sgd": EOS_LEARNING_RATES,
+        "sam": EOS_LEARNING_RATES,
+        "bulk_sgd": EOS_LEARNING_RATES,
+        "adamw": ADAMW_LEARNING_RATES,
+        "muon": MUON_LEARNING_RATES,
+    }
     if preset == "quick":
         config.workdir = "runs/curvature_calibration_quick"
         config.data.train_size = 1000
@@ -114,8 +133,7 @@ def get_config(preset: str = "fmnist") -> ml_collections.ConfigDict:
     config.grid = _grid(eos, mse=True, bulk_ks=(1, 3, 5), bulk_num_iters=12 if fmnist else 20)
     gd_steps = 150 if fmnist else 2000
     gd_every = gd_steps // (10 if fmnist else 50)
-    config.grid.optimizers.gd.overrides.update(
-        {"num_steps": gd_steps, "eval_every_steps": gd_every})
+    config.grid.optimizers.gd.overrides.update({"num_steps": gd_steps, "eval_every_steps": gd_every})
     config.grid.optimizers.gd.overrides.curvature.every = gd_every
     config.grid.seeds = (0,) if fmnist else (0, 1, 2)
     if not fmnist:

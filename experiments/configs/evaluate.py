@@ -1,4 +1,5 @@
 """Evaluation of saved runs: ``python -m experiments.evaluate --config.checkpoint=runs/quickstart``."""
+
 import ml_collections
 
 

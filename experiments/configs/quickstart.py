@@ -1,7 +1,8 @@
 """Quickstart: LeNet-5 (ReLU) on Fashion-MNIST with SGD + momentum, a few epochs on a CPU.
 
-    python -m experiments.quickstart --config.optimizer.name=sam --config.num_epochs=3
+python -m experiments.quickstart --config.optimizer.name=sam --config.num_epochs=3
 """
+
 import ml_collections
 
 from sam_jax.training import default_config

@@ -1,7 +1,20 @@
 """Reports over finished runs: metric trajectories, their correlations and trajectory figures."""
-from sam_jax.analysis.figures import plot_dynamics, plot_ece_vs_sharpness
-from sam_jax.analysis.trajectories import (mean_std_over_learning_rates, pearson, seed_mean, trajectory,
-                                           trajectory_correlation)
 
-__all__ = ["mean_std_over_learning_rates", "pearson", "plot_dynamics", "plot_ece_vs_sharpness",
-           "seed_mean", "trajectory", "trajectory_correlation"]
+from sam_jax.analysis.figures import plot_dynamics, plot_ece_vs_sharpness
+from sam_jax.analysis.trajectories import (
+    mean_std_over_learning_rates,
+    pearson,
+    seed_mean,
+    trajectory,
+    trajectory_correlation,
+)
+
+__all__ = [
+    "mean_std_over_learning_rates",
+    "pearson",
+    "plot_dynamics",
+    "plot_ece_vs_sharpness",
+    "seed_mean",
+    "trajectory",
+    "trajectory_correlation",
+]

@@ -4,6 +4,7 @@ References:
   Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
   Curvature. arXiv:2604.20614.
 """
+
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -28,8 +29,9 @@ def _has(runs: Sequence[Mapping[str, Any]], key: str) -> bool:
     return any(key in r for records in runs for r in records)
 
 
-def plot_dynamics(runs_by_lr: Mapping[float, Runs], path: str, title: str,
-                  eos_threshold: bool = True, dpi: int = 90) -> None:
+def plot_dynamics(
+    runs_by_lr: Mapping[float, Runs], path: str, title: str, eos_threshold: bool = True, dpi: int = 90
+) -> None:
     """Appendix C figure: loss, accuracy, ECE, margin and sharpness vs step; train left, validation right.
 
     Colour encodes the learning rate (seeds averaged). The sharpness rows show the GN top eigenvalue
@@ -63,20 +65,27 @@ def plot_dynamics(runs_by_lr: Mapping[float, Runs], path: str, title: str,
                 ax.axhline(2 / lr, color=colour, linestyle="--", linewidth=0.8)
             ax.set_ylabel("sharpness")
             ax.set_xlabel("step")
-    top = max((np.max(seed_mean(runs, GN_SHARPNESS)[1], initial=0.0) for runs in runs_by_lr.values()),
-              default=1.0)
+    top = max((np.max(seed_mean(runs, GN_SHARPNESS)[1], initial=0.0) for runs in runs_by_lr.values()), default=1.0)
     for column, split in enumerate(("train", "validation")):
         axes[0, column].set_title(split)
         axes[-1, column].set_ylim(0, 1.3 * top if top > 0 else 1.0)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{title}\nsharpness: GN top-1 (solid), batch sharpness (dotted)"
-                 + (", 2/lr (dashed)" if eos_threshold else ""), fontsize=10)
+    fig.suptitle(
+        f"{title}\nsharpness: GN top-1 (solid), batch sharpness (dotted)"
+        + (", 2/lr (dashed)" if eos_threshold else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, path, dpi)
 
 
-def plot_ece_vs_sharpness(groups: Mapping[str, Mapping[float, Runs]], path: str,
-                          split: str = "train", title: Optional[str] = None, dpi: int = 90) -> None:
+def plot_ece_vs_sharpness(
+    groups: Mapping[str, Mapping[float, Runs]],
+    path: str,
+    split: str = "train",
+    title: Optional[str] = None,
+    dpi: int = 90,
+) -> None:
     """Figure A1: ECE against GN sharpness along each trajectory, one panel per optimizer.
 
     A filled circle marks the first tracked step and a cross the last; colour encodes the
@@ -108,7 +117,7 @@ def plot_ece_vs_sharpness(groups: Mapping[str, Mapping[float, Runs]], path: str,
         ax.set_xlabel("GN sharpness")
         ax.set_ylabel(f"{split} ECE")
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(groups):]:
+    for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.suptitle(title or f"{split} ECE vs GN sharpness (o first tracked step, x last)", fontsize=10)
     fig.tight_layout()

@@ -9,6 +9,7 @@ References:
   Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
   Curvature. arXiv:2604.20614.
 """
+
 import math
 from typing import Any, Mapping, Sequence
 
@@ -25,8 +26,7 @@ def trajectory(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dic
     Returns:
       ``{"step": [T], key: [T] for key in keys}`` as float64 arrays (``step`` as int64).
     """
-    rows = [r for r in records
-            if all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in keys)]
+    rows = [r for r in records if all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in keys)]
     result = {"step": np.array([r["step"] for r in rows], np.int64)}
     result.update({k: np.array([r[k] for r in rows], np.float64) for k in keys})
     return result
@@ -65,8 +65,9 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(dx, dy) / scale) if scale > 0 else math.nan
 
 
-def trajectory_correlation(records: Sequence[Mapping[str, Any]], metric: str,
-                           sharpness: str = "curvature/gauss_newton_top1") -> float:
+def trajectory_correlation(
+    records: Sequence[Mapping[str, Any]], metric: str, sharpness: str = "curvature/gauss_newton_top1"
+) -> float:
     """Pearson correlation over one run between ``metric`` and ``sharpness`` (Table 1, one cell entry).
 
     Args:
@@ -91,8 +92,9 @@ def mean_std_over_learning_rates(correlations: Mapping[float, Sequence[float]]) 
       ``(mean, std, n)``: the mean and population standard deviation (``ddof=0``) over the ``n``
       learning rates with at least one defined correlation; NaNs when ``n == 0``.
     """
-    per_rate = [float(np.mean(v)) for v in
-                ([c for c in values if math.isfinite(c)] for values in correlations.values()) if v]
+    per_rate = [
+        float(np.mean(v)) for v in ([c for c in values if math.isfinite(c)] for values in correlations.values()) if v
+    ]
     if not per_rate:
         return math.nan, math.nan, 0
     return float(np.mean(per_rate)), float(np.std(per_rate)), len(per_rate)

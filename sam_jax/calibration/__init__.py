@@ -4,15 +4,29 @@ Pure functions of predictions ``probs``/``logits [N, K]`` and labels ``[N]``; ea
 optional ``mask=`` of example weights so that padded evaluation batches are exact. See
 docs/calibration.md for definitions, the bin convention and measured speed.
 """
+
 from sam_jax.calibration.binning import equal_width_bins, equal_width_edges
 from sam_jax.calibration.bootstrap import BootstrapInterval, bootstrap_ci
-from sam_jax.calibration.entropy import (binary_entropy, sam_entropy_coefficient,
-                                         sam_entropy_coefficient_bound, true_class_entropy)
+from sam_jax.calibration.entropy import (
+    binary_entropy,
+    sam_entropy_coefficient,
+    sam_entropy_coefficient_bound,
+    true_class_entropy,
+)
 from sam_jax.calibration.kernel import kernel_calibration_error
 from sam_jax.calibration.margins import margin_moment, margins, mse_optimum_confidence
-from sam_jax.calibration.metrics import (BinStatistics, accuracy, adaptive_ece, bin_statistics,
-                                         brier, classwise_ece, ece, max_calibration_error,
-                                         mean_confidence, nll)
+from sam_jax.calibration.metrics import (
+    BinStatistics,
+    accuracy,
+    adaptive_ece,
+    bin_statistics,
+    brier,
+    classwise_ece,
+    ece,
+    max_calibration_error,
+    mean_confidence,
+    nll,
+)
 from sam_jax.calibration.ood import auroc, max_probability_score, negative_entropy_score
 from sam_jax.calibration.predictive import predictive_average
 from sam_jax.calibration.scaling import IsotonicCalibrator, fit_isotonic, fit_temperature, tce

@@ -4,6 +4,7 @@ Every metric accepts ``mask=None`` or a ``[N]`` array of non-negative weights (1
 example, 0 for padding); an example of weight 0 has no effect on any metric, so a padded
 evaluation batch gives the value of the unpadded one.
 """
+
 import functools
 import inspect
 from typing import Callable, Optional, Sequence
@@ -14,8 +15,9 @@ import jax.numpy as jnp
 from sam_jax.losses.validation import check_labels, check_probabilities
 
 
-def check_predictions(name: str, predictions: jax.Array, labels: jax.Array,
-                      mask: Optional[jax.Array], *, probabilities: bool = True) -> None:
+def check_predictions(
+    name: str, predictions: jax.Array, labels: jax.Array, mask: Optional[jax.Array], *, probabilities: bool = True
+) -> None:
     """Raises ``ValueError`` unless ``predictions [N, K>=2]``, ``labels [N]``, ``mask [N]`` agree.
 
     Outside ``jit`` it also checks the values: every unmasked label in ``[0, K)`` and, when
@@ -23,12 +25,16 @@ def check_predictions(name: str, predictions: jax.Array, labels: jax.Array,
     Under ``jit`` the values are tracers and only the shapes are checked.
     """
     if predictions.ndim != 2 or predictions.shape[0] < 1 or predictions.shape[1] < 2:
-        raise ValueError(f"{name}: expected predictions of shape [N, K] with N >= 1 examples "
-                         f"and K >= 2 classes, got shape {predictions.shape}; pass one row per "
-                         "example.")
+        raise ValueError(
+            f"{name}: expected predictions of shape [N, K] with N >= 1 examples "
+            f"and K >= 2 classes, got shape {predictions.shape}; pass one row per "
+            "example."
+        )
     if labels.shape != predictions.shape[:1]:
-        raise ValueError(f"{name}: labels must have shape [N] = {predictions.shape[:1]}, got "
-                         f"{labels.shape}; pass integer class indices, not one-hot rows.")
+        raise ValueError(
+            f"{name}: labels must have shape [N] = {predictions.shape[:1]}, got "
+            f"{labels.shape}; pass integer class indices, not one-hot rows."
+        )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}.")
     if mask is not None and mask.shape != labels.shape:
@@ -38,8 +44,9 @@ def check_predictions(name: str, predictions: jax.Array, labels: jax.Array,
         check_probabilities(predictions, mask=mask, where=name)
 
 
-def checked_jit(*, static_argnames: Sequence[str] = (), probabilities: bool = True
-                ) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+def checked_jit(
+    *, static_argnames: Sequence[str] = (), probabilities: bool = True
+) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
     """``jax.jit`` for a metric ``fn(predictions, labels, ..., mask=None)`` that checks values first.
 
     Inside ``jit`` a label outside ``[0, K)`` or a row that is not a distribution cannot raise, so
@@ -51,6 +58,7 @@ def checked_jit(*, static_argnames: Sequence[str] = (), probabilities: bool = Tr
       static_argnames: passed to ``jax.jit``.
       probabilities: whether the first argument holds probabilities (else logits).
     """
+
     def decorate(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
         compiled = jax.jit(fn, static_argnames=static_argnames)
         signature = inspect.signature(fn)

@@ -7,6 +7,7 @@ to the confidences' dtype, so that a confidence stored as exactly ``float32(k / 
 (Edges built by ``linspace`` in float32, or a bin index computed as ``floor(c * M)``, put some of
 these edge values one bin low; see docs/calibration.md.)
 """
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,7 @@ def equal_width_bins(confidence: jax.Array, num_bins: int) -> jax.Array:
     return jnp.sum(confidence[..., None] > edges, axis=-1, dtype=jnp.int32)
 
 
-def equal_mass_bins_sorted(sorted_confidence: jax.Array, sorted_weights: jax.Array,
-                           num_bins: int) -> jax.Array:
+def equal_mass_bins_sorted(sorted_confidence: jax.Array, sorted_weights: jax.Array, num_bins: int) -> jax.Array:
     """Equal-mass bin index of each example, for confidences sorted in increasing order.
 
     Example ``i`` goes to bin ``floor(M * W_below(c_i) / W)``, where ``W_below(c)`` is the total
@@ -60,8 +60,7 @@ def equal_mass_bins_sorted(sorted_confidence: jax.Array, sorted_weights: jax.Arr
     n = sorted_confidence.shape[0]
     weight_before = jnp.cumsum(sorted_weights) - sorted_weights
     position = jnp.arange(n)
-    starts_group = jnp.concatenate(
-        [jnp.array([True]), sorted_confidence[1:] != sorted_confidence[:-1]])
+    starts_group = jnp.concatenate([jnp.array([True]), sorted_confidence[1:] != sorted_confidence[:-1]])
     group_start = jax.lax.cummax(jnp.where(starts_group, position, 0))
     weight_below = weight_before[group_start]
     # Compare M * W_below with k * W instead of dividing: both sides are exact for integer weights

@@ -1,4 +1,5 @@
 """Bootstrap confidence intervals for any metric (Efron & Tibshirani 1993, percentile method)."""
+
 from typing import Callable, NamedTuple
 
 import jax
@@ -13,8 +14,13 @@ class BootstrapInterval(NamedTuple):
     upper: jax.Array  # (1 + confidence) / 2 quantile of the bootstrap replicates
 
 
-def bootstrap_ci(metric_fn: Callable[..., jax.Array], *arrays: jax.Array, num_samples: int = 1000,
-                 confidence: float = 0.95, key: jax.Array) -> BootstrapInterval:
+def bootstrap_ci(
+    metric_fn: Callable[..., jax.Array],
+    *arrays: jax.Array,
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+    key: jax.Array,
+) -> BootstrapInterval:
     """Percentile bootstrap interval of ``metric_fn(*arrays)``, resampling examples jointly.
 
     Each replicate draws ``N`` row indices uniformly with replacement and evaluates
@@ -36,8 +42,10 @@ def bootstrap_ci(metric_fn: Callable[..., jax.Array], *arrays: jax.Array, num_sa
         raise ValueError("bootstrap_ci: pass at least one array to resample.")
     num_examples = arrays[0].shape[0] if arrays[0].ndim else 0
     if num_examples < 1 or any(a.ndim == 0 or a.shape[0] != num_examples for a in arrays):
-        raise ValueError("bootstrap_ci: all arrays must share a non-empty leading dimension, got "
-                         f"shapes {[a.shape for a in arrays]}.")
+        raise ValueError(
+            "bootstrap_ci: all arrays must share a non-empty leading dimension, got "
+            f"shapes {[a.shape for a in arrays]}."
+        )
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"bootstrap_ci: num_samples must be an int >= 1, got {num_samples!r}.")
     if not 0 < confidence < 1:

@@ -9,6 +9,7 @@ References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
+
 from typing import Optional
 
 import jax
@@ -25,8 +26,7 @@ def binary_entropy(p: jax.Array) -> jax.Array:
 
 
 @_common.checked_jit()
-def true_class_entropy(probs: jax.Array, labels: jax.Array, *,
-                       mask: Optional[jax.Array] = None) -> jax.Array:
+def true_class_entropy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
     """Mean binary entropy ``H(p_y)`` of the true-class probability (Tan et al. 2025, Theorem 1, Fig. S5).
 
     Args:
@@ -43,8 +43,7 @@ def true_class_entropy(probs: jax.Array, labels: jax.Array, *,
     return masked_mean(entropies, _common.example_weights(mask, labels.shape[0], dtype))
 
 
-def sam_entropy_coefficient(probs: jax.Array, perturbed_probs: jax.Array,
-                            labels: jax.Array) -> jax.Array:
+def sam_entropy_coefficient(probs: jax.Array, perturbed_probs: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example ``lambda = (1 - p~_y) / (1 - p_y)`` of Theorem 1.
 
     Args:
@@ -62,8 +61,9 @@ def sam_entropy_coefficient(probs: jax.Array, perturbed_probs: jax.Array,
     return (1 - perturbed_p_y) / (1 - p_y)
 
 
-def sam_entropy_coefficient_bound(perturbed_probs: jax.Array, labels: jax.Array, rho: float,
-                                  grad_norms: jax.Array) -> jax.Array:
+def sam_entropy_coefficient_bound(
+    perturbed_probs: jax.Array, labels: jax.Array, rho: float, grad_norms: jax.Array
+) -> jax.Array:
     """Per-example lower bound ``lambda_0 = (1 - p~_y) / (1 - exp(rho ||g|| / 2) p~_y)`` (eq. 2).
 
     Args:

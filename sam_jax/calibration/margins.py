@@ -8,6 +8,7 @@ References:
   Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
   Curvature. arXiv:2604.20614.
 """
+
 import math
 from typing import Optional
 
@@ -40,8 +41,7 @@ def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @_common.checked_jit(probabilities=False)
-def margin_moment(logits: jax.Array, labels: jax.Array, *,
-                  mask: Optional[jax.Array] = None) -> jax.Array:
+def margin_moment(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
     """Empirical exponential margin moment ``Q_D = mean_i exp(-m_i)``.
 
     Morosini et al. (2026, arXiv:2604.20614), Sec. 4.2.
@@ -74,6 +74,5 @@ def mse_optimum_confidence(num_classes: int) -> float:
       The confidence as a Python float.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"mse_optimum_confidence: num_classes must be an int >= 2, got "
-                         f"{num_classes!r}.")
+        raise ValueError(f"mse_optimum_confidence: num_classes must be an int >= 2, got {num_classes!r}.")
     return math.e / (math.e + num_classes - 1)

@@ -17,6 +17,7 @@ References:
   Curvature. arXiv:2604.20614.
   Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
+
 from typing import NamedTuple, Optional
 
 import jax
@@ -45,8 +46,7 @@ def _sum_abs_bin_gaps(gaps: jax.Array, bins: jax.Array, num_bins: int) -> jax.Ar
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
-        mask: Optional[jax.Array] = None) -> jax.Array:
+def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None) -> jax.Array:
     """Top-label expected calibration error with equal-width bins (Guo et al. 2017).
 
     Tan et al. (2025, arXiv:2505.23866), Sec. 3.1 (``M = 15``); Morosini et al. (2026,
@@ -69,8 +69,9 @@ def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def adaptive_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
-                 mask: Optional[jax.Array] = None) -> jax.Array:
+def adaptive_ece(
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Top-label ECE with equal-mass bins (AdaECE; Nguyen & O'Connor 2015, Mukhoti et al. 2020).
 
     The "AdaECE" column of Tan et al. (2025, arXiv:2505.23866, Tables 2, 3, S9). Examples are
@@ -95,8 +96,9 @@ def adaptive_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def max_calibration_error(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
-                          mask: Optional[jax.Array] = None) -> jax.Array:
+def max_calibration_error(
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Maximum calibration error ``max_b |acc(B_b) - conf(B_b)|`` over non-empty equal-width bins.
 
     MCE of Naeini et al. (2015) / Guo et al. (2017), with the bins of :func:`ece`.
@@ -121,8 +123,9 @@ def max_calibration_error(probs: jax.Array, labels: jax.Array, num_bins: int = 1
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def classwise_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
-                  mask: Optional[jax.Array] = None) -> jax.Array:
+def classwise_ece(
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Classwise ECE (Kull et al. 2019), the "ClasswiseECE" of Tan et al. (2025, arXiv:2505.23866).
 
     For each class ``k`` the probabilities ``p_ik`` of all examples are binned with the equal-width
@@ -162,8 +165,9 @@ def classwise_ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
         row_weights = jax.lax.dynamic_slice_in_dim(weights, start, chunk)
         row_weights = jnp.where(start + jnp.arange(chunk) >= index * chunk, row_weights, 0)
         segment_ids = class_offsets + equal_width_bins(rows, num_bins)
-        return sums + jax.ops.segment_sum((row_weights[:, None] * rows).ravel(),
-                                          segment_ids.ravel(), num_segments=segments)
+        return sums + jax.ops.segment_sum(
+            (row_weights[:, None] * rows).ravel(), segment_ids.ravel(), num_segments=segments
+        )
 
     prob_sums = jax.lax.fori_loop(0, num_chunks, add_chunk, jnp.zeros((segments,), dtype))
     # The indicator 1[y_i = k] is non-zero only for k = y_i: one entry per example.
@@ -257,8 +261,9 @@ class BinStatistics(NamedTuple):
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def bin_statistics(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
-                   mask: Optional[jax.Array] = None) -> BinStatistics:
+def bin_statistics(
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+) -> BinStatistics:
     """Mean confidence, accuracy and weight of each equal-width bin (a reliability diagram's data).
 
     Args:
@@ -282,4 +287,5 @@ def bin_statistics(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *,
     return BinStatistics(
         jax.ops.segment_sum(weights * confidence, bins, num_segments=num_bins) / safe_counts,
         jax.ops.segment_sum(weights * correct, bins, num_segments=num_bins) / safe_counts,
-        counts)
+        counts,
+    )

@@ -10,6 +10,7 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
   Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
+
 from typing import Optional
 
 import jax
@@ -30,16 +31,22 @@ def negative_entropy_score(probs: jax.Array) -> jax.Array:
 
 def _check_scores(name: str, scores: jax.Array, mask: Optional[jax.Array]) -> None:
     if scores.ndim != 1 or scores.shape[0] < 1:
-        raise ValueError(f"auroc: {name} must be a non-empty 1-D array of per-example scores, got "
-                         f"shape {scores.shape}; reduce probabilities with max_probability_score.")
+        raise ValueError(
+            f"auroc: {name} must be a non-empty 1-D array of per-example scores, got "
+            f"shape {scores.shape}; reduce probabilities with max_probability_score."
+        )
     if mask is not None and mask.shape != scores.shape:
-        raise ValueError(f"auroc: the mask of {name} must have shape {scores.shape}, got "
-                         f"{mask.shape}.")
+        raise ValueError(f"auroc: the mask of {name} must have shape {scores.shape}, got {mask.shape}.")
 
 
 @jax.jit
-def auroc(scores_in: jax.Array, scores_out: jax.Array, *, mask_in: Optional[jax.Array] = None,
-          mask_out: Optional[jax.Array] = None) -> jax.Array:
+def auroc(
+    scores_in: jax.Array,
+    scores_out: jax.Array,
+    *,
+    mask_in: Optional[jax.Array] = None,
+    mask_out: Optional[jax.Array] = None,
+) -> jax.Array:
     """Area under the ROC curve for separating in- from out-of-distribution scores.
 
     Equals the Mann-Whitney statistic ``P(s_in > s_out) + P(s_in = s_out) / 2`` over all

@@ -9,6 +9,7 @@ References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
+
 from typing import Callable, Optional, Sequence, Union
 
 import jax
@@ -17,9 +18,12 @@ LogitFn = Callable[[], jax.Array]
 SampleLogitFn = Callable[[jax.Array], jax.Array]
 
 
-def predictive_average(logit_fns: Union[Sequence[LogitFn], SampleLogitFn], *,
-                       key: Optional[jax.Array] = None,
-                       num_samples: Optional[int] = None) -> jax.Array:
+def predictive_average(
+    logit_fns: Union[Sequence[LogitFn], SampleLogitFn],
+    *,
+    key: Optional[jax.Array] = None,
+    num_samples: Optional[int] = None,
+) -> jax.Array:
     """Averages softmax probabilities over ensemble members or random samples.
 
     Two forms:
@@ -42,22 +46,29 @@ def predictive_average(logit_fns: Union[Sequence[LogitFn], SampleLogitFn], *,
     """
     if callable(logit_fns):
         if key is None or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError("predictive_average: a single sample_logits(key) callable needs "
-                             f"key=<PRNG key> and num_samples=<int >= 1>, got key={key!r}, "
-                             f"num_samples={num_samples!r}; pass a list of () -> logits "
-                             "callables for an ensemble.")
+            raise ValueError(
+                "predictive_average: a single sample_logits(key) callable needs "
+                f"key=<PRNG key> and num_samples=<int >= 1>, got key={key!r}, "
+                f"num_samples={num_samples!r}; pass a list of () -> logits "
+                "callables for an ensemble."
+            )
         keys = jax.random.split(key, num_samples)
         first = jax.nn.softmax(logit_fns(keys[0]), axis=-1)
         total = jax.lax.fori_loop(
-            1, num_samples, lambda i, acc: acc + jax.nn.softmax(logit_fns(keys[i]), axis=-1), first)
+            1, num_samples, lambda i, acc: acc + jax.nn.softmax(logit_fns(keys[i]), axis=-1), first
+        )
         return total / num_samples
     members = list(logit_fns)
     if not members or not all(callable(fn) for fn in members):
-        raise ValueError("predictive_average: expected a non-empty sequence of () -> logits "
-                         "callables or a single sample_logits(key) callable.")
+        raise ValueError(
+            "predictive_average: expected a non-empty sequence of () -> logits "
+            "callables or a single sample_logits(key) callable."
+        )
     if key is not None or num_samples is not None:
-        raise ValueError("predictive_average: key and num_samples apply only to a single "
-                         "sample_logits(key) callable, not to an ensemble list.")
+        raise ValueError(
+            "predictive_average: key and num_samples apply only to a single "
+            "sample_logits(key) callable, not to an ensemble list."
+        )
     total = jax.nn.softmax(members[0](), axis=-1)
     for logit_fn in members[1:]:
         total = total + jax.nn.softmax(logit_fn(), axis=-1)

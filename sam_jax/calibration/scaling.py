@@ -10,6 +10,7 @@ References:
   Guo, Pleiss, Sun & Weinberger, 2017. On Calibration of Modern Neural Networks. ICML 2017,
   arXiv:1706.04599.
 """
+
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -34,9 +35,15 @@ def _nll_slope_and_curvature(inverse_temperature, logits, labels, weights):
 
 
 @_common.checked_jit(static_argnames=("bounds", "tolerance", "max_iterations"), probabilities=False)
-def fit_temperature(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None,
-                    bounds: tuple[float, float] = (0.01, 100.0), tolerance: float = 1e-6,
-                    max_iterations: int = 100) -> jax.Array:
+def fit_temperature(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    mask: Optional[jax.Array] = None,
+    bounds: tuple[float, float] = (0.01, 100.0),
+    tolerance: float = 1e-6,
+    max_iterations: int = 100,
+) -> jax.Array:
     """Temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
 
     The NLL is convex in ``beta = 1 / T``, so its minimiser is the root of the slope. It is found
@@ -85,9 +92,16 @@ def fit_temperature(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.
     return 1 / beta
 
 
-def tce(logits_val: jax.Array, labels_val: jax.Array, logits_test: jax.Array,
-        labels_test: jax.Array, num_bins: int = 15, *, mask_val: Optional[jax.Array] = None,
-        mask_test: Optional[jax.Array] = None) -> jax.Array:
+def tce(
+    logits_val: jax.Array,
+    labels_val: jax.Array,
+    logits_test: jax.Array,
+    labels_test: jax.Array,
+    num_bins: int = 15,
+    *,
+    mask_val: Optional[jax.Array] = None,
+    mask_test: Optional[jax.Array] = None,
+) -> jax.Array:
     """ECE on the test split after temperature scaling fitted on the validation split ("TCE").
 
     Tan et al. (2025, arXiv:2505.23866), Table 2 and Fig. 3(c-d).
@@ -105,8 +119,7 @@ def tce(logits_val: jax.Array, labels_val: jax.Array, logits_test: jax.Array,
       Scalar ECE of ``softmax(logits_test / T)``.
     """
     temperature = fit_temperature(logits_val, labels_val, mask=mask_val)
-    return ece(jax.nn.softmax(logits_test / temperature, axis=-1), labels_test, num_bins,
-               mask=mask_test)
+    return ece(jax.nn.softmax(logits_test / temperature, axis=-1), labels_test, num_bins, mask=mask_test)
 
 
 class IsotonicCalibrator(NamedTuple):
@@ -122,17 +135,20 @@ class IsotonicCalibrator(NamedTuple):
 
     def __call__(self, probs: jax.Array) -> jax.Array:
         if probs.ndim != 2 or probs.shape[1] != self.knots_x.shape[0]:
-            raise ValueError(f"IsotonicCalibrator: expected probs of shape [N, "
-                             f"{self.knots_x.shape[0]}], got {probs.shape}.")
+            raise ValueError(
+                f"IsotonicCalibrator: expected probs of shape [N, {self.knots_x.shape[0]}], got {probs.shape}."
+            )
         mapped = jax.vmap(jnp.interp, in_axes=(1, 0, 0), out_axes=1)(
-            probs.astype(self.knots_y.dtype), self.knots_x, self.knots_y)
+            probs.astype(self.knots_y.dtype), self.knots_x, self.knots_y
+        )
         totals = jnp.sum(mapped, axis=-1, keepdims=True)
         uniform = jnp.full_like(mapped, 1 / mapped.shape[1])
         return jnp.where(totals > 0, mapped / jnp.where(totals > 0, totals, 1), uniform)
 
 
-def fit_isotonic(probs_val: jax.Array, labels_val: jax.Array, *,
-                 mask: Optional[jax.Array] = None) -> IsotonicCalibrator:
+def fit_isotonic(
+    probs_val: jax.Array, labels_val: jax.Array, *, mask: Optional[jax.Array] = None
+) -> IsotonicCalibrator:
     """Fits one-vs-rest isotonic regression per class (Zadrozny & Elkan 2002), via scikit-learn.
 
     For each class ``k``, a non-decreasing map ``g_k`` minimises
@@ -163,8 +179,7 @@ def fit_isotonic(probs_val: jax.Array, labels_val: jax.Array, *,
     width = max(len(x) for x, _ in knots)
     # Pad every class to the same number of knots with points past 1, where no probability lies,
     # keeping the last value: interpolation is unchanged and the knots stay strictly increasing.
-    knots_x = np.stack([np.concatenate([x, x[-1] + 1.0 + np.arange(width - len(x))])
-                        for x, _ in knots])
+    knots_x = np.stack([np.concatenate([x, x[-1] + 1.0 + np.arange(width - len(x))]) for x, _ in knots])
     knots_y = np.stack([np.concatenate([y, np.full(width - len(y), y[-1])]) for _, y in knots])
     dtype = _common.float_dtype(jnp.asarray(probs_val))
     return IsotonicCalibrator(jnp.asarray(knots_x, dtype), jnp.asarray(knots_y, dtype))

@@ -1,4 +1,5 @@
 """All calibration metrics of one evaluation in a single jitted call (for the train loop)."""
+
 import functools
 from typing import Optional
 
@@ -9,8 +10,15 @@ from sam_jax.calibration import _common
 from sam_jax.calibration.entropy import true_class_entropy
 from sam_jax.calibration.kernel import kernel_calibration_error
 from sam_jax.calibration.margins import margin_moment, margins
-from sam_jax.calibration.metrics import (accuracy, adaptive_ece, brier, classwise_ece, ece,
-                                         max_calibration_error, mean_confidence)
+from sam_jax.calibration.metrics import (
+    accuracy,
+    adaptive_ece,
+    brier,
+    classwise_ece,
+    ece,
+    max_calibration_error,
+    mean_confidence,
+)
 from sam_jax.calibration.scaling import fit_temperature
 from sam_jax.losses.classification import masked_mean
 
@@ -42,11 +50,17 @@ def _metrics(logits, labels, mask, val_logits, val_labels, val_mask, num_bins, l
     return results
 
 
-def calibration_metrics(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None,
-                        val_logits: Optional[jax.Array] = None,
-                        val_labels: Optional[jax.Array] = None,
-                        val_mask: Optional[jax.Array] = None, num_bins: int = 15,
-                        loss: str = "cross_entropy") -> dict[str, float]:
+def calibration_metrics(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    mask: Optional[jax.Array] = None,
+    val_logits: Optional[jax.Array] = None,
+    val_labels: Optional[jax.Array] = None,
+    val_mask: Optional[jax.Array] = None,
+    num_bins: int = 15,
+    loss: str = "cross_entropy",
+) -> dict[str, float]:
     """Every calibration metric of ``softmax(logits)`` at once, jitted once per input shape.
 
     Keys (no prefix; the loop adds ``train/``, ``test/``): ``loss`` (the training loss ``loss``
@@ -74,16 +88,20 @@ def calibration_metrics(logits: jax.Array, labels: jax.Array, *, mask: Optional[
     _common.check_num_bins("calibration_metrics", num_bins)
     losses.get_loss(loss)
     if (val_logits is None) != (val_labels is None):
-        raise ValueError("calibration_metrics: pass val_logits and val_labels together (or "
-                         "neither) to get the temperature and TCE.")
+        raise ValueError(
+            "calibration_metrics: pass val_logits and val_labels together (or neither) to get the temperature and TCE."
+        )
     if val_logits is None and val_mask is not None:
         raise ValueError("calibration_metrics: val_mask was given without val_logits/val_labels.")
     if val_logits is not None:
-        _common.check_predictions("calibration_metrics (validation)", val_logits, val_labels,
-                                  val_mask, probabilities=False)
+        _common.check_predictions(
+            "calibration_metrics (validation)", val_logits, val_labels, val_mask, probabilities=False
+        )
         if val_logits.shape[1] != logits.shape[1]:
-            raise ValueError(f"calibration_metrics: val_logits has {val_logits.shape[1]} classes, "
-                             f"logits has {logits.shape[1]}.")
-    values = jax.device_get(_metrics(logits, labels, mask, val_logits, val_labels, val_mask,
-                                     num_bins=num_bins, loss=loss))
+            raise ValueError(
+                f"calibration_metrics: val_logits has {val_logits.shape[1]} classes, logits has {logits.shape[1]}."
+            )
+    values = jax.device_get(
+        _metrics(logits, labels, mask, val_logits, val_labels, val_mask, num_bins=num_bins, loss=loss)
+    )
     return {name: float(value) for name, value in values.items()}

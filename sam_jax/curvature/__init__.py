@@ -3,6 +3,7 @@
 All functions act on parameter pytrees of any Flax model; models with BatchNorm are evaluated in
 inference mode through an ``apply_fn(params, x)`` that closes over the running statistics.
 """
+
 from sam_jax.curvature.density import (
     SpectralDensity,
     smoothed_density,

@@ -8,6 +8,7 @@ References:
 
 Not jitted here (``spectral_density`` takes a callable); call it inside your own ``jax.jit``.
 """
+
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -68,9 +69,7 @@ def stochastic_lanczos_quadrature(
     return jax.lax.map(quadrature, probes)
 
 
-def smoothed_density(
-    nodes: jax.Array, weights: jax.Array, grid: jax.Array, sigma: jax.Array
-) -> jax.Array:
+def smoothed_density(nodes: jax.Array, weights: jax.Array, grid: jax.Array, sigma: jax.Array) -> jax.Array:
     """Probe-averaged sum of Gaussians of width ``sigma`` at ``nodes`` with ``weights``, on ``grid``.
 
     Args:
@@ -115,9 +114,7 @@ def spectral_density(
     """
     key = jax.random.PRNGKey(0) if key is None else key
     matvec = hessian_operator(lambda p: loss_fn(p, batch), params)
-    nodes, weights = stochastic_lanczos_quadrature(
-        matvec, params, num_probes=num_probes, num_iters=num_iters, key=key
-    )
+    nodes, weights = stochastic_lanczos_quadrature(matvec, params, num_probes=num_probes, num_iters=num_iters, key=key)
     low, high = jnp.min(nodes), jnp.max(nodes)
     sigma = sigma_fraction * jnp.maximum(high - low, jnp.finfo(nodes.dtype).tiny)
     grid = jnp.linspace(low - 5 * sigma, high + 5 * sigma, grid_size)

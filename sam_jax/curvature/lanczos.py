@@ -9,6 +9,7 @@ enough" test of Daniel, Gragg, Kaufman and Stewart (1976). Reading only the fill
 once per pass, is what keeps this bookkeeping small next to the matrix-vector products on large
 bases (matfree instead runs two classical passes over the whole preallocated basis each step).
 """
+
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -44,11 +45,7 @@ class LanczosResult(NamedTuple):
 
 def tridiagonal(result: LanczosResult) -> jax.Array:
     """Returns the dense ``[m, m]`` tridiagonal matrix ``T`` of a ``LanczosResult``."""
-    return (
-        jnp.diag(result.diagonal)
-        + jnp.diag(result.off_diagonal, 1)
-        + jnp.diag(result.off_diagonal, -1)
-    )
+    return jnp.diag(result.diagonal) + jnp.diag(result.off_diagonal, 1) + jnp.diag(result.off_diagonal, -1)
 
 
 def _orthogonalise(w: jax.Array, blocks: jax.Array, num_blocks: jax.Array) -> jax.Array:
@@ -102,8 +99,12 @@ def lanczos(matvec: Matvec, v0: Params, num_iters: int) -> LanczosResult:
         w = w - betas[j - 1] * blocks[(j - 1) // _BLOCK_ROWS, (j - 1) % _BLOCK_ROWS]
         norm_before = jnp.linalg.norm(w)
         w = _orthogonalise(w, blocks, filled)
-        w = jax.lax.cond(jnp.linalg.norm(w) < _REORTH_THRESHOLD * norm_before,
-                         lambda w: _orthogonalise(w, blocks, filled), lambda w: w, w)
+        w = jax.lax.cond(
+            jnp.linalg.norm(w) < _REORTH_THRESHOLD * norm_before,
+            lambda w: _orthogonalise(w, blocks, filled),
+            lambda w: w,
+            w,
+        )
         # The Gram-Schmidt passes also removed the rounding-level remainder along q from w.
         beta = jnp.linalg.norm(w)
 
@@ -112,9 +113,7 @@ def lanczos(matvec: Matvec, v0: Params, num_iters: int) -> LanczosResult:
             fresh = _orthogonalise(_orthogonalise(fresh, blocks, filled), blocks, filled)
             return fresh / jnp.linalg.norm(fresh), jnp.zeros((), dtype)
 
-        q_next, beta = jax.lax.cond(
-            beta <= breakdown_tol * product_norm, restart, lambda _: (w / beta, beta), None
-        )
+        q_next, beta = jax.lax.cond(beta <= breakdown_tol * product_norm, restart, lambda _: (w / beta, beta), None)
         blocks = blocks.at[(j + 1) // _BLOCK_ROWS, (j + 1) % _BLOCK_ROWS].set(q_next)
         return blocks, alphas.at[j].set(alpha), betas.at[j].set(beta)
 

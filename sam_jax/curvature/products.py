@@ -12,6 +12,7 @@ Models with BatchNorm are handled by the caller: ``apply_fn(params, x)`` closes 
 statistics and applies the model in inference mode, so the curvature is that of the function the
 model computes at evaluation time (no dependence of the normalisation on the batch).
 """
+
 from typing import Any, Callable
 
 import jax

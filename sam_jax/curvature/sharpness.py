@@ -14,6 +14,7 @@ Like optax, these functions do not ``jax.jit`` themselves: they take callables, 
 callable argument would retrace for every new closure. Call them inside your own jitted function
 (see "Tracking curvature in your own loop" in ``docs/curvature.md``).
 """
+
 from typing import Any, Callable
 
 import jax
@@ -91,9 +92,7 @@ def gauss_newton_sharpness(
     return eigenvalues(matvec, params, k=k, num_iters=num_iters, key=key)[0]
 
 
-def batch_sharpness(
-    loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batches: Batch
-) -> jax.Array:
+def batch_sharpness(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batches: Batch) -> jax.Array:
     """Batch sharpness ``E_B[g_B^T H_B g_B / ||g_B||^2]``.
 
     Andreyev & Beneventano (2024, arXiv:2412.20553): the curvature of each mini-batch loss along

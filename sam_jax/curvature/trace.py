@@ -6,6 +6,7 @@ References:
 
 Not jitted here (the functions take callables); call them inside your own ``jax.jit``.
 """
+
 from typing import Any, Callable
 
 import jax
@@ -18,9 +19,7 @@ Params = Any
 Matvec = Callable[[Params], Params]
 
 
-def hutchinson_trace(
-    matvec: Matvec, params: Params, *, num_probes: int, key: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def hutchinson_trace(matvec: Matvec, params: Params, *, num_probes: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Estimates ``tr(A)`` as the mean of ``z^T A z`` over Rademacher ``z`` (Hutchinson 1990).
 
     Rademacher probes give the smallest variance among i.i.d. probe distributions,

@@ -5,6 +5,7 @@ key gives the same batch. Called inside the jitted train step with a key folded 
 key, the augmentation costs no host work and no extra transfer. Images are expected already
 standardised: the zeros that padding and Cutout write are then the mean pixel.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -75,8 +76,9 @@ def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
     return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
 
 
-def augment_batch(key: jax.Array, images: jax.Array, *, crop_padding: int = 4, flip: bool = True,
-                  cutout_size: int = 0) -> jax.Array:
+def augment_batch(
+    key: jax.Array, images: jax.Array, *, crop_padding: int = 4, flip: bool = True, cutout_size: int = 0
+) -> jax.Array:
     """Random crop (zero padding ``crop_padding``), then optional flip, then optional Cutout.
 
     Args:

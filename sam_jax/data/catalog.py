@@ -85,6 +85,4 @@ def validate_request(name: str, split: str) -> None:
     if name == "cifar10_corrupted":
         parse_corruption_split(split)
     elif split not in _SPLITS[name]:
-        raise ValueError(
-            f"Unknown split {split!r} for dataset {name!r}; choose one of {list(_SPLITS[name])}."
-        )
+        raise ValueError(f"Unknown split {split!r} for dataset {name!r}; choose one of {list(_SPLITS[name])}.")

@@ -23,10 +23,7 @@ _LOG = logging.getLogger(__name__)
 
 def debian_fashion_mnist_present() -> bool:
     """Whether the four gzipped IDX files are in ``DEBIAN_FASHION_MNIST_DIR``."""
-    return all(
-        os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST_DIR, name))
-        for name in DEBIAN_FASHION_MNIST_FILES
-    )
+    return all(os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST_DIR, name)) for name in DEBIAN_FASHION_MNIST_FILES)
 
 
 def _apt_get(*args: str) -> bool:
@@ -38,9 +35,7 @@ def _apt_get(*args: str) -> bool:
         check=False,
     )
     if result.returncode != 0:
-        _LOG.warning(
-            "apt-get %s failed (%d): %s", " ".join(args), result.returncode, result.stderr[-2000:]
-        )
+        _LOG.warning("apt-get %s failed (%d): %s", " ".join(args), result.returncode, result.stderr[-2000:])
     return result.returncode == 0
 
 

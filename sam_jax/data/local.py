@@ -84,9 +84,7 @@ def load_from_folder(name: str, split: str, folder: str) -> ArrayDataset:
         raise FileNotFoundError(f"No folder {folder}")
     if name in ("mnist", "fashion_mnist"):
         images_stem, labels_stem = _idx_stems(split)
-        return read_idx_dataset(
-            _find_idx(folder, images_stem), _find_idx(folder, labels_stem), NUM_CLASSES[name]
-        )
+        return read_idx_dataset(_find_idx(folder, images_stem), _find_idx(folder, labels_stem), NUM_CLASSES[name])
     if name in ("cifar10", "cifar100"):
         return read_cifar_pickle_dir(folder, split, variant=name)
     if name == "svhn":

@@ -54,9 +54,7 @@ def fit_normalizer(ds: ArrayDataset) -> Normalizer:
     num_values = images.size // images.shape[-1]
     reduce_axes = tuple(range(images.ndim - 1))
     mean = sum(chunk.sum(axis=reduce_axes) for chunk in _chunks(images)) / num_values
-    variance = (
-        sum(((chunk - mean) ** 2).sum(axis=reduce_axes) for chunk in _chunks(images)) / num_values
-    )
+    variance = sum(((chunk - mean) ** 2).sum(axis=reduce_axes) for chunk in _chunks(images)) / num_values
     std = np.sqrt(variance)
     if np.any(std == 0):
         raise ValueError(

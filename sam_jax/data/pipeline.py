@@ -90,17 +90,17 @@ def train_batches(
             "lower it so that one full batch fits."
         )
     if not 0 <= start_batch <= total:
-        raise ValueError(
-            f"start_batch must be in 0..{total} (batches per epoch), got {start_batch}."
-        )
+        raise ValueError(f"start_batch must be in 0..{total} (batches per epoch), got {start_batch}.")
     order = epoch_permutation(ds.num_examples, seed, epoch) if shuffle else None
 
     def batches() -> Iterator[Batch]:
         for b in range(start_batch, total):
-            rows = (np.arange(b * batch_size, (b + 1) * batch_size) if order is None
-                    else order[b * batch_size : (b + 1) * batch_size])
-            yield {"image": ds.images[rows], "label": ds.labels[rows],
-                   "index": rows.astype(np.int32)}
+            rows = (
+                np.arange(b * batch_size, (b + 1) * batch_size)
+                if order is None
+                else order[b * batch_size : (b + 1) * batch_size]
+            )
+            yield {"image": ds.images[rows], "label": ds.labels[rows], "index": rows.astype(np.int32)}
 
     return batches()
 

@@ -41,8 +41,7 @@ class DevicePrefetcher(Iterator[Any]):
     that the thread is joined as soon as the consumer stops early.
     """
 
-    def __init__(self, iterator: Iterable[Any], size: int,
-                 sharding: Optional[jax.sharding.Sharding]):
+    def __init__(self, iterator: Iterable[Any], size: int, sharding: Optional[jax.sharding.Sharding]):
         self._source = iter(iterator)
         self._sharding = sharding
         self._ready: queue.Queue = queue.Queue(maxsize=size)
@@ -88,8 +87,7 @@ class DevicePrefetcher(Iterator[Any]):
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
         if self._thread.is_alive():
-            logger.warning("prefetch_to_device: the producer thread did not stop within %.0f s.",
-                           timeout)
+            logger.warning("prefetch_to_device: the producer thread did not stop within %.0f s.", timeout)
         else:
             _live.discard(self)
 

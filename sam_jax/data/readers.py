@@ -54,9 +54,7 @@ _MAT_READ_ERRORS = (
 
 
 def _corrupt(path: str, problem: str) -> ValueError:
-    return ValueError(
-        f"{path}: {problem}. The file is truncated or corrupted; delete it and download it again."
-    )
+    return ValueError(f"{path}: {problem}. The file is truncated or corrupted; delete it and download it again.")
 
 
 def _require_file(path: str) -> None:
@@ -67,9 +65,7 @@ def _require_file(path: str) -> None:
 def _check_labels(path: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise _corrupt(
-            path, f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})"
-        )
+        raise _corrupt(path, f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})")
     return labels.astype(np.int32)
 
 
@@ -137,17 +133,13 @@ def read_idx_dataset(images_path: str, labels_path: str, num_classes: int) -> Ar
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise _corrupt(
-            images_path, f"expected uint8 images [N, H, W], got {images.dtype} {images.shape}"
-        )
+        raise _corrupt(images_path, f"expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise _corrupt(
             labels_path,
             f"expected {images.shape[0]} labels (one per image), got shape {labels.shape}",
         )
-    return ArrayDataset(
-        images[..., None], _check_labels(labels_path, labels, num_classes), num_classes
-    )
+    return ArrayDataset(images[..., None], _check_labels(labels_path, labels, num_classes), num_classes)
 
 
 def _read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +149,7 @@ def _read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarr
             # The releases are Python 2 pickles; encoding="bytes" reads their str keys as bytes.
             batch: Any = pickle.load(f, encoding="bytes")
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-            raise _corrupt(
-                path, f"not a readable CIFAR pickle ({type(err).__name__}: {err})"
-            ) from err
+            raise _corrupt(path, f"not a readable CIFAR pickle ({type(err).__name__}: {err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise _corrupt(path, f"expected a dict with keys b'data' and {label_key!r}")
     data = np.asarray(batch[b"data"])
@@ -193,13 +183,9 @@ def read_cifar_pickle_dir(directory: str, split: str, *, variant: str = "cifar10
       FileNotFoundError: if a file of the split is missing.
     """
     if variant not in _CIFAR_FILES:
-        raise ValueError(
-            f"Unknown CIFAR variant {variant!r}; choose one of {sorted(_CIFAR_FILES)}."
-        )
+        raise ValueError(f"Unknown CIFAR variant {variant!r}; choose one of {sorted(_CIFAR_FILES)}.")
     if split not in _CIFAR_FILES[variant]:
-        raise ValueError(
-            f"Unknown CIFAR split {split!r}; choose one of {sorted(_CIFAR_FILES[variant])}."
-        )
+        raise ValueError(f"Unknown CIFAR split {split!r}; choose one of {sorted(_CIFAR_FILES[variant])}.")
     paths = [os.path.join(directory, name) for name in _CIFAR_FILES[variant][split]]
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
@@ -279,9 +265,7 @@ def read_cifar10_corrupted(directory: str, corruption: str, severity: int) -> Ar
       FileNotFoundError: if a file is missing.
     """
     if corruption not in CIFAR10_CORRUPTIONS:
-        raise ValueError(
-            f"Unknown corruption {corruption!r}; choose one of {list(CIFAR10_CORRUPTIONS)}."
-        )
+        raise ValueError(f"Unknown corruption {corruption!r}; choose one of {list(CIFAR10_CORRUPTIONS)}.")
     if severity not in CIFAR10_SEVERITIES:
         raise ValueError(f"Severity must be one of {list(CIFAR10_SEVERITIES)}, got {severity!r}.")
     images_path = os.path.join(directory, f"{corruption}.npy")
@@ -291,13 +275,10 @@ def read_cifar10_corrupted(directory: str, corruption: str, severity: int) -> Ar
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] % num_severities:
         raise _corrupt(
             images_path,
-            f"expected uint8 images [{num_severities} * n, H, W, C], "
-            f"got {images.dtype} {images.shape}",
+            f"expected uint8 images [{num_severities} * n, H, W, C], got {images.dtype} {images.shape}",
         )
     if labels.shape != images.shape[:1]:
         raise _corrupt(labels_path, f"expected {images.shape[0]} labels, got shape {labels.shape}")
     per_severity = images.shape[0] // num_severities
     rows = slice((severity - 1) * per_severity, severity * per_severity)
-    return ArrayDataset(
-        np.array(images[rows]), _check_labels(labels_path, np.array(labels[rows]), 10), 10
-    )
+    return ArrayDataset(np.array(images[rows]), _check_labels(labels_path, np.array(labels[rows]), 10), 10)

@@ -55,14 +55,10 @@ def _not_found_message(name: str, split: str, looked: list[str]) -> str:
             f"(it puts the files in {debian.DEBIAN_FASHION_MNIST_DIR}/)"
         )
     hints = "\n".join(f"  - {fix}" for fix in fixes)
-    return (
-        f"Dataset {name!r}, split {split!r} was not found. Looked in, in order:\n{places}\n"
-        f"To get it:\n{hints}"
-    )
+    return f"Dataset {name!r}, split {split!r} was not found. Looked in, in order:\n{places}\nTo get it:\n{hints}"
 
 
-def load_dataset(name: str, split: str, *, data_dir: str | None = None,
-                 download: bool = True) -> ArrayDataset:
+def load_dataset(name: str, split: str, *, data_dir: str | None = None, download: bool = True) -> ArrayDataset:
     """Loads one split of a dataset from the first place that has it (see the module docstring).
 
     Args:

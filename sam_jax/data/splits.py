@@ -38,8 +38,7 @@ def train_val_split(
     num_examples = ds.num_examples
     if val_size < 0 or (train_size is not None and train_size <= 0):
         raise ValueError(
-            f"Need train_size > 0 (or None) and val_size >= 0, got train_size={train_size}, "
-            f"val_size={val_size}."
+            f"Need train_size > 0 (or None) and val_size >= 0, got train_size={train_size}, val_size={val_size}."
         )
     if train_size is None:
         train_size = num_examples - val_size

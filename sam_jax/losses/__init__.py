@@ -9,22 +9,40 @@ papers, hyper-parameters and formulas.
 
 Mixup and MIT-L are batch transforms (``mixup`` / ``mixup_loss``, ``mit_mix`` / ``mit_loss``).
 """
+
 import functools
 import inspect
 from typing import Callable
 
 import jax
 
-from sam_jax.losses.adafocal import (AdaFocalState, adafocal, adafocal_init, adafocal_loss,
-                                     adafocal_update)
-from sam_jax.losses.balcal import (BalcalState, balcal, balcal_class_scale, balcal_init,
-                                   balcal_logits, balcal_loss, balcal_update, simplex_etf)
+from sam_jax.losses.adafocal import AdaFocalState, adafocal, adafocal_init, adafocal_loss, adafocal_update
+from sam_jax.losses.balcal import (
+    BalcalState,
+    balcal,
+    balcal_class_scale,
+    balcal_init,
+    balcal_logits,
+    balcal_loss,
+    balcal_update,
+    simplex_etf,
+)
 from sam_jax.losses.classification import cross_entropy, mse
 from sam_jax.losses.csam import csam_loss
 from sam_jax.losses.focal import dual_focal, flsd53, focal
 from sam_jax.losses.hparams import check
-from sam_jax.losses.mixing import (MIXINGS, MitBatch, MixedObjective, MixupBatch, get_mixing, mit_decouple,
-                                   mit_loss, mit_mix, mixup, mixup_loss)
+from sam_jax.losses.mixing import (
+    MIXINGS,
+    MitBatch,
+    MixedObjective,
+    MixupBatch,
+    get_mixing,
+    mit_decouple,
+    mit_loss,
+    mit_mix,
+    mixup,
+    mixup_loss,
+)
 from sam_jax.losses.ranking import CorrectnessHistory, crl, crl_init, crl_loss, crl_update
 from sam_jax.losses.regularizers import cpc, confidence_penalty, mdca, mmce
 from sam_jax.losses.smoothing import acls, label_smoothing, mbls
@@ -45,22 +63,32 @@ def _plain(loss_fn: LossFn) -> LossFn:
 
 # name -> loss taking keyword hyper-parameters and mask
 _STATELESS: dict[str, LossFn] = {
-    "cross_entropy": _plain(cross_entropy), "mse": _plain(mse),
-    "label_smoothing": label_smoothing, "focal": focal, "flsd53": flsd53,
-    "dual_focal": dual_focal, "mmce": mmce, "mdca": mdca, "mbls": mbls, "acls": acls, "cpc": cpc,
-    "confidence_penalty": confidence_penalty, "csam": _csam,
+    "cross_entropy": _plain(cross_entropy),
+    "mse": _plain(mse),
+    "label_smoothing": label_smoothing,
+    "focal": focal,
+    "flsd53": flsd53,
+    "dual_focal": dual_focal,
+    "mmce": mmce,
+    "mdca": mdca,
+    "mbls": mbls,
+    "acls": acls,
+    "cpc": cpc,
+    "confidence_penalty": confidence_penalty,
+    "csam": _csam,
 }
 # name -> factory(**hyper-parameters) -> StatefulLoss
 _STATEFUL: dict[str, Callable[..., StatefulLoss]] = {
-    "adafocal": adafocal, "crl": crl, "balcal": balcal,
+    "adafocal": adafocal,
+    "crl": crl,
+    "balcal": balcal,
 }
 
 
 def _hparam_names(name: str) -> tuple[str, ...]:
     fn = _STATELESS.get(name) or _STATEFUL[name]
     parameters = inspect.signature(fn).parameters.values()
-    return tuple(p.name for p in parameters
-                 if p.default is not inspect.Parameter.empty and p.name != "mask")
+    return tuple(p.name for p in parameters if p.default is not inspect.Parameter.empty and p.name != "mask")
 
 
 def _check_call(name: str, hparams: dict) -> None:
@@ -69,8 +97,7 @@ def _check_call(name: str, hparams: dict) -> None:
     known = _hparam_names(name)
     for hparam in hparams:
         if hparam not in known:
-            raise ValueError(f"{name}: unknown hyper-parameter {hparam!r}; {name} takes "
-                             f"{list(known) or 'none'}.")
+            raise ValueError(f"{name}: unknown hyper-parameter {hparam!r}; {name} takes {list(known) or 'none'}.")
     if name in _STATELESS:
         check(name, **hparams)
 
@@ -127,12 +154,50 @@ def get_stateful_loss(name: str, **hparams: float) -> StatefulLoss:
 
 
 __all__ = [
-    "MIXINGS", "MixedObjective", "get_mixing",
-    "AdaFocalState", "BalcalState", "CorrectnessHistory", "LOSSES", "MitBatch", "MixupBatch",
-    "StatefulLoss", "acls", "adafocal", "adafocal_init", "adafocal_loss", "adafocal_update",
-    "balcal", "balcal_class_scale", "balcal_init", "balcal_logits", "balcal_loss",
-    "balcal_update", "confidence_penalty", "cpc", "crl", "crl_init", "crl_loss", "crl_update",
-    "cross_entropy", "csam_loss", "dual_focal", "flsd53", "focal", "get_loss",
-    "get_stateful_loss", "label_smoothing", "loss_hparam_defaults", "mbls", "mdca", "mit_decouple", "mit_loss", "mit_mix",
-    "mixup", "mixup_loss", "mmce", "mse", "simplex_etf",
+    "MIXINGS",
+    "MixedObjective",
+    "get_mixing",
+    "AdaFocalState",
+    "BalcalState",
+    "CorrectnessHistory",
+    "LOSSES",
+    "MitBatch",
+    "MixupBatch",
+    "StatefulLoss",
+    "acls",
+    "adafocal",
+    "adafocal_init",
+    "adafocal_loss",
+    "adafocal_update",
+    "balcal",
+    "balcal_class_scale",
+    "balcal_init",
+    "balcal_logits",
+    "balcal_loss",
+    "balcal_update",
+    "confidence_penalty",
+    "cpc",
+    "crl",
+    "crl_init",
+    "crl_loss",
+    "crl_update",
+    "cross_entropy",
+    "csam_loss",
+    "dual_focal",
+    "flsd53",
+    "focal",
+    "get_loss",
+    "get_stateful_loss",
+    "label_smoothing",
+    "loss_hparam_defaults",
+    "mbls",
+    "mdca",
+    "mit_decouple",
+    "mit_loss",
+    "mit_mix",
+    "mixup",
+    "mixup_loss",
+    "mmce",
+    "mse",
+    "simplex_etf",
 ]

@@ -5,13 +5,13 @@ logits (the paper's "previous-epoch validation" statistics) and ``adafocal_loss`
 on every training step. Both are pure and jit-safe, so the state checkpoints with the train state
 and a resumed run continues bit-identically.
 """
+
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import (_log_one_minus_true_prob, masked_mean,
-                                           _true_class_log_prob)
+from sam_jax.losses.classification import _log_one_minus_true_prob, masked_mean, _true_class_log_prob
 from sam_jax.losses.hparams import require
 from sam_jax.losses.stateful import StatefulLoss, keep_state, model_logits
 from sam_jax.losses.validation import check_labels
@@ -19,27 +19,30 @@ from sam_jax.losses.validation import check_labels
 
 class AdaFocalState(NamedTuple):
     """Per-bin focal parameters of AdaFocal."""
+
     gamma: jax.Array  # [num_bins] gamma_b; >= 0: focal (1 - p)^gamma, < 0: inverse focal (1 + p)^|gamma|
     edges: jax.Array  # [num_bins + 1] bin edges over p_y: uniform at first, then validation equal-mass
 
 
-def check_adafocal_hparams(num_bins: int, lam: float, gamma_initial: float, gamma_max: float,
-                           gamma_min: float, switch_point: float) -> None:
+def check_adafocal_hparams(
+    num_bins: int, lam: float, gamma_initial: float, gamma_max: float, gamma_min: float, switch_point: float
+) -> None:
     """Raises ``ValueError`` naming the first invalid AdaFocal hyper-parameter."""
-    require("adafocal", "num_bins", num_bins, isinstance(num_bins, int) and num_bins >= 1,
-            "an integer >= 1")
+    require("adafocal", "num_bins", num_bins, isinstance(num_bins, int) and num_bins >= 1, "an integer >= 1")
     require("adafocal", "lam", lam, lam >= 0, ">= 0")
     require("adafocal", "switch_point", switch_point, switch_point >= 0, ">= 0")
     require("adafocal", "gamma_max", gamma_max, gamma_max >= switch_point, ">= switch_point")
     require("adafocal", "gamma_min", gamma_min, gamma_min <= -switch_point, "<= -switch_point")
-    require("adafocal", "gamma_initial", gamma_initial, gamma_min <= gamma_initial <= gamma_max,
-            "in [gamma_min, gamma_max]")
+    require(
+        "adafocal", "gamma_initial", gamma_initial, gamma_min <= gamma_initial <= gamma_max, "in [gamma_min, gamma_max]"
+    )
 
 
 def adafocal_init(num_bins: int = 15, gamma_initial: float = 1.0) -> AdaFocalState:
     """The state before any validation: ``gamma_initial`` in ``num_bins`` equal-width bins."""
-    return AdaFocalState(jnp.full((num_bins,), gamma_initial, jnp.float32),
-                         jnp.linspace(0.0, 1.0, num_bins + 1, dtype=jnp.float32))
+    return AdaFocalState(
+        jnp.full((num_bins,), gamma_initial, jnp.float32), jnp.linspace(0.0, 1.0, num_bins + 1, dtype=jnp.float32)
+    )
 
 
 def _bin_of(values: jax.Array, edges: jax.Array) -> jax.Array:
@@ -47,8 +50,9 @@ def _bin_of(values: jax.Array, edges: jax.Array) -> jax.Array:
     return jnp.searchsorted(edges[1:-1], values, side="right")
 
 
-def adafocal_loss(logits: jax.Array, labels: jax.Array, state: AdaFocalState, *,
-                  mask: Optional[jax.Array] = None) -> jax.Array:
+def adafocal_loss(
+    logits: jax.Array, labels: jax.Array, state: AdaFocalState, *, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Mean AdaFocal loss: ``-(1 - p_y)^g log p_y`` if ``g >= 0``, else ``-(1 + p_y)^|g| log p_y``.
 
     ``g = state.gamma[b]`` where ``b`` is the bin of ``p_y`` between ``state.edges`` (the bin
@@ -93,10 +97,17 @@ def _equal_mass_edges(confidence: jax.Array, valid: jax.Array, num_bins: int) ->
     return ordered[below] + fraction * (ordered[above] - ordered[below])
 
 
-def adafocal_update(state: AdaFocalState, val_logits: jax.Array, val_labels: jax.Array, *,
-                    val_mask: Optional[jax.Array] = None, lam: float = 1.0,
-                    gamma_max: float = 20.0, gamma_min: float = -2.0,
-                    switch_point: float = 0.2) -> AdaFocalState:
+def adafocal_update(
+    state: AdaFocalState,
+    val_logits: jax.Array,
+    val_labels: jax.Array,
+    *,
+    val_mask: Optional[jax.Array] = None,
+    lam: float = 1.0,
+    gamma_max: float = 20.0,
+    gamma_min: float = -2.0,
+    switch_point: float = 0.2,
+) -> AdaFocalState:
     """One AdaFocal gamma update from the validation set (run at the end of every epoch).
 
     The validation top-1 confidences are split into ``num_bins`` equal-mass bins; with the gap
@@ -138,15 +149,20 @@ def adafocal_update(state: AdaFocalState, val_logits: jax.Array, val_labels: jax
     count = jnp.sum(member, axis=0)
     gap = (confidence - correct) @ member / jnp.maximum(count, 1.0)
     gamma = state.gamma * jnp.exp(jnp.where(state.gamma > 0, lam, -lam) * gap)
-    gamma = jnp.where(jnp.abs(gamma) < switch_point,
-                      jnp.where(gamma > 0, -switch_point, switch_point), gamma)
-    return AdaFocalState(jnp.clip(gamma, gamma_min, gamma_max).astype(state.gamma.dtype),
-                         edges.astype(state.edges.dtype))
+    gamma = jnp.where(jnp.abs(gamma) < switch_point, jnp.where(gamma > 0, -switch_point, switch_point), gamma)
+    return AdaFocalState(
+        jnp.clip(gamma, gamma_min, gamma_max).astype(state.gamma.dtype), edges.astype(state.edges.dtype)
+    )
 
 
-def adafocal(num_bins: int = 15, lam: float = 1.0, gamma_initial: float = 1.0,
-             gamma_max: float = 20.0, gamma_min: float = -2.0,
-             switch_point: float = 0.2) -> StatefulLoss:
+def adafocal(
+    num_bins: int = 15,
+    lam: float = 1.0,
+    gamma_initial: float = 1.0,
+    gamma_max: float = 20.0,
+    gamma_min: float = -2.0,
+    switch_point: float = 0.2,
+) -> StatefulLoss:
     """AdaFocal as a ``StatefulLoss``: ``epoch_update`` on the validation split every epoch.
 
     Defaults are the paper's (15 bins, ``lambda = 1``, ``gamma_0 = 1``, ``gamma`` clipped to
@@ -162,8 +178,22 @@ def adafocal(num_bins: int = 15, lam: float = 1.0, gamma_initial: float = 1.0,
         return adafocal_loss(logits, labels, state, mask=mask)
 
     def epoch_update(state, logits, labels, *, mask=None):
-        return adafocal_update(state, logits, labels, val_mask=mask, lam=lam, gamma_max=gamma_max,
-                               gamma_min=gamma_min, switch_point=switch_point)
+        return adafocal_update(
+            state,
+            logits,
+            labels,
+            val_mask=mask,
+            lam=lam,
+            gamma_max=gamma_max,
+            gamma_min=gamma_min,
+            switch_point=switch_point,
+        )
 
-    return StatefulLoss(lambda num_examples, num_classes: adafocal_init(num_bins, gamma_initial),
-                        loss, keep_state, epoch_update, "validation", model_logits)
+    return StatefulLoss(
+        lambda num_examples, num_classes: adafocal_init(num_bins, gamma_initial),
+        loss,
+        keep_state,
+        epoch_update,
+        "validation",
+        model_logits,
+    )

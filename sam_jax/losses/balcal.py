@@ -12,6 +12,7 @@ References:
   Ni, Zhao, Gao, Guo and Zha, 2025, "Balancing Two Classifiers via A Simplex ETF Structure for Model
   Calibration", arXiv:2504.10007.
 """
+
 import math
 from typing import NamedTuple, Optional
 
@@ -28,6 +29,7 @@ BISECTION_TOLERANCE = 1e-4  # width of the lam bracket at which the authors stop
 
 class BalcalState(NamedTuple):
     """The mixing weight of BalCAL."""
+
     lam: jax.Array  # scalar float32 in [0, 1]: weight of the linear head (1 - lam on the ETF head)
 
 
@@ -49,15 +51,15 @@ def simplex_etf(key: jax.Array, feature_dim: int, num_classes: int) -> jax.Array
     norm and pairwise cosine ``-1 / (K - 1)``. Needs ``feature_dim >= num_classes``.
     """
     if feature_dim < num_classes:
-        raise ValueError(f"simplex_etf: feature_dim={feature_dim} must be >= num_classes="
-                         f"{num_classes}.")
+        raise ValueError(f"simplex_etf: feature_dim={feature_dim} must be >= num_classes={num_classes}.")
     basis, _ = jnp.linalg.qr(jax.random.uniform(key, (feature_dim, num_classes)))
     centring = jnp.eye(num_classes) - jnp.ones((num_classes, num_classes)) / num_classes
     return math.sqrt(num_classes / (num_classes - 1)) * basis @ centring
 
 
-def balcal_class_scale(labels: jax.Array, num_classes: int, mask: Optional[jax.Array] = None,
-                       dtype: jnp.dtype = jnp.float32) -> jax.Array:
+def balcal_class_scale(
+    labels: jax.Array, num_classes: int, mask: Optional[jax.Array] = None, dtype: jnp.dtype = jnp.float32
+) -> jax.Array:
     """Per-class scale ``s_k = sqrt((n / u) / n_k)`` of the ETF logits for one batch, ``[K]``.
 
     ``n`` is the batch size, ``u`` the number of distinct labels in it and ``n_k`` the count of
@@ -70,8 +72,9 @@ def balcal_class_scale(labels: jax.Array, num_classes: int, mask: Optional[jax.A
     return jnp.where(present, jnp.sqrt(per_class / jnp.maximum(counts, 1.0)), 1.0)
 
 
-def balcal_loss(logits: jax.Array, labels: jax.Array, state: BalcalState, *,
-                mask: Optional[jax.Array] = None) -> jax.Array:
+def balcal_loss(
+    logits: jax.Array, labels: jax.Array, state: BalcalState, *, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """``lam * CE(z_lin) + (1 - lam) * CE(z_etf * s)`` for stacked ``logits [B, 2, K]``.
 
     Args:
@@ -85,8 +88,7 @@ def balcal_loss(logits: jax.Array, labels: jax.Array, state: BalcalState, *,
     """
     check_labels(labels, logits.shape[-1], mask=mask, where="balcal")
     if logits.ndim != 3 or logits.shape[1] != 2:
-        raise ValueError(f"balcal: logits must be [B, 2, K] (linear head, ETF head), got "
-                         f"shape {logits.shape}.")
+        raise ValueError(f"balcal: logits must be [B, 2, K] (linear head, ETF head), got shape {logits.shape}.")
     scale = balcal_class_scale(labels, logits.shape[-1], mask, logits.dtype)
     _, log_p_linear = _true_class_log_prob(logits[:, 0], labels)
     _, log_p_etf = _true_class_log_prob(logits[:, 1] * scale, labels)
@@ -100,16 +102,16 @@ def balcal_logits(logits: jax.Array, state: BalcalState) -> jax.Array:
     return lam * logits[:, 0] + (1.0 - lam) * logits[:, 1]
 
 
-def _confidence_and_accuracy(logits: jax.Array, labels: jax.Array,
-                             weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _confidence_and_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     confidence = jnp.exp(jnp.max(log_probs, axis=-1))
     correct = (jnp.argmax(log_probs, axis=-1) == labels).astype(weights.dtype)
     return weights @ confidence, weights @ correct
 
 
-def balcal_update(state: BalcalState, logits: jax.Array, labels: jax.Array, *,
-                  mask: Optional[jax.Array] = None, delta: float = 1.0) -> BalcalState:
+def balcal_update(
+    state: BalcalState, logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None, delta: float = 1.0
+) -> BalcalState:
     """Re-fits ``lam`` once per epoch from the training set's stacked logits ``[N, 2, K]``.
 
     If the linear head alone is under-confident (``delta * accuracy > mean confidence``),
@@ -139,7 +141,8 @@ def balcal_update(state: BalcalState, logits: jax.Array, labels: jax.Array, *,
 
     def mismatch(lam):
         confidence, accuracy = _confidence_and_accuracy(
-            lam * logits[:, 0] + (1.0 - lam) * logits[:, 1], labels, weights)
+            lam * logits[:, 0] + (1.0 - lam) * logits[:, 1], labels, weights
+        )
         return delta * accuracy - confidence
 
     def halve(_, carry):
@@ -175,5 +178,11 @@ def balcal(delta: float = 1.0, lambda_init: float = 0.8) -> StatefulLoss:
     def epoch_update(state, logits, labels, *, mask=None):
         return balcal_update(state, logits, labels, mask=mask, delta=delta)
 
-    return StatefulLoss(lambda num_examples, num_classes: balcal_init(lambda_init), loss,
-                        keep_state, epoch_update, "train", balcal_logits)
+    return StatefulLoss(
+        lambda num_examples, num_classes: balcal_init(lambda_init),
+        loss,
+        keep_state,
+        epoch_update,
+        "train",
+        balcal_logits,
+    )

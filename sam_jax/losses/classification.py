@@ -4,6 +4,7 @@ Every loss takes ``logits [B, K]`` and integer ``labels [B]`` and returns the me
 or the weighted mean when a ``mask [B]`` (1 for real examples, 0 for padding) is given, so that a
 padded final evaluation batch gives the exact full-data value.
 """
+
 from typing import Optional
 
 import jax
@@ -66,8 +67,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array
 def mse(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
     """Mean squared error to one-hot targets, 0.5 * ||f(x) - e_y||^2 summed over classes.
 
-    The MSE variant of Morosini et al. 2026, "Too Sharp, Too Sure" (arXiv:2604.20614), Appendix D: the network outputs are
-    regressed on one-hot labels; predictions are read as softmax(outputs) for calibration.
+    The MSE variant of Morosini et al. 2026, "Too Sharp, Too Sure" (arXiv:2604.20614), Appendix D:
+    the network outputs are regressed on one-hot labels; predictions are read as softmax(outputs)
+    for calibration.
     """
     check_labels(labels, logits.shape[-1], mask=mask, where="mse")
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)

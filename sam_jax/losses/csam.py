@@ -6,6 +6,7 @@ weights, while the ascent (lines 3-4) uses plain cross-entropy. Confident exampl
 (``p_y > 1/2``) get their cross-entropy down-weighted by ``(1 + p_y)^(-gamma)``, which Theorem 3
 shows strengthens SAM's implicit entropy penalty on them.
 """
+
 from typing import Optional
 
 import jax

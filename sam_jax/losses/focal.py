@@ -5,13 +5,13 @@ the weight is differentiated through (as in the authors' implementations). The p
 as ``exp(gamma * log(base))`` from log-space quantities, so the losses and their gradients stay
 finite for float32 logits as large as ``1e4`` in magnitude.
 """
+
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import (_log_one_minus_true_prob, masked_mean,
-                                           _true_class_log_prob)
+from sam_jax.losses.classification import _log_one_minus_true_prob, masked_mean, _true_class_log_prob
 from sam_jax.losses.hparams import check
 from sam_jax.losses.validation import check_labels
 
@@ -24,8 +24,7 @@ def focal_per_example(logits: jax.Array, labels: jax.Array, gamma: jax.Array) ->
     return -jnp.exp(gamma * _log_one_minus_true_prob(logits, labels)) * log_p
 
 
-def focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 3.0,
-          mask: Optional[jax.Array] = None) -> jax.Array:
+def focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 3.0, mask: Optional[jax.Array] = None) -> jax.Array:
     """Focal loss, mean of ``-(1 - p_y)^gamma log p_y``; ``gamma = 0`` is cross-entropy.
 
     The default ``gamma = 3`` is the fixed-gamma setting (FL-3) Mukhoti et al. recommend for
@@ -74,8 +73,9 @@ def flsd53(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = 
     return masked_mean(focal_per_example(logits, labels, jax.lax.stop_gradient(gamma)), mask)
 
 
-def dual_focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 5.0,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+def dual_focal(
+    logits: jax.Array, labels: jax.Array, *, gamma: float = 5.0, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Dual Focal loss, mean of ``-(1 - p_y + p_j)^gamma log p_y``.
 
     ``p_j`` is the largest probability strictly below ``p_y`` ("the highest logit ranked after the

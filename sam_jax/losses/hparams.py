@@ -1,4 +1,5 @@
 """Rules for loss hyper-parameters, checked by the losses themselves and by ``get_loss``."""
+
 from typing import Callable
 
 
@@ -24,8 +25,7 @@ RULES: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
     "mmce": {"weight": _NON_NEGATIVE},
     "mdca": {"weight": _NON_NEGATIVE},
     "mbls": {"margin": _NON_NEGATIVE, "weight": _NON_NEGATIVE},
-    "acls": {"pos_lambda": _NON_NEGATIVE, "neg_lambda": _NON_NEGATIVE, "alpha": _NON_NEGATIVE,
-             "margin": _NON_NEGATIVE},
+    "acls": {"pos_lambda": _NON_NEGATIVE, "neg_lambda": _NON_NEGATIVE, "alpha": _NON_NEGATIVE, "margin": _NON_NEGATIVE},
     "cpc": {"lambda_bdc": _NON_NEGATIVE, "lambda_bec": _NON_NEGATIVE},
     "crl": {"rank_weight": _NON_NEGATIVE},
     "confidence_penalty": {"weight": _NON_NEGATIVE},
@@ -36,8 +36,7 @@ RULES: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
 def require(where: str, name: str, value: object, ok: bool, requirement: str) -> None:
     """Raises ``ValueError`` naming ``where``'s hyper-parameter ``name`` unless ``ok``."""
     if not ok:
-        raise ValueError(f"{where}: hyper-parameter {name}={value!r} is invalid; {name} must be "
-                         f"{requirement}.")
+        raise ValueError(f"{where}: hyper-parameter {name}={value!r} is invalid; {name} must be {requirement}.")
 
 
 def check(where: str, **values: object) -> None:

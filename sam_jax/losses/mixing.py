@@ -3,6 +3,7 @@
 Both are pure functions of a PRNG key and the batch, meant to run inside the jitted train step with
 a key split from the step's key, so a resumed run draws the same mixing as an uninterrupted one.
 """
+
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -15,6 +16,7 @@ LossFn = Callable[..., jax.Array]
 
 class MixupBatch(NamedTuple):
     """A mixup batch: feed ``images`` to the model, then :func:`mixup_loss`."""
+
     images: jax.Array  # [B, ...] lam * x + (1 - lam) * x[perm]
     labels_a: jax.Array  # [B] the original labels
     labels_b: jax.Array  # [B] labels[perm]
@@ -31,8 +33,9 @@ def _pair(key: jax.Array, batch_size: int) -> jax.Array:
     return jax.random.permutation(key, batch_size)
 
 
-def mixup(key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: float = 1.0,
-          mask: Optional[jax.Array] = None) -> MixupBatch:
+def mixup(
+    key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: float = 1.0, mask: Optional[jax.Array] = None
+) -> MixupBatch:
     """Mixes every example with a random partner: ``x~ = lam x_i + (1 - lam) x_perm(i)``.
 
     ``lam ~ Beta(alpha, alpha)`` once per batch and ``perm`` a random permutation, both drawn from
@@ -66,12 +69,12 @@ def mixup_loss(loss_fn: LossFn, logits: jax.Array, batch: MixupBatch) -> jax.Arr
     For cross-entropy this equals cross-entropy to the mixed soft label (the paper's formulation).
     """
     lam = batch.lam.astype(logits.dtype)
-    return (lam * loss_fn(logits, batch.labels_a, batch.mask)
-            + (1.0 - lam) * loss_fn(logits, batch.labels_b, batch.mask))
+    return lam * loss_fn(logits, batch.labels_a, batch.mask) + (1.0 - lam) * loss_fn(logits, batch.labels_b, batch.mask)
 
 
 class MitBatch(NamedTuple):
     """An MIT-L batch: feed ``images_1`` and ``images_2`` to the model, then :func:`mit_loss`."""
+
     images_1: jax.Array  # [B, ...] lam_1 * x + (1 - lam_1) * x[perm], lam_1 >= 1/2
     images_2: jax.Array  # [B, ...] lam_2 * x + (1 - lam_2) * x[perm], lam_2 <= 1/2
     labels_a: jax.Array  # [B] the original labels
@@ -87,8 +90,15 @@ def check_mit_hparams(alpha: float, margin: float) -> None:
     require("mit", "margin", margin, 0.0 <= margin < 1.0, "in [0, 1)")
 
 
-def mit_mix(key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: float = 1.0,
-            margin: float = 0.0, mask: Optional[jax.Array] = None) -> MitBatch:
+def mit_mix(
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    alpha: float = 1.0,
+    margin: float = 0.0,
+    mask: Optional[jax.Array] = None,
+) -> MitBatch:
     """Two mixups of the same pairs, with weights on either side of 1/2 (MIT).
 
     ``lam_1 = max(u, 1 - u)`` and ``lam_2 = min(v, 1 - v)`` with ``u, v ~ Beta(alpha, alpha)``,
@@ -119,17 +129,26 @@ def mit_mix(key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: floa
         u, v = jax.random.beta(jax.random.fold_in(lam_key, attempt), alpha, alpha, (2,), jnp.float32)
         return attempt + 1, jnp.maximum(u, 1.0 - u), jnp.minimum(v, 1.0 - v)
 
-    _, lam_1, lam_2 = jax.lax.while_loop(lambda state: state[1] - state[2] <= margin, draw,
-                                         (jnp.int32(0), jnp.float32(0.5), jnp.float32(0.5)))
+    _, lam_1, lam_2 = jax.lax.while_loop(
+        lambda state: state[1] - state[2] <= margin, draw, (jnp.int32(0), jnp.float32(0.5), jnp.float32(0.5))
+    )
     lam_1, lam_2 = lam_1.astype(images.dtype), lam_2.astype(images.dtype)
     perm = _pair(perm_key, images.shape[0])
     partner = images[perm]
-    return MitBatch(lam_1 * images + (1.0 - lam_1) * partner, lam_2 * images + (1.0 - lam_2) * partner,
-                    labels, labels[perm], lam_1, lam_2, None if mask is None else mask * mask[perm])
+    return MitBatch(
+        lam_1 * images + (1.0 - lam_1) * partner,
+        lam_2 * images + (1.0 - lam_2) * partner,
+        labels,
+        labels[perm],
+        lam_1,
+        lam_2,
+        None if mask is None else mask * mask[perm],
+    )
 
 
-def mit_decouple(logits_1: jax.Array, logits_2: jax.Array, lam_1: jax.Array,
-                 lam_2: jax.Array) -> tuple[jax.Array, jax.Array]:
+def mit_decouple(
+    logits_1: jax.Array, logits_2: jax.Array, lam_1: jax.Array, lam_2: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Recovers the outputs of the raw pair from the outputs of its two mixtures.
 
     Reading ``f(lam x_a + (1 - lam) x_b) = lam f_a + (1 - lam) f_b`` for both mixtures and solving
@@ -138,15 +157,13 @@ def mit_decouple(logits_1: jax.Array, logits_2: jax.Array, lam_1: jax.Array,
     """
     lam_1, lam_2 = lam_1.astype(logits_1.dtype), lam_2.astype(logits_1.dtype)
     gap = lam_1 - lam_2
-    return ((1.0 - lam_2) * logits_1 - (1.0 - lam_1) * logits_2) / gap, \
-        (lam_1 * logits_2 - lam_2 * logits_1) / gap
+    return ((1.0 - lam_2) * logits_1 - (1.0 - lam_1) * logits_2) / gap, (lam_1 * logits_2 - lam_2 * logits_1) / gap
 
 
 def mit_loss(loss_fn: LossFn, logits_1: jax.Array, logits_2: jax.Array, batch: MitBatch) -> jax.Array:
     """MIT-L: ``(L(f_a, labels_a) + L(f_b, labels_b)) / 2`` on the decoupled outputs (one-hot labels)."""
     logits_a, logits_b = mit_decouple(logits_1, logits_2, batch.lam_1, batch.lam_2)
-    return 0.5 * (loss_fn(logits_a, batch.labels_a, batch.mask)
-                  + loss_fn(logits_b, batch.labels_b, batch.mask))
+    return 0.5 * (loss_fn(logits_a, batch.labels_a, batch.mask) + loss_fn(logits_b, batch.labels_b, batch.mask))
 
 
 class MixedObjective(NamedTuple):
@@ -174,6 +191,7 @@ def _mixup_objective(alpha: float):
         batch = mixup(key, images, labels, alpha=alpha)
         logits, aux = forward(batch.images)
         return mixup_loss(loss_fn, logits, batch), logits, aux
+
     return objective
 
 
@@ -185,6 +203,7 @@ def _mit_objective(alpha: float, margin: float):
         logits, aux = forward(jnp.concatenate([batch.images_1, batch.images_2]))
         logits_1, logits_2 = jnp.split(logits, 2)
         return mit_loss(loss_fn, logits_1, logits_2, batch), logits_1, aux
+
     return objective
 
 

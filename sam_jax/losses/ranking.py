@@ -4,6 +4,7 @@ The history (``CorrectnessHistory``) counts, for every training example, how oft
 how often it was classified correctly. ``crl_loss`` reads it; ``crl_update`` adds the current batch
 after every training step. Both are pure and jit-safe; the history checkpoints with the train state.
 """
+
 from typing import NamedTuple, Optional
 
 import jax
@@ -17,6 +18,7 @@ from sam_jax.losses.validation import check_labels
 
 class CorrectnessHistory(NamedTuple):
     """Per-example training history of CRL."""
+
     correct: jax.Array  # [N] float32: number of steps in which example i was classified correctly
     seen: jax.Array  # [N] float32: number of steps in which example i was in the batch
 
@@ -32,9 +34,15 @@ def correctness_rate(history: CorrectnessHistory, indices: jax.Array) -> jax.Arr
     return history.correct[indices] / jnp.maximum(history.seen[indices], 1.0)
 
 
-def crl_loss(logits: jax.Array, labels: jax.Array, history: CorrectnessHistory, *,
-             indices: jax.Array, rank_weight: float = 1.0,
-             mask: Optional[jax.Array] = None) -> jax.Array:
+def crl_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    history: CorrectnessHistory,
+    *,
+    indices: jax.Array,
+    rank_weight: float = 1.0,
+    mask: Optional[jax.Array] = None,
+) -> jax.Array:
     """CE + ``rank_weight * mean_i max(0, -g(c_i, c_j) (kappa_i - kappa_j) + |c_i - c_j|)``.
 
     Each example ``i`` is paired with the next one in the batch, ``j = i + 1 mod B`` (the
@@ -64,14 +72,19 @@ def crl_loss(logits: jax.Array, labels: jax.Array, history: CorrectnessHistory, 
     confidence = jnp.exp(jnp.max(log_probs, axis=-1))
     rate = correctness_rate(history, indices).astype(confidence.dtype)
     rate_next, confidence_next = jnp.roll(rate, -1), jnp.roll(confidence, -1)
-    ranking = jax.nn.relu(-jnp.sign(rate - rate_next) * (confidence - confidence_next)
-                          + jnp.abs(rate - rate_next))
+    ranking = jax.nn.relu(-jnp.sign(rate - rate_next) * (confidence - confidence_next) + jnp.abs(rate - rate_next))
     pair_mask = None if mask is None else mask * jnp.roll(mask, -1)
     return masked_mean(-log_p, mask) + rank_weight * masked_mean(ranking, pair_mask)
 
 
-def crl_update(history: CorrectnessHistory, logits: jax.Array, labels: jax.Array, *,
-               indices: jax.Array, mask: Optional[jax.Array] = None) -> CorrectnessHistory:
+def crl_update(
+    history: CorrectnessHistory,
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    indices: jax.Array,
+    mask: Optional[jax.Array] = None,
+) -> CorrectnessHistory:
     """Adds one training batch to the history (call after every step, with that step's logits).
 
     Args:
@@ -86,8 +99,7 @@ def crl_update(history: CorrectnessHistory, logits: jax.Array, labels: jax.Array
     """
     weight = jnp.ones(labels.shape, jnp.float32) if mask is None else (mask > 0).astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * weight
-    return CorrectnessHistory(history.correct.at[indices].add(correct),
-                              history.seen.at[indices].add(weight))
+    return CorrectnessHistory(history.correct.at[indices].add(correct), history.seen.at[indices].add(weight))
 
 
 def crl(rank_weight: float = 1.0) -> StatefulLoss:
@@ -104,5 +116,6 @@ def crl(rank_weight: float = 1.0) -> StatefulLoss:
     def step_update(state, logits, labels, *, mask=None, indices=None):
         return crl_update(state, logits, labels, indices=indices, mask=mask)
 
-    return StatefulLoss(lambda num_examples, num_classes: crl_init(num_examples), loss, step_update,
-                        keep_state, None, model_logits)
+    return StatefulLoss(
+        lambda num_examples, num_classes: crl_init(num_examples), loss, step_update, keep_state, None, model_logits
+    )

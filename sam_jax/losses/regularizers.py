@@ -1,4 +1,5 @@
 """Cross-entropy plus a calibration regulariser: MMCE, MDCA, CPC and the confidence penalty."""
+
 from typing import Optional
 
 import jax
@@ -31,8 +32,7 @@ def mmce_squared(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]
     return residual @ kernel @ residual
 
 
-def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0,
-         mask: Optional[jax.Array] = None) -> jax.Array:
+def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Optional[jax.Array] = None) -> jax.Array:
     """CE + ``weight * sqrt(MMCE_m^2 + 1e-10)``: the maximum mean calibration error as regulariser.
 
     ``MMCE_m`` (the batch estimate of Kumar et al.) is the RKHS distance between confidence and
@@ -60,8 +60,7 @@ def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0,
     return masked_mean(-log_p, mask) + weight * penalty
 
 
-def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0,
-         mask: Optional[jax.Array] = None) -> jax.Array:
+def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Optional[jax.Array] = None) -> jax.Array:
     """CE + ``weight * (1/K) sum_k |mean_i p_ik - mean_i 1[y_i = k]|`` (MDCA).
 
     The multi-class difference between average confidence and accuracy of every class over the
@@ -89,8 +88,9 @@ def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0,
     return masked_mean(-log_p, mask) + weight * jnp.mean(jnp.abs(gap))
 
 
-def confidence_penalty(logits: jax.Array, labels: jax.Array, *, weight: float = 0.1,
-                       mask: Optional[jax.Array] = None) -> jax.Array:
+def confidence_penalty(
+    logits: jax.Array, labels: jax.Array, *, weight: float = 0.1, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Confidence penalty: CE ``- weight * H(p)`` with ``H(p) = -sum_k p_k log p_k``.
 
     ``weight = beta = 0.1`` is an assumption (the paper tunes beta per task; 0.1 is the setting of
@@ -116,8 +116,14 @@ def confidence_penalty(logits: jax.Array, labels: jax.Array, *, weight: float = 
     return masked_mean(-log_p - weight * entropy, mask)
 
 
-def cpc(logits: jax.Array, labels: jax.Array, *, lambda_bdc: float = 0.1, lambda_bec: float = 1.0,
-        mask: Optional[jax.Array] = None) -> jax.Array:
+def cpc(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    lambda_bdc: float = 0.1,
+    lambda_bec: float = 1.0,
+    mask: Optional[jax.Array] = None,
+) -> jax.Array:
     """Calibration by pairwise constraints: CE + ``lambda_bdc * BDC + lambda_bec * BEC``.
 
     Per example, the binary discrimination constraints ask every true-vs-other binary problem to be

@@ -1,4 +1,5 @@
 """Label smoothing and its logit-margin variants: LS, MbLS and ACLS."""
+
 from typing import Optional
 
 import jax
@@ -9,8 +10,9 @@ from sam_jax.losses.hparams import check
 from sam_jax.losses.validation import check_labels
 
 
-def label_smoothing(logits: jax.Array, labels: jax.Array, *, smoothing: float = 0.1,
-                    mask: Optional[jax.Array] = None) -> jax.Array:
+def label_smoothing(
+    logits: jax.Array, labels: jax.Array, *, smoothing: float = 0.1, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Cross-entropy to the smoothed target ``(1 - smoothing) e_y + smoothing / K``.
 
     Per example ``-(1 - smoothing) log p_y - (smoothing / K) sum_k log p_k``; ``smoothing = 0`` is
@@ -36,8 +38,9 @@ def label_smoothing(logits: jax.Array, labels: jax.Array, *, smoothing: float = 
     return masked_mean(per_example, mask)
 
 
-def mbls(logits: jax.Array, labels: jax.Array, *, margin: float = 10.0, weight: float = 0.1,
-         mask: Optional[jax.Array] = None) -> jax.Array:
+def mbls(
+    logits: jax.Array, labels: jax.Array, *, margin: float = 10.0, weight: float = 0.1, mask: Optional[jax.Array] = None
+) -> jax.Array:
     """Margin-based label smoothing: CE + ``weight * mean_k max(0, max_j z_j - z_k - margin)``.
 
     The paper writes the penalty as a sum over classes; the authors' code (whose ``weight = 0.1``,
@@ -66,9 +69,16 @@ def mbls(logits: jax.Array, labels: jax.Array, *, margin: float = 10.0, weight: 
     return masked_mean(-log_p + weight * penalty, mask)
 
 
-def acls(logits: jax.Array, labels: jax.Array, *, pos_lambda: float = 1.0,
-         neg_lambda: float = 0.1, alpha: float = 0.1, margin: float = 10.0,
-         mask: Optional[jax.Array] = None) -> jax.Array:
+def acls(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    pos_lambda: float = 1.0,
+    neg_lambda: float = 0.1,
+    alpha: float = 0.1,
+    margin: float = 10.0,
+    mask: Optional[jax.Array] = None,
+) -> jax.Array:
     """Adaptive and conditional label smoothing: CE + ``alpha * R(z)``.
 
     With ``M = max_j z_j`` and ``k*`` its class,
@@ -93,14 +103,14 @@ def acls(logits: jax.Array, labels: jax.Array, *, pos_lambda: float = 1.0,
     Returns:
       Scalar (masked) mean loss.
     """
-    check("acls", pos_lambda=pos_lambda, neg_lambda=neg_lambda, alpha=alpha,
-                         margin=margin)
+    check("acls", pos_lambda=pos_lambda, neg_lambda=neg_lambda, alpha=alpha, margin=margin)
     check_labels(labels, logits.shape[-1], mask=mask, where="acls")
     _, log_p = _true_class_log_prob(logits, labels)
     num_classes = logits.shape[-1]
     top = jnp.max(logits, axis=-1)
     is_top = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_classes, dtype=logits.dtype)
     positive = jax.nn.relu(top - margin) ** 2
-    negative = jnp.sum((1.0 - is_top) * jax.nn.relu(
-        jax.lax.stop_gradient(top)[:, None] - logits - margin) ** 2, axis=-1) / (num_classes - 1)
+    negative = jnp.sum(
+        (1.0 - is_top) * jax.nn.relu(jax.lax.stop_gradient(top)[:, None] - logits - margin) ** 2, axis=-1
+    ) / (num_classes - 1)
     return masked_mean(-log_p + alpha * (pos_lambda * positive + neg_lambda * negative), mask)

@@ -15,6 +15,7 @@ treat all losses alike:
    ``state = spec.epoch_update(state, logits, labels, mask=mask)``.
 4. Predictions (metrics, calibration) use ``spec.predict(logits, state)``.
 """
+
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -24,6 +25,7 @@ LossFn = Callable[..., jax.Array]
 
 class StatefulLoss(NamedTuple):
     """A loss with state, as pure functions (a generic train loop needs no loss name)."""
+
     init: Callable[[int, int], Any]  # (num_examples, num_classes) -> state
     loss: Callable[..., jax.Array]  # (logits, labels, state, *, mask=None, indices=None) -> scalar
     step_update: Callable[..., Any]  # (state, logits, labels, *, mask=None, indices=None) -> state
@@ -47,8 +49,7 @@ def stateless(loss_fn: LossFn) -> StatefulLoss:
         del indices
         return loss_fn(logits, labels, mask)
 
-    return StatefulLoss(lambda num_examples, num_classes: (), loss, keep_state, keep_state, None,
-                        model_logits)
+    return StatefulLoss(lambda num_examples, num_classes: (), loss, keep_state, keep_state, None, model_logits)
 
 
 def at_initial_state(spec: StatefulLoss) -> LossFn:
@@ -60,7 +61,6 @@ def at_initial_state(spec: StatefulLoss) -> LossFn:
 
     def loss(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
         state = spec.init(labels.shape[0], logits.shape[-1])
-        return spec.loss(logits, labels, state, mask=mask,
-                         indices=jax.numpy.arange(labels.shape[0]))
+        return spec.loss(logits, labels, state, mask=mask, indices=jax.numpy.arange(labels.shape[0]))
 
     return loss

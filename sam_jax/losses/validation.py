@@ -6,6 +6,7 @@ checks raise a ``ValueError`` naming the bad value instead. They run only on con
 ``jax.jit`` the inputs are tracers and the check is skipped, so jitted callers (the train loop)
 check their batches on the host before the call.
 """
+
 from typing import Optional
 
 import jax
@@ -18,8 +19,9 @@ def is_concrete(*arrays: Optional[jax.Array]) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def check_labels(labels: jax.Array, num_classes: int, *, mask: Optional[jax.Array] = None,
-                 where: str = "labels") -> None:
+def check_labels(
+    labels: jax.Array, num_classes: int, *, mask: Optional[jax.Array] = None, where: str = "labels"
+) -> None:
     """Raises ``ValueError`` unless every (unmasked) label is an integer in ``[0, num_classes)``.
 
     Args:
@@ -41,11 +43,13 @@ def check_labels(labels: jax.Array, num_classes: int, *, mask: Optional[jax.Arra
         raise ValueError(
             f"{where}: label {values.reshape(-1)[index[0]]} at index {index[0]} is outside "
             f"[0, {num_classes}) ({index.size} bad labels of {values.size}); labels must be class "
-            f"indices 0..{num_classes - 1}.")
+            f"indices 0..{num_classes - 1}."
+        )
 
 
-def check_probabilities(probs: jax.Array, *, mask: Optional[jax.Array] = None, atol: float = 1e-3,
-                        where: str = "probabilities") -> None:
+def check_probabilities(
+    probs: jax.Array, *, mask: Optional[jax.Array] = None, atol: float = 1e-3, where: str = "probabilities"
+) -> None:
     """Raises ``ValueError`` unless every (unmasked) row of ``probs [N, K]`` is a distribution.
 
     A row is a distribution when it is finite, non-negative and sums to 1 within ``atol``. The
@@ -58,10 +62,14 @@ def check_probabilities(probs: jax.Array, *, mask: Optional[jax.Array] = None, a
     not_finite = rows & ~jnp.all(jnp.isfinite(probs), axis=-1)
     negative = rows & jnp.any(probs < 0, axis=-1)
     off_sum = rows & (jnp.abs(jnp.sum(probs, axis=-1, dtype=jnp.float32) - 1.0) > atol)
-    for problem, what in ((not_finite, "contains NaN or inf"), (negative, "has a negative entry"),
-                          (off_sum, f"does not sum to 1 (tolerance {atol})")):
+    for problem, what in (
+        (not_finite, "contains NaN or inf"),
+        (negative, "has a negative entry"),
+        (off_sum, f"does not sum to 1 (tolerance {atol})"),
+    ):
         if bool(jnp.any(problem)):
             index = int(jnp.argmax(problem))
             raise ValueError(
                 f"{where}: row {index} {what}: {np.asarray(probs[index])[:10]}; pass probabilities "
-                "(e.g. softmax of the logits), not logits or unnormalised scores.")
+                "(e.g. softmax of the logits), not logits or unnormalised scores."
+            )

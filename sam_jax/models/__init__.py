@@ -4,6 +4,7 @@ Every model is called as ``model.apply(variables, x, train=bool, ...)``; ``varia
 ``"params"`` and, for models with BatchNorm, ``"batch_stats"`` (everything but ``"params"`` is
 "model state" and is carried by the train loop).
 """
+
 import functools
 from typing import Any, Callable
 
@@ -31,12 +32,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "pyramidnet110": functools.partial(PyramidNet, depth=110, alpha=48.0),
     "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
     "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
-    "vit_s32": functools.partial(VisionTransformer, patch_size=32, hidden_size=384, depth=12, num_heads=6,
-                                 mlp_dim=1536),
-    "vit_s16": functools.partial(VisionTransformer, patch_size=16, hidden_size=384, depth=12, num_heads=6,
-                                 mlp_dim=1536),
-    "vit_b16": functools.partial(VisionTransformer, patch_size=16, hidden_size=768, depth=12, num_heads=12,
-                                 mlp_dim=3072),
+    "vit_s32": functools.partial(
+        VisionTransformer, patch_size=32, hidden_size=384, depth=12, num_heads=6, mlp_dim=1536
+    ),
+    "vit_s16": functools.partial(
+        VisionTransformer, patch_size=16, hidden_size=384, depth=12, num_heads=6, mlp_dim=1536
+    ),
+    "vit_b16": functools.partial(
+        VisionTransformer, patch_size=16, hidden_size=768, depth=12, num_heads=12, mlp_dim=3072
+    ),
 }
 
 

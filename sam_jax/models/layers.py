@@ -3,6 +3,7 @@
 Filter response normalisation with its thresholded linear unit, the ShakeDrop residual gate, and
 the initialisers and layer shorthands every residual network here uses.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -16,26 +17,47 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 def conv3x3(features: int, strides: int = 1, dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
     """A bias-free 3x3 convolution with "SAME" padding, He-normal initialised."""
-    return nn.Conv(features, (3, 3), strides=(strides, strides), padding="SAME", use_bias=False,
-                   kernel_init=he_normal, dtype=dtype, name=name)
+    return nn.Conv(
+        features,
+        (3, 3),
+        strides=(strides, strides),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=he_normal,
+        dtype=dtype,
+        name=name,
+    )
 
 
 def conv1x1(features: int, strides: int = 1, dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
     """A bias-free 1x1 convolution (projection shortcuts, bottlenecks), He-normal initialised."""
-    return nn.Conv(features, (1, 1), strides=(strides, strides), padding="VALID", use_bias=False,
-                   kernel_init=he_normal, dtype=dtype, name=name)
+    return nn.Conv(
+        features,
+        (1, 1),
+        strides=(strides, strides),
+        padding="VALID",
+        use_bias=False,
+        kernel_init=he_normal,
+        dtype=dtype,
+        name=name,
+    )
 
 
-def batch_norm(train: bool, dtype: Any = jnp.float32, scale_init: nn.initializers.Initializer = nn.initializers.ones,
-               name: str | None = None) -> nn.BatchNorm:
+def batch_norm(
+    train: bool,
+    dtype: Any = jnp.float32,
+    scale_init: nn.initializers.Initializer = nn.initializers.ones,
+    name: str | None = None,
+) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (running-average momentum 0.9, epsilon 1e-5).
 
     Batch statistics are used when ``train`` (and the running averages in ``"batch_stats"`` are
     updated); the running averages otherwise. Flax reduces in float32 even when ``dtype`` is
     bfloat16, and the running averages stay float32.
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        scale_init=scale_init, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=scale_init, name=name
+    )
 
 
 class FilterResponseNorm(nn.Module):

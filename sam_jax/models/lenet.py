@@ -1,4 +1,5 @@
 """LeNet-5 with ReLU activations (the Fashion-MNIST model of Möllenhoff & Khan 2023, arXiv:2210.01620, Table 1)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

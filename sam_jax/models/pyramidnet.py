@@ -1,5 +1,6 @@
 """Additive PyramidNet for CIFAR (Han et al. 2017, "Deep Pyramidal Residual Networks",
 arXiv:1610.02915) with optional ShakeDrop (Yamada et al. 2019, arXiv:1802.02375)."""
+
 from typing import Any
 
 import flax.linen as nn

@@ -1,5 +1,6 @@
 """CIFAR ResNets with 6n+2 layers (He et al. 2016, "Deep Residual Learning for Image
 Recognition", arXiv:1512.03385, Sec. 4.2), with BatchNorm or filter response normalisation."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -40,7 +41,7 @@ class CifarBasicBlock(nn.Module):
     def _project(self, x: jax.Array, train: bool) -> jax.Array:
         if self.shortcut == "A":
             # Option A (Sec. 4.2): subsample by striding, zero-pad the new channels; no parameters.
-            x = x[:, ::self.strides, ::self.strides, :]
+            x = x[:, :: self.strides, :: self.strides, :]
             return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
         x = conv1x1(self.features, self.strides, self.dtype, name="shortcut_conv")(x)
         if self.normalization == "frn":

@@ -1,6 +1,7 @@
 """ImageNet ResNets (He et al. 2016, "Deep Residual Learning for Image Recognition",
 arXiv:1512.03385, Table 1), shaped like torchvision's: projection (option B) shortcuts where the
 shape changes, stride on the 3x3 convolution of bottleneck blocks ("ResNet v1.5")."""
+
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -93,8 +94,15 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                        kernel_init=he_normal, dtype=self.dtype)(x)
+            x = nn.Conv(
+                self.width,
+                (7, 7),
+                strides=(2, 2),
+                padding=((3, 3), (3, 3)),
+                use_bias=False,
+                kernel_init=he_normal,
+                dtype=self.dtype,
+            )(x)
             x = nn.relu(batch_norm(train, self.dtype)(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:

@@ -1,5 +1,6 @@
 """Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words: Transformers for
 Image Recognition at Scale", arXiv:2010.11929)."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -19,16 +20,28 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         deterministic = not train
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                            kernel_init=nn.initializers.xavier_uniform(),
-                                            dropout_rate=self.dropout_rate, deterministic=deterministic)(y, y)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            dropout_rate=self.dropout_rate,
+            deterministic=deterministic,
+        )(y, y)
         x = x + nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                     bias_init=nn.initializers.normal(1e-6))(y)
+        y = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(1e-6),
+        )(y)
         y = nn.Dropout(self.dropout_rate, deterministic=deterministic)(nn.gelu(y))
-        y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                     bias_init=nn.initializers.normal(1e-6))(y)
+        y = nn.Dense(
+            x.shape[-1],
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(1e-6),
+        )(y)
         return x + nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
 
 
@@ -67,8 +80,9 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         patch = (self.patch_size, self.patch_size)
-        x = nn.Conv(self.hidden_size, patch, strides=patch, padding="VALID", dtype=self.dtype,
-                    name="patch_embedding")(x.astype(self.dtype))
+        x = nn.Conv(self.hidden_size, patch, strides=patch, padding="VALID", dtype=self.dtype, name="patch_embedding")(
+            x.astype(self.dtype)
+        )
         batch, height, width, channels = x.shape
         x = x.reshape(batch, height * width, channels)
         class_token = self.param("class_token", nn.initializers.zeros, (1, 1, channels))

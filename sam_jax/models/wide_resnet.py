@@ -1,5 +1,6 @@
 """Wide residual networks (Zagoruyko & Komodakis 2016, "Wide Residual Networks",
 arXiv:1605.07146)."""
+
 from typing import Any
 
 import flax.linen as nn

@@ -14,11 +14,22 @@ Each SAM-family ``update(grads, state, params, grad_fn=...)`` performs one whole
 ``OPTIMIZERS`` (``sam_jax.optim.registry``) registers every optimizer by config name with its
 hyper-parameters and what the train step must give it; ``build_optimizer(name, context)`` builds it.
 """
+
 from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample, scale_by_bsam
 from sam_jax.optim.bulk_sgd import HessianProjectionState, bulk_sgd, project_out_top_hessian_directions
 from sam_jax.optim.m_sharpness import m_sharpness_sam, split_into_sub_batches
-from sam_jax.optim.registry import (DEFAULT_OPTIMIZER, OPTIMIZERS, BuildContext, OptimizerSpec, blocks_read, build_optimizer,
-                                    get_optimizer_spec, hparam_blocks, register, validate_hparams)
+from sam_jax.optim.registry import (
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+    BuildContext,
+    OptimizerSpec,
+    blocks_read,
+    build_optimizer,
+    get_optimizer_spec,
+    hparam_blocks,
+    register,
+    validate_hparams,
+)
 from sam_jax.optim.sam import SAMState, ascent_perturbation, match_norm, sam
 
 __all__ = [

@@ -26,6 +26,7 @@ Algorithm 1 exactly, for a constant ``alpha`` and for a schedule of the step cou
 the transformation therefore takes ``prior_precision = delta_0 = N delta`` and uses
 ``delta = prior_precision / num_data``.
 """
+
 import numbers
 from typing import Callable, NamedTuple, Optional
 
@@ -61,7 +62,8 @@ def _perturb_by_posterior_noise(
 def _find_bsam_state(state: optax.OptState) -> BSAMState:
     """The one ``BSAMState`` inside ``state`` (itself, or a component of a chain's state)."""
     found = [
-        leaf for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BSAMState))
+        leaf
+        for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BSAMState))
         if isinstance(leaf, BSAMState)
     ]
     if len(found) != 1:
@@ -187,8 +189,13 @@ def scale_by_bsam(
       ValueError: for out-of-range hyper-parameters.
     """
     _check_bsam_hyper_parameters(
-        rho=rho, num_data=num_data, prior_precision=prior_precision, beta1=beta1, beta2=beta2,
-        damping=damping, init_precision=init_precision,
+        rho=rho,
+        num_data=num_data,
+        prior_precision=prior_precision,
+        beta1=beta1,
+        beta2=beta2,
+        damping=damping,
+        init_precision=init_precision,
     )
     delta = prior_precision / num_data
 
@@ -277,11 +284,25 @@ def bsam(
       ValueError: for out-of-range hyper-parameters.
     """
     _check_bsam_hyper_parameters(
-        learning_rate=learning_rate, rho=rho, num_data=num_data, prior_precision=prior_precision,
-        beta1=beta1, beta2=beta2, damping=damping, init_precision=init_precision,
+        learning_rate=learning_rate,
+        rho=rho,
+        num_data=num_data,
+        prior_precision=prior_precision,
+        beta1=beta1,
+        beta2=beta2,
+        damping=damping,
+        init_precision=init_precision,
     )
     return optax.chain(
-        scale_by_bsam(rho, num_data, prior_precision=prior_precision, beta1=beta1, beta2=beta2,
-                      damping=damping, init_precision=init_precision, seed=seed),
+        scale_by_bsam(
+            rho,
+            num_data,
+            prior_precision=prior_precision,
+            beta1=beta1,
+            beta2=beta2,
+            damping=damping,
+            init_precision=init_precision,
+            seed=seed,
+        ),
         optax.scale_by_learning_rate(learning_rate),
     )

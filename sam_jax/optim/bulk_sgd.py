@@ -15,6 +15,7 @@ updates reach it, so it composes with any optax optimizer placed after it in a c
 steps on the current batch's Hessian, so it costs one linearisation of the gradient plus
 ``num_iters`` Hessian-vector products on top of the base optimizer.
 """
+
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -105,10 +106,10 @@ def project_out_top_hessian_directions(
         del extra_args
         if params is None or (grad_fn is None and hvp_fn is None):
             raise ValueError(
-                "project_out_top_hessian_directions.update needs params and a grad_fn or hvp_fn "
-                "keyword argument."
+                "project_out_top_hessian_directions.update needs params and a grad_fn or hvp_fn keyword argument."
             )
         if hvp_fn is not None:
+
             def matvec(v):
                 return hvp_fn(params, v)
         else:

@@ -15,6 +15,7 @@ to know about an optimizer, so that none of them ever tests an optimizer's name:
 Adding an optimizer is one module with its transformation plus one :func:`register` call here (or
 in the user's own code before the config is validated); nothing in ``sam_jax.training`` changes.
 """
+
 import dataclasses
 import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Optional
@@ -138,13 +139,15 @@ def validate_hparams(name: str, hparams: Hparams) -> None:
     spec = get_optimizer_spec(name)
     for field, value in hparams.items():
         if field not in spec.defaults:
-            raise ValueError(f"{name}.{field} is not a hyper-parameter of {name}; it has "
-                             f"{sorted(spec.defaults)}.")
+            raise ValueError(f"{name}.{field} is not a hyper-parameter of {name}; it has {sorted(spec.defaults)}.")
         default = spec.defaults[field]
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ValueError(f"{name}.{field}={value!r} must be True or False.")
-        if isinstance(default, numbers.Number) and not isinstance(default, bool) and (
-                not isinstance(value, numbers.Number) or isinstance(value, bool)):
+        if (
+            isinstance(default, numbers.Number)
+            and not isinstance(default, bool)
+            and (not isinstance(value, numbers.Number) or isinstance(value, bool))
+        ):
             raise ValueError(f"{name}.{field}={value!r} must be a number.")
     try:
         spec.validate(hparams)
@@ -163,6 +166,7 @@ def build_optimizer(name: str, context: BuildContext) -> optax.GradientTransform
 
 # --------------------------------------------------------------------------- rules
 
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -180,12 +184,13 @@ def _unit_interval(hparams: Hparams, *fields: str) -> None:
 
 # --------------------------------------------------------------------------- plain optimizers
 
+
 def _sgd(hparams: Hparams, context: BuildContext) -> optax.GradientTransformation:
     momentum = hparams["momentum"]
     return optax.chain(
         optax.add_decayed_weights(hparams["weight_decay"]),
-        optax.sgd(context.learning_rate, momentum=momentum or None,
-                  nesterov=hparams["nesterov"] and momentum > 0))
+        optax.sgd(context.learning_rate, momentum=momentum or None, nesterov=hparams["nesterov"] and momentum > 0),
+    )
 
 
 def _check_sgd(hparams: Hparams) -> None:
@@ -193,15 +198,26 @@ def _check_sgd(hparams: Hparams) -> None:
     _non_negative(hparams, "weight_decay")
 
 
-register(OptimizerSpec(
-    "sgd", {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}, _sgd, _check_sgd,
-    summary="SGD with (Nesterov) momentum; L2 weight decay added to the gradient."))
+register(
+    OptimizerSpec(
+        "sgd",
+        {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+        _sgd,
+        _check_sgd,
+        summary="SGD with (Nesterov) momentum; L2 weight decay added to the gradient.",
+    )
+)
 
-register(OptimizerSpec(
-    "gd", {"weight_decay": 0.0},
-    lambda hparams, context: _sgd({**hparams, "momentum": 0.0, "nesterov": False}, context),
-    lambda hparams: _non_negative(hparams, "weight_decay"), full_batch=True,
-    summary="Full-batch gradient descent (the whole training set every step)."))
+register(
+    OptimizerSpec(
+        "gd",
+        {"weight_decay": 0.0},
+        lambda hparams, context: _sgd({**hparams, "momentum": 0.0, "nesterov": False}, context),
+        lambda hparams: _non_negative(hparams, "weight_decay"),
+        full_batch=True,
+        summary="Full-batch gradient descent (the whole training set every step).",
+    )
+)
 
 
 def _check_adam(hparams: Hparams) -> None:
@@ -210,20 +226,34 @@ def _check_adam(hparams: Hparams) -> None:
     _non_negative(hparams, "weight_decay")
 
 
-register(OptimizerSpec(
-    "adam", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    lambda hparams, context: optax.chain(
-        optax.add_decayed_weights(hparams["weight_decay"]),
-        optax.adam(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"], eps=hparams["eps"])),
-    _check_adam,
-    summary="Adam (Kingma & Ba 2015, arXiv:1412.6980); L2 weight decay added to the gradient."))
+register(
+    OptimizerSpec(
+        "adam",
+        {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+        lambda hparams, context: optax.chain(
+            optax.add_decayed_weights(hparams["weight_decay"]),
+            optax.adam(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"], eps=hparams["eps"]),
+        ),
+        _check_adam,
+        summary="Adam (Kingma & Ba 2015, arXiv:1412.6980); L2 weight decay added to the gradient.",
+    )
+)
 
-register(OptimizerSpec(
-    "adamw", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
-    lambda hparams, context: optax.adamw(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"],
-                                         eps=hparams["eps"], weight_decay=hparams["weight_decay"]),
-    _check_adam,
-    summary="AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101): decoupled weight decay."))
+register(
+    OptimizerSpec(
+        "adamw",
+        {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+        lambda hparams, context: optax.adamw(
+            context.learning_rate,
+            b1=hparams["b1"],
+            b2=hparams["b2"],
+            eps=hparams["eps"],
+            weight_decay=hparams["weight_decay"],
+        ),
+        _check_adam,
+        summary="AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101): decoupled weight decay.",
+    )
+)
 
 
 def _check_muon(hparams: Hparams) -> None:
@@ -231,13 +261,21 @@ def _check_muon(hparams: Hparams) -> None:
     _non_negative(hparams, "weight_decay")
 
 
-register(OptimizerSpec(
-    "muon", {"beta": 0.95, "weight_decay": 0.0, "adam_b1": 0.9, "adam_b2": 0.999},
-    lambda hparams, context: optax.contrib.muon(
-        context.learning_rate, beta=hparams["beta"], weight_decay=hparams["weight_decay"],
-        adam_b1=hparams["adam_b1"], adam_b2=hparams["adam_b2"]),
-    _check_muon,
-    summary="Muon (Jordan et al. 2024) via optax.contrib.muon; Adam for non-matrix parameters."))
+register(
+    OptimizerSpec(
+        "muon",
+        {"beta": 0.95, "weight_decay": 0.0, "adam_b1": 0.9, "adam_b2": 0.999},
+        lambda hparams, context: optax.contrib.muon(
+            context.learning_rate,
+            beta=hparams["beta"],
+            weight_decay=hparams["weight_decay"],
+            adam_b1=hparams["adam_b1"],
+            adam_b2=hparams["adam_b2"],
+        ),
+        _check_muon,
+        summary="Muon (Jordan et al. 2024) via optax.contrib.muon; Adam for non-matrix parameters.",
+    )
+)
 
 
 # --------------------------------------------------------------------------- SAM family
@@ -249,15 +287,20 @@ def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
     def build(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
         base = build_optimizer(hparams["base"], context)
         factory = m_sharpness_sam if hparams["m"] else sam
-        return factory(base, hparams["rho"], adaptive=adaptive,
-                       eta=hparams.get("eta", 0.0) if adaptive else 0.0, renormalize=renormalize)
+        return factory(
+            base,
+            hparams["rho"],
+            adaptive=adaptive,
+            eta=hparams.get("eta", 0.0) if adaptive else 0.0,
+            renormalize=renormalize,
+        )
+
     return build
 
 
 def _check_sam(hparams: Hparams) -> None:
     _non_negative(hparams, "rho", "m")
-    _require(hparams["base"] in SAM_BASES,
-             f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
     _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
 
 
@@ -280,67 +323,115 @@ def _csam_descent_loss(hparams: Hparams) -> LossFn:
     return descent_loss
 
 
-_SAM_COMMON = dict(reads=lambda hparams: (hparams["base"],),
-                   sub_batch_size=lambda hparams: int(hparams["m"]),
-                   perturbation_radius=lambda hparams: hparams["rho"])
+_SAM_COMMON = dict(
+    reads=lambda hparams: (hparams["base"],),
+    sub_batch_size=lambda hparams: int(hparams["m"]),
+    perturbation_radius=lambda hparams: hparams["rho"],
+)
 
-register(OptimizerSpec(
-    "sam", {"rho": 0.05, "m": 0, "base": "sgd"}, _sharpness_aware(), _check_sam, **_SAM_COMMON,
-    summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0."))
+register(
+    OptimizerSpec(
+        "sam",
+        {"rho": 0.05, "m": 0, "base": "sgd"},
+        _sharpness_aware(),
+        _check_sam,
+        **_SAM_COMMON,
+        summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0.",
+    )
+)
 
-register(OptimizerSpec(
-    "asam", {"rho": 0.5, "eta": 0.01, "m": 0, "base": "sgd"}, _sharpness_aware(adaptive=True),
-    _check_asam, **_SAM_COMMON,
-    summary="Adaptive SAM (Kwon et al. 2021, arXiv:2102.11600): rho 0.5 and eta 0.01 as for CIFAR."))
+register(
+    OptimizerSpec(
+        "asam",
+        {"rho": 0.5, "eta": 0.01, "m": 0, "base": "sgd"},
+        _sharpness_aware(adaptive=True),
+        _check_asam,
+        **_SAM_COMMON,
+        summary="Adaptive SAM (Kwon et al. 2021, arXiv:2102.11600): rho 0.5 and eta 0.01 as for CIFAR.",
+    )
+)
 
-register(OptimizerSpec(
-    "ssam", {"rho": 0.05, "m": 0, "base": "sgd"}, _sharpness_aware(renormalize=True), _check_sam,
-    **_SAM_COMMON,
-    summary="Stable SAM (arXiv:2401.07250): descent gradient rescaled to the ascent gradient's norm."))
+register(
+    OptimizerSpec(
+        "ssam",
+        {"rho": 0.05, "m": 0, "base": "sgd"},
+        _sharpness_aware(renormalize=True),
+        _check_sam,
+        **_SAM_COMMON,
+        summary="Stable SAM (arXiv:2401.07250): descent gradient rescaled to the ascent gradient's norm.",
+    )
+)
 
-register(OptimizerSpec(
-    "csam", {"rho": 0.05, "gamma": 1.0, "m": 0, "base": "sgd"}, _sharpness_aware(), _check_csam,
-    descent_loss=_csam_descent_loss, **_SAM_COMMON,
-    summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
-            "descent step uses the CSAM loss; gamma 1 gave the lowest ECE in its Figure S6."))
+register(
+    OptimizerSpec(
+        "csam",
+        {"rho": 0.05, "gamma": 1.0, "m": 0, "base": "sgd"},
+        _sharpness_aware(),
+        _check_csam,
+        descent_loss=_csam_descent_loss,
+        **_SAM_COMMON,
+        summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
+        "descent step uses the CSAM loss; gamma 1 gave the lowest ECE in its Figure S6.",
+    )
+)
 
 
 # --------------------------------------------------------------------------- bSAM, BulkSGD
 
+
 def _check_bsam(hparams: Hparams) -> None:
     _non_negative(hparams, "rho", "prior_precision", "damping")
     _unit_interval(hparams, "beta1", "beta2")
-    _require(hparams["init_precision"] > 0,
-             f"init_precision={hparams['init_precision']} must be > 0.")
+    _require(hparams["init_precision"] > 0, f"init_precision={hparams['init_precision']} must be > 0.")
 
 
-register(OptimizerSpec(
-    "bsam",
-    {"rho": 0.01, "beta1": 0.9, "beta2": 0.999, "prior_precision": 25.0, "damping": 0.1,
-     "init_precision": 1.0},
-    lambda hparams, context: bsam(
-        context.learning_rate, hparams["rho"], context.num_train, beta1=hparams["beta1"],
-        beta2=hparams["beta2"], prior_precision=hparams["prior_precision"],
-        damping=hparams["damping"], init_precision=hparams["init_precision"], seed=context.seed),
-    _check_bsam, uses_clean_gradient=False, posterior_sample=bsam_sample,
-    summary="Bayesian SAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1); "
-            "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting)."))
+register(
+    OptimizerSpec(
+        "bsam",
+        {"rho": 0.01, "beta1": 0.9, "beta2": 0.999, "prior_precision": 25.0, "damping": 0.1, "init_precision": 1.0},
+        lambda hparams, context: bsam(
+            context.learning_rate,
+            hparams["rho"],
+            context.num_train,
+            beta1=hparams["beta1"],
+            beta2=hparams["beta2"],
+            prior_precision=hparams["prior_precision"],
+            damping=hparams["damping"],
+            init_precision=hparams["init_precision"],
+            seed=context.seed,
+        ),
+        _check_bsam,
+        uses_clean_gradient=False,
+        posterior_sample=bsam_sample,
+        summary="Bayesian SAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1); "
+        "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting).",
+    )
+)
 
 
 def _check_bulk(hparams: Hparams) -> None:
     for field in ("num_iters", "k"):
-        _require(hparams[field] >= 1 and int(hparams[field]) == hparams[field],
-                 f"{field}={hparams[field]} must be a positive integer.")
-    _require(hparams["k"] < hparams["num_iters"],
-             f"k={hparams['k']} must be < num_iters={hparams['num_iters']}.")
+        _require(
+            hparams[field] >= 1 and int(hparams[field]) == hparams[field],
+            f"{field}={hparams[field]} must be a positive integer.",
+        )
+    _require(hparams["k"] < hparams["num_iters"], f"k={hparams['k']} must be < num_iters={hparams['num_iters']}.")
     _unit_interval(hparams, "momentum")
 
 
-register(OptimizerSpec(
-    "bulk_sgd", {"k": 1, "num_iters": 20, "momentum": 0.0},
-    lambda hparams, context: bulk_sgd(context.learning_rate, int(hparams["k"]),
-                                      num_iters=int(hparams["num_iters"]),
-                                      momentum=hparams["momentum"], seed=context.seed),
-    _check_bulk,
-    summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
-            "eigendirections projected out of the gradient."))
+register(
+    OptimizerSpec(
+        "bulk_sgd",
+        {"k": 1, "num_iters": 20, "momentum": 0.0},
+        lambda hparams, context: bulk_sgd(
+            context.learning_rate,
+            int(hparams["k"]),
+            num_iters=int(hparams["num_iters"]),
+            momentum=hparams["momentum"],
+            seed=context.seed,
+        ),
+        _check_bulk,
+        summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
+        "eigendirections projected out of the gradient.",
+    )
+)

@@ -19,6 +19,7 @@ References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
+
 from typing import Callable, NamedTuple, Optional, Union
 
 import jax

@@ -1,10 +1,27 @@
 """Config, the one train loop, checkpoints and writers."""
+
 from sam_jax.training.checkpoint import CheckpointError, Checkpointer
-from sam_jax.training.config import (default_config, loss_config, mixing_config, optimizer_config, optimizer_hparams,
-                                     run_batch_size, validate_config)
+from sam_jax.training.config import (
+    default_config,
+    loss_config,
+    mixing_config,
+    optimizer_config,
+    optimizer_hparams,
+    run_batch_size,
+    validate_config,
+)
 from sam_jax.training.inputs import RunData, load_run_data
-from sam_jax.training.loop import (Hook, Run, TrainingDivergedError, build_run, check_run_data, evaluate,
-                                   load_trained, predict, train_and_evaluate)
+from sam_jax.training.loop import (
+    Hook,
+    Run,
+    TrainingDivergedError,
+    build_run,
+    check_run_data,
+    evaluate,
+    load_trained,
+    predict,
+    train_and_evaluate,
+)
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
 from sam_jax.training.state import TrainState
@@ -13,9 +30,35 @@ from sam_jax.training.workdir import WorkdirError
 from sam_jax.training.writers import MetricsWriter, read_metrics
 
 __all__ = [
-    "CheckpointError", "PREEMPTED_EXIT_CODE", "TrainingPreempted", "WorkdirError", "check_run_data",
-    "Checkpointer", "Hook", "MetricsWriter", "Run", "RunData", "TrainState",
-    "TrainingDivergedError", "build_run", "default_config", "loss_config", "mixing_config", "optimizer_config", "optimizer_hparams", "run_batch_size", "evaluate", "learning_rate_schedule",
-    "load_run_data", "load_trained", "make_eval_step", "make_optimizer", "make_train_step", "model_forward", "predict",
-    "read_metrics", "train_and_evaluate", "validate_config",
+    "CheckpointError",
+    "PREEMPTED_EXIT_CODE",
+    "TrainingPreempted",
+    "WorkdirError",
+    "check_run_data",
+    "Checkpointer",
+    "Hook",
+    "MetricsWriter",
+    "Run",
+    "RunData",
+    "TrainState",
+    "TrainingDivergedError",
+    "build_run",
+    "default_config",
+    "loss_config",
+    "mixing_config",
+    "optimizer_config",
+    "optimizer_hparams",
+    "run_batch_size",
+    "evaluate",
+    "learning_rate_schedule",
+    "load_run_data",
+    "load_trained",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "model_forward",
+    "predict",
+    "read_metrics",
+    "train_and_evaluate",
+    "validate_config",
 ]

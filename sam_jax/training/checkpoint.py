@@ -5,6 +5,7 @@ at any moment (even by SIGKILL) leaves only whole checkpoints behind. A checkpoi
 fact (a file cut in half by a full disk or a bad copy) is caught at restore: the newest one that
 reads back whole and finite is used, with a warning for each one skipped.
 """
+
 import logging
 import os
 from typing import Optional
@@ -24,8 +25,11 @@ class CheckpointError(RuntimeError):
 
 def all_finite(tree: object) -> jax.Array:
     """True when every floating-point leaf of ``tree`` is finite (a traced boolean scalar)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -47,8 +51,8 @@ class Checkpointer:
 
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
+        )
 
     def latest_step(self) -> Optional[int]:
         """Step of the newest complete checkpoint, or None."""
@@ -90,8 +94,7 @@ class Checkpointer:
         steps = self.all_steps()
         if step is not None:
             if step not in steps:
-                raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory} "
-                                        f"(it has {steps}).")
+                raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory} (it has {steps}).")
             return self._restore_step(target, step)
         if not steps:
             raise FileNotFoundError(f"No checkpoint in {self.directory} to resume from.")
@@ -101,12 +104,15 @@ class Checkpointer:
                 state = self._restore_step(target, candidate)
             except Exception as err:  # pylint: disable=broad-except  # any damage: try the previous
                 errors.append(f"step {candidate}: {type(err).__name__}: {str(err)[:300]}")
-                logger.warning("Checkpoint of step %d in %s cannot be restored (%s); falling back "
-                               "to the previous one.", candidate, self.directory, errors[-1])
+                logger.warning(
+                    "Checkpoint of step %d in %s cannot be restored (%s); falling back to the previous one.",
+                    candidate,
+                    self.directory,
+                    errors[-1],
+                )
                 continue
             return state
-        raise CheckpointError(f"No checkpoint in {self.directory} could be restored:\n  "
-                              + "\n  ".join(errors))
+        raise CheckpointError(f"No checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors))
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""

@@ -5,6 +5,7 @@ A run is described by one ``ml_collections.ConfigDict``; experiment configs
 line overrides any field with ``--config.<field>=<value>``. :func:`validate_config` rejects bad
 values at start, with one message that says which field is wrong and what is allowed.
 """
+
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import ml_collections
@@ -94,23 +95,30 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _unread_blocks_unchanged(where: str, config: ml_collections.ConfigDict, read: Iterable[str],
-                             defaults: Callable[[str], Mapping[str, Any]], names: Iterable[str]) -> None:
+def _unread_blocks_unchanged(
+    where: str,
+    config: ml_collections.ConfigDict,
+    read: Iterable[str],
+    defaults: Callable[[str], Mapping[str, Any]],
+    names: Iterable[str],
+) -> None:
     """A block the chosen method does not read must keep its defaults: a set field would be ignored."""
     for name in names:
         if name in read or name not in config:
             continue
         unknown = sorted(set(config[name].keys()) - set(defaults(name)))
         if unknown:
-            raise ValueError(f"{where}.{name}.{unknown[0]} is not a hyper-parameter of {name}; it has "
-                             f"{sorted(defaults(name))}.")
+            raise ValueError(
+                f"{where}.{name}.{unknown[0]} is not a hyper-parameter of {name}; it has {sorted(defaults(name))}."
+            )
         for field, default in defaults(name).items():
             value = config[name].get(field, default)
             if value != default:
                 raise ValueError(
                     f"{where}.{name}.{field}={value!r} is set, but {where}.name={config.name!r} does "
                     f"not read {where}.{name}; set {where}.{config.name}.* instead (or "
-                    f"{where}.name={name!r}).")
+                    f"{where}.name={name!r})."
+                )
 
 
 def optimizer_hparams(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -131,6 +139,7 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
       config: a run config (as from :func:`default_config`, after overrides).
       num_train: training examples, when known, to check the batch size against.
     """
+
     def fail(message: str) -> None:
         raise ValueError(f"Bad config: {message}")
 
@@ -162,10 +171,10 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
             fail(f"optimizer.{err}")
     try:
         _unread_blocks_unchanged("loss", config.loss, (config.loss.name,), loss_hparam_defaults, LOSSES)
-        _unread_blocks_unchanged("mixing", config.mixing, (config.mixing.name,), lambda n: MIXINGS[n][0],
-                                 MIXINGS)
-        _unread_blocks_unchanged("optimizer", opt, read, lambda n: optim.get_optimizer_spec(n).defaults,
-                                 optim.OPTIMIZERS)
+        _unread_blocks_unchanged("mixing", config.mixing, (config.mixing.name,), lambda n: MIXINGS[n][0], MIXINGS)
+        _unread_blocks_unchanged(
+            "optimizer", opt, read, lambda n: optim.get_optimizer_spec(n).defaults, optim.OPTIMIZERS
+        )
     except ValueError as err:
         fail(str(err))
     spec = optim.get_optimizer_spec(opt.name)

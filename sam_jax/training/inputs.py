@@ -1,4 +1,5 @@
 """The train / validation / test arrays a run config describes."""
+
 from typing import NamedTuple, Optional
 
 import ml_collections
@@ -35,9 +36,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
     data_dir = cfg.data_dir or None
     full_train = data.load_dataset(cfg.name, "train", data_dir=data_dir)
     test = data.load_dataset(cfg.name, "test", data_dir=data_dir)
-    train, val = data.train_val_split(full_train, train_size=cfg.train_size or None,
-                                      val_size=cfg.val_size, seed=cfg.split_seed)
+    train, val = data.train_val_split(
+        full_train, train_size=cfg.train_size or None, val_size=cfg.val_size, seed=cfg.split_seed
+    )
     normalizer = data.fit_normalizer(train) if cfg.normalize else None
     run_data = RunData(train, val, test, full_train.num_classes, normalizer)
-    return run_data._replace(train=run_data.prepare(train), val=run_data.prepare(val),
-                             test=run_data.prepare(test))
+    return run_data._replace(train=run_data.prepare(train), val=run_data.prepare(val), test=run_data.prepare(test))

@@ -5,6 +5,7 @@ and the batch index; ``fold_in(rng, step)``), so a run resumed from a checkpoint
 an uninterrupted one. Evaluation, curvature tracking and user hooks run every few steps and write to
 the same ``metrics.jsonl``.
 """
+
 import dataclasses
 import json
 import logging
@@ -104,8 +105,10 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     num_train = len(run_data.train.labels)
     loss = get_stateful_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
     if loss.epoch_split == "validation" and not len(run_data.val.labels):
-        raise ValueError(f"Bad config: loss.name={config.loss.name!r} updates its state from the "
-                         "validation split; set data.val_size > 0.")
+        raise ValueError(
+            f"Bad config: loss.name={config.loss.name!r} updates its state from the "
+            "validation split; set data.val_size > 0."
+        )
     validate_config(config, num_train)
     spec = optim.get_optimizer_spec(config.optimizer.name)
     hparams = optimizer_hparams(config)[config.optimizer.name]
@@ -121,21 +124,31 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         init_key, dropout_key, step_key = jax.random.split(key, 3)
         variables = model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)
         params = variables.pop("params")
-        return TrainState(jnp.zeros((), jnp.int32), params, dict(variables), tx.init(params), step_key,
-                          loss.init(num_train, run_data.num_classes))
+        return TrainState(
+            jnp.zeros((), jnp.int32),
+            params,
+            dict(variables),
+            tx.init(params),
+            step_key,
+            loss.init(num_train, run_data.num_classes),
+        )
 
     mesh = _mesh()
-    state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(
-        jax.random.PRNGKey(config.seed))
+    state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(jax.random.PRNGKey(config.seed))
 
     m = spec.sub_batch_size(hparams)
-    train_step = make_train_step(model, tx, loss, spec.descent_loss(hparams), m=m if m < batch_size else 0,
-                                 uses_clean_gradient=spec.uses_clean_gradient,
-                                 mixing=get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {})))
+    train_step = make_train_step(
+        model,
+        tx,
+        loss,
+        spec.descent_loss(hparams),
+        m=m if m < batch_size else 0,
+        uses_clean_gradient=spec.uses_clean_gradient,
+        mixing=get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {})),
+    )
     eval_step = make_eval_step(model)
 
-    def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any,
-                mask: Optional[jax.Array] = None) -> jax.Array:
+    def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any, mask: Optional[jax.Array] = None) -> jax.Array:
         return loss.loss(logits, labels, loss_state, mask=mask, indices=jnp.zeros_like(labels))
 
     def state_is_good(state: TrainState, batch: dict) -> jax.Array:
@@ -143,9 +156,23 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         logits = eval_step(state.params, state.model_state, batch["image"])
         return all_finite(state) & jnp.isfinite(loss_at(logits, batch["label"], state.loss_state))
 
-    return Run(config, run_data, model, batch_size, steps_per_epoch, total_steps, state,
-               jax.jit(train_step), jax.jit(eval_step), mesh, jax.jit(state_is_good), spec, loss,
-               jax.jit(loss_at), jax.jit(loss.epoch_update))
+    return Run(
+        config,
+        run_data,
+        model,
+        batch_size,
+        steps_per_epoch,
+        total_steps,
+        state,
+        jax.jit(train_step),
+        jax.jit(eval_step),
+        mesh,
+        jax.jit(state_is_good),
+        spec,
+        loss,
+        jax.jit(loss_at),
+        jax.jit(loss.epoch_update),
+    )
 
 
 def check_run_data(run_data: RunData) -> None:
@@ -162,12 +189,15 @@ def check_run_data(run_data: RunData) -> None:
         finite = np.isfinite(dataset.images).reshape(len(dataset.labels), -1).all(axis=1)
         if not finite.all():
             index = int(np.argmin(finite))
-            raise ValueError(f"the {split} split: image {index} contains NaN or inf "
-                             f"({int((~finite).sum())} such images); fix the data or its normalisation.")
+            raise ValueError(
+                f"the {split} split: image {index} contains NaN or inf "
+                f"({int((~finite).sum())} such images); fix the data or its normalisation."
+            )
 
 
-def load_trained(workdir: str, step: Optional[int] = None,
-                 run_data: Optional[RunData] = None) -> tuple[Run, TrainState]:
+def load_trained(
+    workdir: str, step: Optional[int] = None, run_data: Optional[RunData] = None
+) -> tuple[Run, TrainState]:
     """Rebuilds a saved run from ``<workdir>/config.json`` and restores its checkpoint.
 
     Args:
@@ -203,8 +233,11 @@ def predict(run: Run, params: Any, model_state: Any, dataset: data.ArrayDataset)
 def _pad(logits: np.ndarray, labels: np.ndarray, length: int) -> dict[str, np.ndarray]:
     """Zero-pads to ``length`` examples with a mask, so every evaluation set shares one compiled shape."""
     extra = length - len(labels)
-    return {"logits": np.pad(logits, ((0, extra), (0, 0))), "labels": np.pad(labels, (0, extra)),
-            "mask": np.pad(np.ones(len(labels), np.float32), (0, extra))}
+    return {
+        "logits": np.pad(logits, ((0, extra), (0, 0))),
+        "labels": np.pad(labels, (0, extra)),
+        "mask": np.pad(np.ones(len(labels), np.float32), (0, extra)),
+    }
 
 
 def evaluate(run: Run, state: TrainState) -> dict[str, float]:
@@ -216,22 +249,29 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
     """
     train = run.data.train
     if run.config.eval_train_size:
-        train = data.ArrayDataset(train.images[:run.config.eval_train_size],
-                                  train.labels[:run.config.eval_train_size], train.num_classes)
-    sets = {name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test))
-            if len(ds.labels)}
+        train = data.ArrayDataset(
+            train.images[: run.config.eval_train_size], train.labels[: run.config.eval_train_size], train.num_classes
+        )
+    sets = {
+        name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test)) if len(ds.labels)
+    }
     length = max(len(ds.labels) for ds in sets.values())
-    padded = {name: _pad(np.asarray(run.loss.predict(predict(run, state.params, state.model_state, ds),
-                                                       state.loss_state)), ds.labels, length)
-              for name, ds in sets.items()}
+    padded = {
+        name: _pad(
+            np.asarray(run.loss.predict(predict(run, state.params, state.model_state, ds), state.loss_state)),
+            ds.labels,
+            length,
+        )
+        for name, ds in sets.items()
+    }
     val = padded.get("val")
     val_kwargs = {"val_logits": val["logits"], "val_labels": val["labels"], "val_mask": val["mask"]} if val else {}
     results = {}
     for name, arrays in padded.items():
-        metrics = calibration_metrics(arrays["logits"], arrays["labels"], mask=arrays["mask"],
-                                      num_bins=run.config.num_bins, **val_kwargs)
-        metrics["loss"] = float(run.loss_at(arrays["logits"], arrays["labels"], state.loss_state,
-                                            arrays["mask"]))
+        metrics = calibration_metrics(
+            arrays["logits"], arrays["labels"], mask=arrays["mask"], num_bins=run.config.num_bins, **val_kwargs
+        )
+        metrics["loss"] = float(run.loss_at(arrays["logits"], arrays["labels"], state.loss_state, arrays["mask"]))
         results.update({f"{name}/{k}": v for k, v in metrics.items()})
     return results
 
@@ -247,13 +287,13 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     rho = run.optimizer.perturbation_radius(optimizer_hparams(config)[config.optimizer.name])
     # The training loss at its initial state (for a loss with state, e.g. AdaFocal's initial gamma).
     loss_fn = get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
-    tracker = make_curvature_tracker(config.curvature, run.eval_step, loss_fn,
-                                     batch_size=run.batch_size, perturbation_rho=rho)
+    tracker = make_curvature_tracker(
+        config.curvature, run.eval_step, loss_fn, batch_size=run.batch_size, perturbation_rho=rho
+    )
     key = jax.random.PRNGKey(config.curvature.seed)
 
     def track(state: TrainState) -> Mapping[str, Any]:
-        return tracker(state.params, state.model_state, images, labels,
-                       jax.random.fold_in(key, state.step))
+        return tracker(state.params, state.model_state, images, labels, jax.random.fold_in(key, state.step))
 
     return Hook(config.curvature.every, track)
 
@@ -273,12 +313,17 @@ def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _diverged(step: int, what: str, checkpointer: Checkpointer) -> TrainingDivergedError:
     checkpointer.wait()
     last = checkpointer.latest_step()
-    kept = (f"The last good checkpoint (step {last}) is kept in {checkpointer.directory}"
-            if last is not None else "No checkpoint was saved before it")
+    kept = (
+        f"The last good checkpoint (step {last}) is kept in {checkpointer.directory}"
+        if last is not None
+        else "No checkpoint was saved before it"
+    )
     return TrainingDivergedError(
         f"{what} at step {step}: the run diverged (the inputs were checked at start: finite images, "
         f"labels in range, so they are not the cause). {kept}; lower optimizer.learning_rate "
-        f"(or rho) and start again.", kept_step=last)
+        f"(or rho) and start again.",
+        kept_step=last,
+    )
 
 
 def _check_loss(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointer) -> dict[str, Any]:
@@ -286,13 +331,16 @@ def _check_loss(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointe
     values = jax.device_get(metrics)
     loss = float(values["loss"])
     if not math.isfinite(loss):
-        raise _diverged(step, f"Training loss is {loss} (at the parameters of step {step - 1})",
-                        checkpointer)
+        raise _diverged(step, f"Training loss is {loss} (at the parameters of step {step - 1})", checkpointer)
     return values
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
-                       hooks: Sequence[Hook] = (), run: Optional[Run] = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: Optional[str] = None,
+    hooks: Sequence[Hook] = (),
+    run: Optional[Run] = None,
+) -> dict[str, Any]:
     """Trains and evaluates one run; writes config, metrics, checkpoints and a summary to ``workdir``.
 
     A ``workdir`` that already holds a run with the same config (up to the length of training) is
@@ -330,18 +378,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
 
     records = read_metrics(workdir)
     if config.curvature.every > 0:
-        plot_sharpness(records, os.path.join(workdir, "sharpness.png"),
-                       learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)))
+        plot_sharpness(
+            records,
+            os.path.join(workdir, "sharpness.png"),
+            learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)),
+        )
     final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
-    summary = {**final, "total_steps": run.total_steps, "wall_time_s": time.time() - started,
-               "resumed_from_step": start_step, "num_train": len(run.data.train.labels),
-               "num_val": len(run.data.val.labels), "num_test": len(run.data.test.labels)}
+    summary = {
+        **final,
+        "total_steps": run.total_steps,
+        "wall_time_s": time.time() - started,
+        "resumed_from_step": start_step,
+        "num_train": len(run.data.train.labels),
+        "num_val": len(run.data.val.labels),
+        "num_test": len(run.data.test.labels),
+    }
     writer.write_summary(summary)
     return summary
 
 
-def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
-           checkpointer: Checkpointer, watcher: PreemptionWatcher, resuming: bool) -> int:
+def _train(
+    run: Run,
+    workdir: str,
+    hooks: Sequence[Hook],
+    writer: MetricsWriter,
+    checkpointer: Checkpointer,
+    watcher: PreemptionWatcher,
+    resuming: bool,
+) -> int:
     """The step loop of :func:`train_and_evaluate`; returns the step it started from."""
     config = run.config
     state = run.init_state
@@ -367,13 +431,20 @@ def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
     batch_sharding = _batch_sharding(run.mesh, run.batch_size)
     shuffle = not run.optimizer.full_batch
     step, pending, window = start_step, None, []
-    progress = tqdm(total=run.total_steps, initial=start_step, disable=not config.progress_bar,
-                    desc=os.path.basename(os.path.normpath(workdir)), unit="step", dynamic_ncols=True)
+    progress = tqdm(
+        total=run.total_steps,
+        initial=start_step,
+        disable=not config.progress_bar,
+        desc=os.path.basename(os.path.normpath(workdir)),
+        unit="step",
+        dynamic_ncols=True,
+    )
     try:
         while step < run.total_steps:
             epoch, start_batch = divmod(step, run.steps_per_epoch)
-            batches = data.train_batches(run.data.train, run.batch_size, seed=config.seed, epoch=epoch,
-                                         start_batch=start_batch, shuffle=shuffle)
+            batches = data.train_batches(
+                run.data.train, run.batch_size, seed=config.seed, epoch=epoch, start_batch=start_batch, shuffle=shuffle
+            )
             with data.prefetch_to_device(batches, sharding=batch_sharding) as device_batches:
                 for batch in device_batches:
                     state, metrics = run.train_step(state, batch)
@@ -402,8 +473,9 @@ def _train(run: Run, workdir: str, hooks: Sequence[Hook], writer: MetricsWriter,
                         writer.write(step, record)
                     if save:
                         if not bool(run.state_is_good(state, batch)):
-                            raise _diverged(step, "Parameters, optimizer state or the loss at them "
-                                            "are not finite", checkpointer)
+                            raise _diverged(
+                                step, "Parameters, optimizer state or the loss at them are not finite", checkpointer
+                            )
                         checkpointer.save(state)
                     if preempted:
                         checkpointer.wait()

@@ -4,6 +4,7 @@ Weight decay belongs to each optimizer's block (``optax.add_decayed_weights`` be
 decoupled ``optax.adamw`` for AdamW), never to the loss: SAM-family ascent steps therefore see the
 loss gradient only (see ``docs/optimizers.md``).
 """
+
 import ml_collections
 import optax
 
@@ -28,8 +29,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
     return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), main], [warmup])
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                   num_train: int) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int, num_train: int
+) -> optax.GradientTransformationExtraArgs:
     """The transformation ``sam_jax.optim.OPTIMIZERS`` builds for ``config.optimizer``.
 
     Every one accepts the ``grad_fn`` extra argument of the train step.

@@ -8,6 +8,7 @@ back after the first). Several processes (``jax.distributed``): JAX's coordinati
 receives the notice and :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
 makes every host stop at the same step, so that all of them save that step.
 """
+
 import logging
 import signal
 import threading
@@ -33,7 +34,8 @@ class TrainingPreempted(Exception):
         self.signal_name = signal_name
         super().__init__(
             f"{signal_name} received: stopped after step {step} with a checkpoint in {workdir}; "
-            f"run the same command again to resume (exit code {PREEMPTED_EXIT_CODE}).")
+            f"run the same command again to resume (exit code {PREEMPTED_EXIT_CODE})."
+        )
 
 
 def _multi_process() -> bool:

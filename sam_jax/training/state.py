@@ -1,4 +1,5 @@
 """The train state: everything a run needs to continue bit-identically after a restart."""
+
 from typing import Any, NamedTuple
 
 import jax

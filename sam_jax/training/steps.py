@@ -5,6 +5,7 @@ over the batch for optimizers that need more gradients (the SAM family, bSAM, Bu
 transformation do the rest. BatchNorm running statistics come from the clean pass; those of the
 extra passes through ``grad_fn`` are dropped.
 """
+
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -17,13 +18,15 @@ from sam_jax.optim import split_into_sub_batches
 from sam_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
+NO_MIXING = get_mixing("none")
 # fold_in constant that separates the mixing key from the dropout key of the same step.
 _MIXING_STREAM = 0x6D6978
 LossFn = Callable[..., jax.Array]
 
 
-def model_forward(model: nn.Module, params: Any, model_state: Any, images: jax.Array, *, train: bool,
-                  rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+def model_forward(
+    model: nn.Module, params: Any, model_state: Any, images: jax.Array, *, train: bool, rng: jax.Array | None = None
+) -> tuple[jax.Array, Any]:
     """Logits and the updated model state (running statistics change only when ``train``)."""
     variables = {"params": params, **model_state}
     rngs = {"dropout": rng} if rng is not None else {}
@@ -32,9 +35,16 @@ def model_forward(model: nn.Module, params: Any, model_state: Any, images: jax.A
     return model.apply(variables, images, train=train, rngs=rngs), model_state
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, loss: StatefulLoss,
-                    descent_loss_fn: Optional[LossFn] = None, *, m: int = 0,
-                    uses_clean_gradient: bool = True, mixing: MixedObjective = get_mixing("none")) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformationExtraArgs,
+    loss: StatefulLoss,
+    descent_loss_fn: Optional[LossFn] = None,
+    *,
+    m: int = 0,
+    uses_clean_gradient: bool = True,
+    mixing: MixedObjective = NO_MIXING,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
     Args:
@@ -62,21 +72,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
         def training_loss(data: Batch) -> Callable[..., jax.Array]:
             def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
                 return loss.loss(logits, labels, state.loss_state, mask=mask, indices=data["index"])
+
             return loss_fn
 
         def descent_loss(data: Batch) -> Callable[..., jax.Array]:
             del data
             return descent_loss_fn
 
-        def objective(loss_of: Callable[[Batch], Callable[..., jax.Array]]
-                      ) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
+        def objective(
+            loss_of: Callable[[Batch], Callable[..., jax.Array]],
+        ) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
             def value(params: Any, data: Batch) -> tuple[jax.Array, tuple[jax.Array, Any]]:
                 def forward(images: jax.Array) -> tuple[jax.Array, Any]:
                     return model_forward(model, params, state.model_state, images, train=True, rng=rng)
 
-                loss_value, logits, new_state = mixing.objective(mix_key, forward, loss_of(data),
-                                                                 data["image"], data["label"])
+                loss_value, logits, new_state = mixing.objective(
+                    mix_key, forward, loss_of(data), data["image"], data["label"]
+                )
                 return loss_value, (logits, new_state)
+
             return value
 
         clean = objective(training_loss)
@@ -85,7 +99,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
         if m:
             sub_batches = split_into_sub_batches(batch, m)
             (losses, (logits, sub_states)), grads = jax.vmap(
-                jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0))(state.params, sub_batches)
+                jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0)
+            )(state.params, sub_batches)
             loss_value = jnp.mean(losses)
             logits = logits.reshape((-1, logits.shape[-1]))
             model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
@@ -93,20 +108,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
             def grad_fn(stacked_params: Any) -> Any:
                 return jax.vmap(descent_grad)(stacked_params, sub_batches)[0]
         else:
+
             def grad_fn(params: Any) -> Any:
                 return descent_grad(params, batch)[0]
 
             if uses_clean_gradient:
                 (loss_value, (logits, model_state)), grads = jax.value_and_grad(clean, has_aux=True)(
-                    state.params, batch)
+                    state.params, batch
+                )
             else:
                 loss_value, (logits, model_state) = clean(state.params, batch)
                 grads = None
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
         params = optax.apply_updates(state.params, updates)
-        loss_state = loss.step_update(state.loss_state, jax.lax.stop_gradient(logits), batch["label"],
-                                      indices=batch["index"])
+        loss_state = loss.step_update(
+            state.loss_state, jax.lax.stop_gradient(logits), batch["label"], indices=batch["index"]
+        )
         metrics = {
             "loss": loss_value,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),

@@ -5,6 +5,7 @@ resumes it if the saved config equals the new one up to the fields that may chan
 two halves of a run (:data:`RESUMABLE_FIELDS`); otherwise it stops with one error that lists the
 differing fields and says how to go on. ``overwrite=True`` is the only way to delete a run.
 """
+
 import json
 import os
 import shutil
@@ -42,7 +43,8 @@ def check_writable(workdir: str) -> None:
     except OSError as err:
         raise WorkdirError(
             f"Cannot write to workdir {workdir!r}: {err.strerror or err}. Pick a directory you can "
-            "write (--config.workdir=...); nothing was trained.") from err
+            "write (--config.workdir=...); nothing was trained."
+        ) from err
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,9 +60,11 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
     """Fields (dotted names) whose values differ, ignoring :data:`RESUMABLE_FIELDS`."""
     old = _flatten(saved)
     new = _flatten(json.loads(config.to_json_best_effort()))
-    return sorted(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
-                  for key in set(old) | set(new)
-                  if key not in RESUMABLE_FIELDS and old.get(key) != new.get(key))
+    return sorted(
+        f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+        for key in set(old) | set(new)
+        if key not in RESUMABLE_FIELDS and old.get(key) != new.get(key)
+    )
 
 
 def saved_config(workdir: str) -> Optional[dict[str, Any]]:
@@ -100,8 +104,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
     if config.overwrite:
         remove_run(workdir)
         return False
-    how = ("To keep it, pick another --config.workdir; to delete it and start afresh, add "
-           "--config.overwrite=True.")
+    how = "To keep it, pick another --config.workdir; to delete it and start afresh, add --config.overwrite=True."
     if not config.resume:
         raise WorkdirError(f"workdir {workdir!r} already holds a run and resume=False. {how}")
     differences = config_differences(saved, config)
@@ -110,5 +113,6 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
             f"workdir {workdir!r} holds a run with a different config, so it cannot be resumed:\n  "
             + "\n  ".join(differences)
             + f"\nTo resume it, run with its saved config ({os.path.join(workdir, CONFIG_FILE)}). "
-            + how)
+            + how
+        )
     return True

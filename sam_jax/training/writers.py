@@ -1,4 +1,5 @@
 """Run outputs: the resolved config, JSON-lines metrics and a final JSON summary."""
+
 import json
 import math
 import os
@@ -41,8 +42,11 @@ class MetricsWriter:
 
     def reset(self, keep_up_to_step: int) -> None:
         """Drops records after ``keep_up_to_step`` (a resumed run rewrites them); 0 starts afresh."""
-        kept = [r for r in read_metrics(self.workdir) if r.get("step", 0) <= keep_up_to_step] \
-            if keep_up_to_step > 0 and os.path.exists(self.path) else []
+        kept = (
+            [r for r in read_metrics(self.workdir) if r.get("step", 0) <= keep_up_to_step]
+            if keep_up_to_step > 0 and os.path.exists(self.path)
+            else []
+        )
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 

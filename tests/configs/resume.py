@@ -1,4 +1,5 @@
 """A run long enough to be killed mid-way (tests/test_training.py: SIGKILL + resume)."""
+
 import ml_collections
 
 from sam_jax.training import default_config

@@ -1,4 +1,5 @@
 """A short CLI run for the exit-code stress test (benchmarks/stress_exit.py, tests/test_reliability.py)."""
+
 import ml_collections
 
 from sam_jax.training import default_config

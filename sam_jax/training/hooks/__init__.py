@@ -9,8 +9,13 @@
 This package sits above ``sam_jax.optim``, ``sam_jax.curvature`` and ``sam_jax.calibration``, so
 that those stay pure numerics (see docs/architecture.md).
 """
-from sam_jax.training.hooks.curvature import (QUANTITIES, default_curvature_config, make_curvature_tracker,
-                                              validate_curvature_config)
+
+from sam_jax.training.hooks.curvature import (
+    QUANTITIES,
+    default_curvature_config,
+    make_curvature_tracker,
+    validate_curvature_config,
+)
 from sam_jax.training.hooks.plots import plot_sharpness, reliability_diagram
 
 __all__ = [

@@ -12,14 +12,21 @@ References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
+
 from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
 import optax
 
-from sam_jax.curvature import (batch_sharpness, eigenvalues, gauss_newton_operator, hessian_operator,
-                               hutchinson_trace, stochastic_lanczos_quadrature)
+from sam_jax.curvature import (
+    batch_sharpness,
+    eigenvalues,
+    gauss_newton_operator,
+    hessian_operator,
+    hutchinson_trace,
+    stochastic_lanczos_quadrature,
+)
 from sam_jax.optim import ascent_perturbation
 
 QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")
@@ -77,11 +84,17 @@ def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, .
     bad = [q for q in quantities if q not in QUANTITIES]
     if bad or not quantities:
         raise ValueError(
-            f"curvature.quantities={config.quantities!r} must be a comma-separated, nonempty "
-            f"subset of {QUANTITIES}."
+            f"curvature.quantities={config.quantities!r} must be a comma-separated, nonempty subset of {QUANTITIES}."
         )
-    minimums = {"every": 0, "top_k": 1, "num_iters": 1, "subset_size": 0, "trace_probes": 2,
-                "density_probes": 1, "density_iters": 1}
+    minimums = {
+        "every": 0,
+        "top_k": 1,
+        "num_iters": 1,
+        "subset_size": 0,
+        "trace_probes": 2,
+        "density_probes": 1,
+        "density_iters": 1,
+    }
     for field, minimum in minimums.items():
         if config[field] < minimum:
             raise ValueError(f"curvature.{field}={config[field]} must be >= {minimum}.")
@@ -103,8 +116,7 @@ def _minibatches(images: jax.Array, labels: jax.Array, batch_size: int, key: jax
         )
     order = jax.random.permutation(key, images.shape[0])[: num_batches * batch_size]
     shape = (num_batches, batch_size)
-    return {"image": images[order].reshape(shape + images.shape[1:]),
-            "label": labels[order].reshape(shape)}
+    return {"image": images[order].reshape(shape + images.shape[1:]), "label": labels[order].reshape(shape)}
 
 
 def make_curvature_tracker(
@@ -175,8 +187,7 @@ def make_curvature_tracker(
             metrics.update({f"curvature/hessian_top{i + 1}": values[i] for i in range(top_k)})
         if "gauss_newton" in quantities:
             matvec = gauss_newton_operator(apply_fn, loss_fn, params, subset)
-            values = eigenvalues(matvec, params, k=top_k, num_iters=num_iters,
-                                 key=keys["gauss_newton"])[0]
+            values = eigenvalues(matvec, params, k=top_k, num_iters=num_iters, key=keys["gauss_newton"])[0]
             metrics.update({f"curvature/gauss_newton_top{i + 1}": values[i] for i in range(top_k)})
         if "hessian_min" in quantities or perturbation_rho is not None:
             kappa_min = smallest_eigenvalue(hessian, params, keys["hessian_min"])
@@ -184,24 +195,23 @@ def make_curvature_tracker(
                 metrics["curvature/hessian_min"] = kappa_min
         if perturbation_rho is not None:
             grad = jax.grad(subset_loss)(params)
-            perturbed = optax.apply_updates(
-                params, ascent_perturbation(grad, params, perturbation_rho))
+            perturbed = optax.apply_updates(params, ascent_perturbation(grad, params, perturbation_rho))
             metrics["curvature/kappa_min_theta"] = kappa_min
             metrics["curvature/kappa_min_perturbed"] = smallest_eigenvalue(
-                hessian_operator(subset_loss, perturbed), perturbed, keys["kappa"])
+                hessian_operator(subset_loss, perturbed), perturbed, keys["kappa"]
+            )
             metrics["curvature/kappa_min_bound"] = -optax.tree.norm(grad) / perturbation_rho
         if "batch_sharpness" in quantities:
             batches = _minibatches(images, labels, batch_size, keys["batch_sharpness"])
             metrics["curvature/batch_sharpness"] = batch_sharpness(batch_loss, params, batches)
         if "trace" in quantities:
-            estimate, stderr = hutchinson_trace(hessian, params, num_probes=config.trace_probes,
-                                                key=keys["trace"])
+            estimate, stderr = hutchinson_trace(hessian, params, num_probes=config.trace_probes, key=keys["trace"])
             metrics["curvature/hessian_trace"] = estimate
             metrics["curvature/hessian_trace_stderr"] = stderr
         if "density" in quantities:
             nodes, weights = stochastic_lanczos_quadrature(
-                hessian, params, num_probes=config.density_probes,
-                num_iters=config.density_iters, key=keys["density"])
+                hessian, params, num_probes=config.density_probes, num_iters=config.density_iters, key=keys["density"]
+            )
             metrics["curvature/density_nodes"] = nodes.ravel()
             metrics["curvature/density_weights"] = weights.ravel() / config.density_probes
         return metrics
@@ -210,7 +220,6 @@ def make_curvature_tracker(
 
     def tracker(params, model_state, images, labels, key) -> dict[str, float | list[float]]:
         metrics = jax.device_get(compiled(params, model_state, images, labels, key))
-        return {name: value.tolist() if value.ndim else float(value)
-                for name, value in metrics.items()}
+        return {name: value.tolist() if value.ndim else float(value) for name, value in metrics.items()}
 
     return tracker

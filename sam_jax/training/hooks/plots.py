@@ -9,6 +9,7 @@ References:
   Guo, Pleiss, Sun & Weinberger, 2017. On Calibration of Modern Neural Networks. ICML 2017,
   arXiv:1706.04599.
 """
+
 import os
 from typing import Any, Optional, Sequence
 
@@ -21,16 +22,13 @@ from sam_jax.calibration import bin_statistics, ece
 
 # Panels by scale: eigenvalues comparable with 2/lr, signed bottom-of-spectrum values, the trace.
 _PANELS = (
-    ("top eigenvalues", ("curvature/hessian_top", "curvature/gauss_newton_top",
-                         "curvature/batch_sharpness")),
+    ("top eigenvalues", ("curvature/hessian_top", "curvature/gauss_newton_top", "curvature/batch_sharpness")),
     ("smallest eigenvalue", ("curvature/hessian_min", "curvature/kappa_min")),
     ("trace", ("curvature/hessian_trace",)),
 )
 
 
-def plot_sharpness(
-    records: Sequence[dict[str, Any]], path: str, *, learning_rate: Optional[float] = None
-) -> None:
+def plot_sharpness(records: Sequence[dict[str, Any]], path: str, *, learning_rate: Optional[float] = None) -> None:
     """Plots every scalar ``curvature/`` series against ``step`` and saves a PNG.
 
     Series are grouped in panels by scale; the top-eigenvalue panel carries the edge-of-stability
@@ -70,8 +68,9 @@ def plot_sharpness(
         if "curvature/hessian_trace_stderr" in series and "curvature/hessian_trace" in names:
             steps, values = series["curvature/hessian_trace"]
             _, errors = series["curvature/hessian_trace_stderr"]
-            ax.fill_between(steps, [v - e for v, e in zip(values, errors)],
-                            [v + e for v, e in zip(values, errors)], alpha=0.3)
+            ax.fill_between(
+                steps, [v - e for v, e in zip(values, errors)], [v + e for v, e in zip(values, errors)], alpha=0.3
+            )
         if title == "top eigenvalues" and learning_rate:
             ax.axhline(2 / learning_rate, color="k", linestyle="--", label="2 / lr")
         ax.set_title(title)
@@ -80,8 +79,15 @@ def plot_sharpness(
     figure.savefig(path, dpi=120)
 
 
-def reliability_diagram(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, path: str,
-                        mask: Optional[jax.Array] = None, title: Optional[str] = None) -> str:
+def reliability_diagram(
+    probs: jax.Array,
+    labels: jax.Array,
+    num_bins: int = 15,
+    *,
+    path: str,
+    mask: Optional[jax.Array] = None,
+    title: Optional[str] = None,
+) -> str:
     """Writes a reliability diagram (Guo et al. 2017, Fig. 1) as a PNG.
 
     Top panel: accuracy of each equal-width bin (bars), the gap to the bin's mean confidence
@@ -115,31 +121,53 @@ def reliability_diagram(probs: jax.Array, labels: jax.Array, num_bins: int = 15,
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
 
-    top.bar(left[nonempty], stats.accuracy[nonempty], width=width[nonempty], align="edge",
-            color="#4C72B0", edgecolor="white", linewidth=0.8, label="accuracy")
+    top.bar(
+        left[nonempty],
+        stats.accuracy[nonempty],
+        width=width[nonempty],
+        align="edge",
+        color="#4C72B0",
+        edgecolor="white",
+        linewidth=0.8,
+        label="accuracy",
+    )
     gap_bottom = np.minimum(stats.accuracy, stats.confidence)[nonempty]
     gap_height = np.abs(stats.confidence - stats.accuracy)[nonempty]
-    top.bar(left[nonempty], gap_height, bottom=gap_bottom, width=width[nonempty], align="edge",
-            color="#DD8452", alpha=0.35, edgecolor="#C44E52", hatch="//", linewidth=0.8,
-            label="gap to confidence")
-    top.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0,
-             label="perfect calibration")
+    top.bar(
+        left[nonempty],
+        gap_height,
+        bottom=gap_bottom,
+        width=width[nonempty],
+        align="edge",
+        color="#DD8452",
+        alpha=0.35,
+        edgecolor="#C44E52",
+        hatch="//",
+        linewidth=0.8,
+        label="gap to confidence",
+    )
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.legend(loc="upper left", fontsize=8, frameon=False)
-    top.text(0.97, 0.04, f"ECE = {100 * error:.2f}%\naccuracy = {100 * overall_accuracy:.2f}%\n"
-             f"mean confidence = {100 * overall_confidence:.2f}%\nN = {total:,.0f}",
-             transform=top.transAxes, ha="right", va="bottom", fontsize=8,
-             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"})
+    top.text(
+        0.97,
+        0.04,
+        f"ECE = {100 * error:.2f}%\naccuracy = {100 * overall_accuracy:.2f}%\n"
+        f"mean confidence = {100 * overall_confidence:.2f}%\nN = {total:,.0f}",
+        transform=top.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"},
+    )
     if title:
         top.set_title(title, fontsize=10)
 
-    bottom.bar(left, counts, width=width, align="edge", color="0.55", edgecolor="white",
-               linewidth=0.8)
+    bottom.bar(left, counts, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
     bottom.axvline(overall_accuracy, color="#4C72B0", linewidth=1.2, label="accuracy")
-    bottom.axvline(overall_confidence, color="#C44E52", linestyle="--", linewidth=1.2,
-                   label="mean confidence")
+    bottom.axvline(overall_confidence, color="#C44E52", linestyle="--", linewidth=1.2, label="mean confidence")
     if nonempty.any():
         bottom.set_yscale("log")
     bottom.set_xlabel("confidence (max probability)")
