@@ -50,16 +50,23 @@ def make_predictor(
 
             def sample(k: jax.Array) -> jax.Array:
                 params = posterior_sample(states.params, states.opt_state, k, num_train)
-                return member_run.eval_step(params, states.model_state, images)
+                return member_run.loss.predict(
+                    member_run.eval_step(params, states.model_state, images), states.loss_state
+                )
 
             return jnp.log(calibration.predictive_average(sample, key=key, num_samples=config.posterior_samples))
         if mc_samples:
 
             def sample(k: jax.Array) -> jax.Array:
-                return model_forward(member_run.model, states.params, states.model_state, images, train=True, rng=k)[0]
+                logits = model_forward(member_run.model, states.params, states.model_state, images, train=True, rng=k)[
+                    0
+                ]
+                return member_run.loss.predict(logits, states.loss_state)
 
             return jnp.log(calibration.predictive_average(sample, key=key, num_samples=mc_samples))
-        return member_run.eval_step(states.params, states.model_state, images)
+        return member_run.loss.predict(
+            member_run.eval_step(states.params, states.model_state, images), states.loss_state
+        )
 
     @jax.jit
     def batch_probs(states: Sequence[TrainState], images: jax.Array, key: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam_jax import losses
+from sam_jax import losses, models
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -451,7 +451,7 @@ def test_balcal_keeps_linear_head_when_it_is_under_confident():
 
 
 def test_simplex_etf_is_equiangular():
-    m = np.asarray(losses.simplex_etf(jax.random.PRNGKey(0), 8, 5))
+    m = np.asarray(models.simplex_etf(jax.random.PRNGKey(0), 8, 5))
     gram = m.T @ m
     np.testing.assert_allclose(np.diag(gram), 1.0, rtol=1e-10)
     np.testing.assert_allclose(gram[~np.eye(5, dtype=bool)], -1 / 4, atol=1e-10)

@@ -6,6 +6,7 @@ import os
 import signal
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,9 +14,20 @@ from sam_jax.losses import LOSSES, get_stateful_loss
 from sam_jax.training import Checkpointer, Hook, TrainingPreempted, build_run, load_run_data, train_and_evaluate
 from tests.test_training import digits_config
 
-# BalCAL trains a two-headed model (logits [B, 2, K]) that the model zoo does not have yet.
-NEEDS_TWO_HEADS = {"balcal"}
-TRAINABLE = sorted(set(LOSSES) - NEEDS_TWO_HEADS)
+# BalCAL trains a two-headed model (logits [B, 2, K]): the dual_head model over the same MLP.
+TWO_HEADS = {"balcal"}
+TRAINABLE = sorted(LOSSES)
+
+
+def _model_overrides(loss: str) -> dict:
+    if loss not in TWO_HEADS:
+        return {}
+    return {
+        "model.name": "dual_head",
+        "model.kwargs": ml_collections.ConfigDict(
+            {"backbone": "mlp", "backbone_kwargs": {"widths": (32,), "activation": "tanh"}, "feature_dim": 32}
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +44,7 @@ def _train(workdir: str, run_data, hooks=(), **overrides) -> dict:
 
 @pytest.mark.parametrize("loss", TRAINABLE)
 def test_loss_trains_in_the_loop(tmp_path, digits, loss):
-    summary = _train(str(tmp_path), digits, **{"loss.name": loss})
+    summary = _train(str(tmp_path), digits, **{"loss.name": loss}, **_model_overrides(loss))
     assert summary["test/accuracy"] > 0.6, summary  # chance is 0.1
     assert np.isfinite(summary["test/loss"]) and np.isfinite(summary["test/ece"])
 

@@ -20,6 +20,7 @@ from sam_jax.models import (
     WideResNet,
     create_model,
 )
+from sam_jax import models
 from sam_jax.models.layers import ShakeDrop
 
 # XLA's CPU backend spends most of a small test's time optimising code that then runs once;
@@ -309,3 +310,20 @@ def test_resnet20_trains_on_digits():
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
+
+
+def test_dual_head_stacks_a_linear_and_a_fixed_etf_head():
+    model = models.create_model(
+        "dual_head", 5, backbone="mlp", backbone_kwargs={"widths": (16,), "activation": "tanh"}, feature_dim=8
+    )
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 1))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    logits = model.apply(variables, x)
+    assert logits.shape == (3, 2, 5)
+    assert set(variables["params"]) == {"linear_head", "MLP_0"}  # the ETF head has no parameters
+    features = models.MLP(num_classes=8, widths=(16,), activation="tanh").apply(
+        {"params": variables["params"]["MLP_0"]}, x
+    )
+    unit = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    etf = np.asarray(models.simplex_etf(jax.random.PRNGKey(0), 8, 5))
+    np.testing.assert_allclose(logits[:, 1], unit @ etf, rtol=1e-5, atol=1e-6)

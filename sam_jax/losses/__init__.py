@@ -25,7 +25,6 @@ from sam_jax.losses.balcal import (
     balcal_logits,
     balcal_loss,
     balcal_update,
-    simplex_etf,
 )
 from sam_jax.losses.classification import cross_entropy, mse
 from sam_jax.losses.csam import csam_loss
@@ -199,5 +198,4 @@ __all__ = [
     "mixup_loss",
     "mmce",
     "mse",
-    "simplex_etf",
 ]

@@ -2,9 +2,10 @@
 
 The model has two heads on its features: an ordinary linear classifier ``z_lin`` and
 ``z_etf = normalise(h) @ M`` with a fixed simplex equiangular tight frame ``M``
-(:func:`simplex_etf`); it outputs both, stacked as ``logits [B, 2, K]`` (head 0 linear, head 1
-ETF). Training minimises ``lam * CE(z_lin) + (1 - lam) * CE(z_etf * s)`` with the per-class scale
-``s`` of :func:`balcal_class_scale`; predictions are ``lam * z_lin + (1 - lam) * z_etf``
+(``sam_jax.models.simplex_etf``; the ``dual_head`` model); it outputs both, stacked as
+``logits [B, 2, K]`` (head 0 linear, head 1 ETF). Training minimises
+``lam * CE(z_lin) + (1 - lam) * CE(z_etf * s)`` with the per-class scale ``s`` of
+:func:`balcal_class_scale`; predictions are ``lam * z_lin + (1 - lam) * z_etf``
 (:func:`balcal_logits`). ``lam`` lives in ``BalcalState`` and is re-fitted once per epoch by
 :func:`balcal_update` so that mean confidence matches ``delta`` times accuracy.
 
@@ -42,19 +43,6 @@ def check_balcal_hparams(delta: float, lambda_init: float) -> None:
 def balcal_init(lambda_init: float = 0.8) -> BalcalState:
     """Initial state; ``lambda_init = 0.8`` is the authors' default."""
     return BalcalState(jnp.asarray(lambda_init, jnp.float32))
-
-
-def simplex_etf(key: jax.Array, feature_dim: int, num_classes: int) -> jax.Array:
-    """A random simplex ETF ``M = sqrt(K / (K - 1)) P (I - 11^T / K)``, shape ``[feature_dim, K]``.
-
-    ``P`` has orthonormal columns (QR of a uniform random matrix); the columns of ``M`` have unit
-    norm and pairwise cosine ``-1 / (K - 1)``. Needs ``feature_dim >= num_classes``.
-    """
-    if feature_dim < num_classes:
-        raise ValueError(f"simplex_etf: feature_dim={feature_dim} must be >= num_classes={num_classes}.")
-    basis, _ = jnp.linalg.qr(jax.random.uniform(key, (feature_dim, num_classes)))
-    centring = jnp.eye(num_classes) - jnp.ones((num_classes, num_classes)) / num_classes
-    return math.sqrt(num_classes / (num_classes - 1)) * basis @ centring
 
 
 def balcal_class_scale(

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from sam_jax.models.dual_head import DualHeadClassifier, dual_head, simplex_etf
 from sam_jax.models.lenet import LeNet5
 from sam_jax.models.mlp import MLP
 from sam_jax.models.pyramidnet import PyramidNet
@@ -22,6 +23,7 @@ from sam_jax.models.wide_resnet import WideResNet
 # ``dropout_rate`` or ``stem`` still reach the constructor.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
+    "dual_head": dual_head,
     "lenet5": LeNet5,
     "resnet20": functools.partial(CifarResNet, depth=20),
     "resnet32": functools.partial(CifarResNet, depth=32),
@@ -55,6 +57,9 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
+    "DualHeadClassifier",
+    "dual_head",
+    "simplex_etf",
     "MLP",
     "MODELS",
     "CifarResNet",

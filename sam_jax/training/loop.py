@@ -234,7 +234,7 @@ def _pad(logits: np.ndarray, labels: np.ndarray, length: int) -> dict[str, np.nd
     """Zero-pads to ``length`` examples with a mask, so every evaluation set shares one compiled shape."""
     extra = length - len(labels)
     return {
-        "logits": np.pad(logits, ((0, extra), (0, 0))),
+        "logits": np.pad(logits, ((0, extra),) + ((0, 0),) * (logits.ndim - 1)),
         "labels": np.pad(labels, (0, extra)),
         "mask": np.pad(np.ones(len(labels), np.float32), (0, extra)),
     }
@@ -256,13 +256,13 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
         name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test)) if len(ds.labels)
     }
     length = max(len(ds.labels) for ds in sets.values())
+    # The model's outputs (what the loss reads) and the loss's predictions (what calibration reads).
+    outputs = {
+        name: _pad(predict(run, state.params, state.model_state, ds), ds.labels, length) for name, ds in sets.items()
+    }
     padded = {
-        name: _pad(
-            np.asarray(run.loss.predict(predict(run, state.params, state.model_state, ds), state.loss_state)),
-            ds.labels,
-            length,
-        )
-        for name, ds in sets.items()
+        name: {**arrays, "logits": np.asarray(run.loss.predict(arrays["logits"], state.loss_state))}
+        for name, arrays in outputs.items()
     }
     val = padded.get("val")
     val_kwargs = {"val_logits": val["logits"], "val_labels": val["labels"], "val_mask": val["mask"]} if val else {}
@@ -271,7 +271,8 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
         metrics = calibration_metrics(
             arrays["logits"], arrays["labels"], mask=arrays["mask"], num_bins=run.config.num_bins, **val_kwargs
         )
-        metrics["loss"] = float(run.loss_at(arrays["logits"], arrays["labels"], state.loss_state, arrays["mask"]))
+        model_outputs = outputs[name]["logits"]
+        metrics["loss"] = float(run.loss_at(model_outputs, arrays["labels"], state.loss_state, arrays["mask"]))
         results.update({f"{name}/{k}": v for k, v in metrics.items()})
     return results
 

@@ -127,7 +127,7 @@ def make_train_step(
         )
         metrics = {
             "loss": loss_value,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": jnp.mean(jnp.argmax(loss.predict(logits, state.loss_state), -1) == batch["label"]),
             "update_norm": optax.tree.norm(updates),
         }
         return TrainState(state.step + 1, params, model_state, opt_state, state.rng, loss_state), metrics
