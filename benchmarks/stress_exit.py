@@ -11,7 +11,6 @@ beside it and counts non-zero exits.
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -24,23 +23,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "tests", "configs", "stress.py")
 
 
-def _spin() -> None:
-    while True:
-        pass
-
-
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[None]:
-    """Keeps ``count`` CPU-bound processes running for the duration of the block."""
-    workers = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(count)]
-    for worker in workers:
-        worker.start()
+    """Keeps ``count`` CPU-bound processes running for the duration of the block.
+
+    They are separate interpreters (not ``fork``: forking a process that runs JAX's threads can
+    deadlock).
+    """
+    workers = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
         yield
     finally:
         for worker in workers:
-            worker.terminate()
-            worker.join()
+            worker.kill()
+            worker.wait()
 
 
 def _one_run(index: int, config: str, root: str, timeout: float) -> dict:

@@ -110,7 +110,7 @@ def test_no_background_thread_outlives_the_loop(tmp_path):
 
 def test_cli_exit_codes_are_zero_under_load():
     """Short version of ``python -m benchmarks.stress_exit`` (which runs 50 and more)."""
-    report = stress(runs=4, busy=2, parallel=2)
+    report = stress(runs=2, busy=2, parallel=2)
     assert report["failures"] == 0, json.dumps(report["results"], indent=1)
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.validation import check_labels, check_probabilities
+from sam_jax.losses.validation import check_labels, check_probabilities, is_concrete
 
 
 def check_predictions(
@@ -68,9 +68,14 @@ def checked_jit(
             arguments = signature.bind(*args, **kwargs).arguments
             predictions, labels = list(arguments.values())[:2]
             mask = arguments.get("mask")
-            check_labels(labels, jnp.shape(predictions)[-1], mask=mask, where=fn.__name__)
-            if probabilities:
-                check_probabilities(predictions, mask=mask, where=fn.__name__)
+            if is_concrete(predictions, labels, mask):
+                check_predictions(
+                    fn.__name__,
+                    jnp.asarray(predictions),
+                    jnp.asarray(labels),
+                    None if mask is None else jnp.asarray(mask),
+                    probabilities=probabilities,
+                )
             return compiled(*args, **kwargs)
 
         return checked

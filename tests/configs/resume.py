@@ -14,8 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05
     config.batch_size = 32
-    config.num_steps = 3000
-    config.eval_every_steps = 1000
+    config.num_steps = 1500
+    config.eval_every_steps = 750
     config.eval_batch_size = 512
     config.log_every_steps = 100
     config.checkpoint_every_steps = 100
