@@ -17,6 +17,8 @@ from typing import Iterator
 
 import sam_jax
 
+from sam_jax.optim import OPTIMIZERS
+
 # Lowest layer first. A module may import its own package and the packages of lower layers only;
 # packages that share a layer are independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -34,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 NUMERICS = tuple(package for layer in LAYERS[: LAYERS.index(("sam_jax.training",))] for package in layer)
 HEAVY = ("matplotlib", "ml_collections", "sklearn", "tqdm", "tensorflow", "tensorflow_datasets")
 # Only the registry may name an optimizer (see sam_jax/optim/registry.py).
-OPTIMIZER_NAMES = frozenset({"sgd", "gd", "adamw", "adam", "muon", "sam", "asam", "ssam", "csam", "bsam", "bulk_sgd"})
+# Every registered optimizer name (the registry is the only place allowed to spell them).
+OPTIMIZER_NAMES = frozenset(OPTIMIZERS)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_OF = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

@@ -33,6 +33,7 @@ from sam_jax.optim import (
     project_out_top_hessian_directions,
     sam,
     split_into_sub_batches,
+    vasso,
 )
 from sam_jax.training import (
     Hook,
@@ -285,6 +286,12 @@ CASES = [
         {"csam": {"rho": 0.2, "gamma": 1.5}, "sgd": SGD_CHANGED},
         _sam_family("csam"),
         descent_gamma=lambda b: b["csam"]["gamma"],
+    ),
+    Case(
+        "vasso",
+        "vasso",
+        {"vasso": {"rho": 0.2, "theta": 0.5}, "sgd": SGD_CHANGED},
+        lambda b, lr, n, s: vasso(_sgd(b["sgd"], lr), b["vasso"]["rho"], theta=b["vasso"]["theta"]),
     ),
     Case(
         "bsam",
@@ -544,6 +551,7 @@ BAD_VALUES = {  # field -> a value its rule rejects
     "base": "lion",
     "eta": -0.01,
     "gamma": 2.5,
+    "theta": 0.0,
     "beta1": 1.0,
     "beta2": -0.1,
     "prior_precision": -1.0,

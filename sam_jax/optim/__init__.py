@@ -8,6 +8,7 @@
 - ``project_out_top_hessian_directions(k, ...)``: the top-k Hessian directions removed from the
   updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
   with SGD.
+- ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
 
 Each SAM-family ``update(grads, state, params, grad_fn=...)`` performs one whole step.
 
@@ -31,6 +32,7 @@ from sam_jax.optim.registry import (
     validate_hparams,
 )
 from sam_jax.optim.sam import SAMState, ascent_perturbation, match_norm, sam
+from sam_jax.optim.vasso import VASSOState, vasso
 
 __all__ = [
     "BSAMState",
@@ -46,6 +48,7 @@ __all__ = [
     "validate_hparams",
     "HessianProjectionState",
     "SAMState",
+    "VASSOState",
     "ascent_perturbation",
     "bsam",
     "bsam_sample",
@@ -56,4 +59,5 @@ __all__ = [
     "sam",
     "scale_by_bsam",
     "split_into_sub_batches",
+    "vasso",
 ]

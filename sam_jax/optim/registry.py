@@ -28,6 +28,7 @@ from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
+from sam_jax.optim.vasso import vasso
 
 Hparams = Mapping[str, Any]
 LossFn = Callable[..., jax.Array]
@@ -372,6 +373,30 @@ register(
         **_SAM_COMMON,
         summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
         "descent step uses the CSAM loss; gamma 1 gave the lowest ECE in its Figure S6.",
+    )
+)
+
+
+def _check_vasso(hparams: Hparams) -> None:
+    _non_negative(hparams, "rho")
+    _require(0 < hparams["theta"] <= 1, f"theta={hparams['theta']} must be in (0, 1]; 1 is SAM.")
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+
+
+# No m-sharpness: VaSSO's moving average is of the whole batch's gradient, and one average per
+# sub-batch would be another algorithm.
+register(
+    OptimizerSpec(
+        "vasso",
+        {"rho": 0.05, "theta": 0.9, "base": "sgd"},
+        lambda hparams, context: vasso(
+            build_optimizer(hparams["base"], context), hparams["rho"], theta=hparams["theta"]
+        ),
+        _check_vasso,
+        reads=_SAM_COMMON["reads"],
+        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        summary="VaSSO (Li & Giannakis 2023, arXiv:2309.15639, Sec. 3): SAM whose ascent direction is "
+        "a moving average of the gradients, d = (1 - theta) d + theta g; theta 0.9 as in the authors' code.",
     )
 )
 

@@ -67,6 +67,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.val_size = 5000  # held out from the train split (temperature scaling, validation metrics)
     config.data.split_seed = 0  # seeds the permutation that picks the train subset and validation split
     config.data.normalize = True  # per-channel standardisation with train-split statistics
+    # On-device augmentation in the train step (sam_jax.data.augment_batch); all off by default.
+    config.data.augment = ml_collections.ConfigDict()
+    config.data.augment.crop_padding = 0  # zero padding per side of the random crop (0 = no crop)
+    config.data.augment.flip = False  # random left-right flip
+    config.data.augment.cutout_size = 0  # side of the Cutout square (0 = no Cutout)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "lenet5"
@@ -200,6 +205,13 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         fail("set num_epochs > 0 or num_steps > 0.")
     if config.data.val_size < 0 or config.data.train_size < 0:
         fail("data.train_size and data.val_size must be >= 0.")
+    augment = config.data.augment
+    for field in ("crop_padding", "cutout_size"):
+        value = augment[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(f"data.augment.{field}={value!r} must be an integer >= 0 (0 = off).")
+    if not isinstance(augment.flip, bool):
+        fail(f"data.augment.flip={augment.flip!r} must be True or False.")
     for field in ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "num_bins"):
         if config[field] <= 0:
             fail(f"{field}={config[field]} must be > 0.")

@@ -7,6 +7,7 @@ the same ``metrics.jsonl``.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -91,10 +92,38 @@ def _mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
 
-def _batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
-    """Splits the batch over the devices when it divides evenly; else replicates it."""
-    spec = PartitionSpec("data") if batch_size % mesh.size == 0 else PartitionSpec()
-    return NamedSharding(mesh, spec)
+def _batch_sharding(mesh: Mesh, batch_size: int, *, train: bool = False) -> NamedSharding:
+    """Splits the batch over the devices.
+
+    A training batch must divide evenly over the devices (data parallelism); one that does not is
+    an error rather than a silently replicated, device-count-times slower step. An evaluation batch
+    that does not divide is replicated.
+
+    Raises:
+      ValueError: ``train`` and ``batch_size`` is not a multiple of the device count.
+    """
+    if batch_size % mesh.size == 0:
+        return NamedSharding(mesh, PartitionSpec("data"))
+    if train:
+        raise ValueError(
+            f"Bad config: batch_size={batch_size} does not divide over the {mesh.size} devices; "
+            f"choose a multiple of {mesh.size} (for a full-batch optimizer the batch is the "
+            "training set: change data.train_size), or run on fewer devices."
+        )
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _augment(config: ml_collections.ConfigDict) -> Optional[Callable[[jax.Array, jax.Array], jax.Array]]:
+    """``augment(key, images)`` for the train step from ``config.data.augment``; None when all off."""
+    settings = config.data.augment
+    if not (settings.crop_padding or settings.flip or settings.cutout_size):
+        return None
+    return functools.partial(
+        data.augment_batch,
+        crop_padding=settings.crop_padding,
+        flip=settings.flip,
+        cutout_size=settings.cutout_size,
+    )
 
 
 def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = None) -> Run:
@@ -134,6 +163,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         )
 
     mesh = _mesh()
+    _batch_sharding(mesh, batch_size, train=True)  # fails now, before anything is compiled
     state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(jax.random.PRNGKey(config.seed))
 
     m = spec.sub_batch_size(hparams)
@@ -145,6 +175,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         m=m if m < batch_size else 0,
         uses_clean_gradient=spec.uses_clean_gradient,
         mixing=get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {})),
+        augment=_augment(config),
     )
     eval_step = make_eval_step(model)
 
@@ -429,7 +460,7 @@ def _train(
             initial.update(hook.fn(state))
         writer.write(0, initial)
 
-    batch_sharding = _batch_sharding(run.mesh, run.batch_size)
+    batch_sharding = _batch_sharding(run.mesh, run.batch_size, train=True)
     shuffle = not run.optimizer.full_batch
     step, pending, window = start_step, None, []
     progress = tqdm(

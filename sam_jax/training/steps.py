@@ -21,7 +21,10 @@ Batch = dict[str, jax.Array]
 NO_MIXING = get_mixing("none")
 # fold_in constant that separates the mixing key from the dropout key of the same step.
 _MIXING_STREAM = 0x6D6978
+# fold_in constant that separates the augmentation key from the dropout and mixing keys.
+_AUGMENT_STREAM = 0x617567
 LossFn = Callable[..., jax.Array]
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def model_forward(
@@ -44,6 +47,7 @@ def make_train_step(
     m: int = 0,
     uses_clean_gradient: bool = True,
     mixing: MixedObjective = NO_MIXING,
+    augment: Optional[Augment] = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -63,11 +67,18 @@ def make_train_step(
       mixing: how a batch becomes a loss (``sam_jax.losses.get_mixing``: none, mixup, MIT-L),
         keyed from the step's key so that a resumed run mixes identically; the ascent and descent
         passes of a SAM-family step see the same mixed batch.
+      augment: ``augment(key, images) -> images`` (e.g. ``functools.partial`` of
+        ``sam_jax.data.augment_batch``), applied to ``batch["image"]`` before anything else with
+        the key ``fold_in(fold_in(state.rng, state.step), _AUGMENT_STREAM)``; None for no
+        augmentation. The clean pass and every pass through ``grad_fn`` (SAM's ascent and descent)
+        see the same augmented batch, and a resumed run augments identically.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         mix_key = jax.random.fold_in(rng, _MIXING_STREAM)
+        if augment is not None:
+            batch = {**batch, "image": augment(jax.random.fold_in(rng, _AUGMENT_STREAM), batch["image"])}
 
         def training_loss(data: Batch) -> Callable[..., jax.Array]:
             def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
