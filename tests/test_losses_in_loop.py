@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from sam_jax.losses import LOSSES, get_stateful_loss
-from sam_jax.training import Checkpointer, Hook, TrainingPreempted, build_run, load_run_data, train_and_evaluate
+from sam_jax.training import (
+    Checkpointer,
+    Hook,
+    TrainingPreempted,
+    build_run,
+    load_run_data,
+    read_metrics,
+    train_and_evaluate,
+)
 from tests.test_training import digits_config
 
 # BalCAL trains a two-headed model (logits [B, 2, K]): the dual_head model over the same MLP.
@@ -46,6 +54,8 @@ def _train(workdir: str, run_data, hooks=(), **overrides) -> dict:
 def test_loss_trains_in_the_loop(tmp_path, digits, loss):
     summary = _train(str(tmp_path), digits, **{"loss.name": loss}, **_model_overrides(loss))
     assert summary["test/accuracy"] > 0.6, summary  # chance is 0.1
+    losses = [r["train_step/loss"] for r in read_metrics(str(tmp_path)) if "train_step/loss" in r]
+    assert losses[-1] < losses[0], losses
     assert np.isfinite(summary["test/loss"]) and np.isfinite(summary["test/ece"])
 
 
