@@ -51,11 +51,8 @@ class BuildContext(NamedTuple):
     blocks: Mapping[str, Hparams]
 
 
-def _no_check(hparams: Hparams) -> None:
-    del hparams
-
-
-def _no_value(hparams: Hparams) -> None:
+def _nothing(hparams: Hparams) -> None:
+    """The default of a spec's optional hooks: no check, no descent loss, no perturbation radius."""
     del hparams
 
 
@@ -85,14 +82,14 @@ class OptimizerSpec:
     name: str
     defaults: Mapping[str, Any]
     build: Callable[[Hparams, BuildContext], optax.GradientTransformationExtraArgs]
-    validate: Callable[[Hparams], None] = _no_check
+    validate: Callable[[Hparams], None] = _nothing
     reads: Callable[[Hparams], tuple[str, ...]] = lambda hparams: ()
     uses_clean_gradient: bool = True
-    descent_loss: Callable[[Hparams], Optional[LossFn]] = _no_value
+    descent_loss: Callable[[Hparams], Optional[LossFn]] = _nothing
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
     full_batch: bool = False
     posterior_sample: Optional[Callable[..., Any]] = None
-    perturbation_radius: Callable[[Hparams], Optional[float]] = _no_value
+    perturbation_radius: Callable[[Hparams], Optional[float]] = _nothing
     summary: str = ""
 
 

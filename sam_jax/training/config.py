@@ -126,6 +126,11 @@ def _unread_blocks_unchanged(
                 )
 
 
+def chosen_hparams(block: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The hyper-parameters of the method ``block.name`` selects (``loss`` or ``mixing``) as a dict."""
+    return dict(block.get(block.name) or {})
+
+
 def optimizer_hparams(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every optimizer's hyper-parameters as plain dicts (defaults for a block the config lacks)."""
     opt = config.optimizer
@@ -157,16 +162,13 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         fail(f"loss.name={config.loss.name!r}; choose one of {sorted(LOSSES)}.")
     if opt.name not in optim.OPTIMIZERS:
         fail(f"optimizer.name={opt.name!r}; choose one of {sorted(optim.OPTIMIZERS)}.")
-    try:
-        get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
-    except ValueError as err:
-        fail(f"loss.{err}")
     if config.mixing.name not in MIXINGS:
         fail(f"mixing.name={config.mixing.name!r}; choose one of {sorted(MIXINGS)}.")
-    try:
-        get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {}))
-    except ValueError as err:
-        fail(f"mixing.{err}")
+    for where, build in (("loss", get_loss), ("mixing", get_mixing)):
+        try:
+            build(config[where].name, **chosen_hparams(config[where]))
+        except ValueError as err:
+            fail(f"{where}.{err}")
     blocks = optimizer_hparams(config)
     read = optim.blocks_read(opt.name, blocks)
     for name in read:

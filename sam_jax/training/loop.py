@@ -30,7 +30,7 @@ from sam_jax.losses import StatefulLoss, get_loss, get_mixing, get_stateful_loss
 from sam_jax.losses.validation import check_labels
 from sam_jax.models import create_model
 from sam_jax.training.checkpoint import Checkpointer, all_finite
-from sam_jax.training.config import optimizer_hparams, run_batch_size, validate_config
+from sam_jax.training.config import chosen_hparams, optimizer_hparams, run_batch_size, validate_config
 from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
@@ -132,7 +132,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     run_data = run_data or load_run_data(config)
     check_run_data(run_data)
     num_train = len(run_data.train.labels)
-    loss = get_stateful_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
+    loss = get_stateful_loss(config.loss.name, **chosen_hparams(config.loss))
     if loss.epoch_split == "validation" and not len(run_data.val.labels):
         raise ValueError(
             f"Bad config: loss.name={config.loss.name!r} updates its state from the "
@@ -174,7 +174,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         spec.descent_loss(hparams),
         m=m if m < batch_size else 0,
         uses_clean_gradient=spec.uses_clean_gradient,
-        mixing=get_mixing(config.mixing.name, **config.mixing.get(config.mixing.name, {})),
+        mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),
         augment=_augment(config),
     )
     eval_step = make_eval_step(model)
@@ -318,7 +318,7 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     images, labels = jnp.asarray(train.images[index]), jnp.asarray(train.labels[index])
     rho = run.optimizer.perturbation_radius(optimizer_hparams(config)[config.optimizer.name])
     # The training loss at its initial state (for a loss with state, e.g. AdaFocal's initial gamma).
-    loss_fn = get_loss(config.loss.name, **config.loss.get(config.loss.name, {}))
+    loss_fn = get_loss(config.loss.name, **chosen_hparams(config.loss))
     tracker = make_curvature_tracker(
         config.curvature, run.eval_step, loss_fn, batch_size=run.batch_size, perturbation_rho=rho
     )
