@@ -2,10 +2,11 @@
 
     python -m experiments.evaluate --config.checkpoint=runs/quickstart --config.ood_dataset=mnist
 
-Predictions are a Monte-Carlo predictive average when asked: a deep ensemble
-(``--config.ensemble=runs/b,runs/c``), MC-dropout (``--config.mc_dropout_samples=K``) or, for bSAM
-runs whose optimizer learns a posterior (bSAM), ``--config.posterior_samples`` samples from it
-(Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5: 32 samples). Writes
+Predictions go through ``sam_jax.training.make_predictive``: a deep ensemble
+(``--config.ensemble=runs/b,runs/c``), MC-dropout (``--config.mc_dropout_samples=K``) or, for runs
+whose optimizer learns a posterior (bSAM, mean-field VI), ``--config.posterior_samples`` samples from
+it (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5: 32 samples); a multi-member model
+(BatchEnsemble, MIMO, rank-1 BNN) averages its members in every case. Writes
 ``evaluation.json``, ``reliability_test.png`` and, when corruption files exist, ``corruptions.csv``
 to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 """
@@ -13,78 +14,16 @@ to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 import csv
 import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments import cli
 from sam_jax import calibration, data
-from sam_jax.training import Run, TrainState, load_trained, model_forward
+from sam_jax.training import Run, load_trained, make_predictive, predictive_kind
 from sam_jax.training.hooks import reliability_diagram
 from sam_jax.training.writers import to_python
-
-Member = tuple[Run, TrainState]
-
-
-def make_predictor(
-    members: Sequence[Member],
-    config: ml_collections.ConfigDict,
-) -> Callable[[data.ArrayDataset], np.ndarray]:
-    """``predict(dataset) -> probs [N, K]``: the predictive average over members and samples."""
-    run = members[0][0]
-    posterior_sample = run.optimizer.posterior_sample if config.posterior_samples > 0 else None
-    mc_samples = config.mc_dropout_samples
-    if mc_samples and any(state.model_state for _, state in members):
-        raise ValueError(
-            "MC-dropout needs a model without BatchNorm state (its train mode would use "
-            "batch statistics); set mc_dropout_samples=0."
-        )
-    num_train = len(run.data.train.labels)
-
-    def member_logits(member: Member, states: TrainState, images: jax.Array, key: jax.Array) -> jax.Array:
-        member_run = member[0]
-        if posterior_sample is not None:
-
-            def sample(k: jax.Array) -> jax.Array:
-                params = posterior_sample(states.params, states.opt_state, k, num_train)
-                return member_run.loss.predict(
-                    member_run.eval_step(params, states.model_state, images), states.loss_state
-                )
-
-            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=config.posterior_samples))
-        if mc_samples:
-
-            def sample(k: jax.Array) -> jax.Array:
-                logits = model_forward(member_run.model, states.params, states.model_state, images, train=True, rng=k)[
-                    0
-                ]
-                return member_run.loss.predict(logits, states.loss_state)
-
-            return jnp.log(calibration.predictive_average(sample, key=key, num_samples=mc_samples))
-        return member_run.loss.predict(
-            member_run.eval_step(states.params, states.model_state, images), states.loss_state
-        )
-
-    @jax.jit
-    def batch_probs(states: Sequence[TrainState], images: jax.Array, key: jax.Array) -> jax.Array:
-        keys = jax.random.split(key, len(members))
-        return calibration.predictive_average(
-            [lambda m=m, s=s, k=k: member_logits(m, s, images, k) for m, s, k in zip(members, states, keys)]
-        )
-
-    states = [state for _, state in members]
-
-    def predict(dataset: data.ArrayDataset) -> np.ndarray:
-        outputs, key = [], jax.random.PRNGKey(config.seed)
-        for index, batch in enumerate(data.eval_batches(dataset, min(config.batch_size, len(dataset.labels)))):
-            probs = batch_probs(states, jnp.asarray(batch["image"]), jax.random.fold_in(key, index))
-            outputs.append(np.asarray(probs)[batch["mask"] > 0])
-        return np.concatenate(outputs)
-
-    return predict
 
 
 def _metrics(
@@ -173,21 +112,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     output_dir = config.output_dir or os.path.join(config.checkpoint, "evaluation")
     os.makedirs(output_dir, exist_ok=True)
 
-    predict = make_predictor(members, config)
+    predict = make_predictive(
+        members,
+        posterior_samples=config.posterior_samples,
+        mc_dropout_samples=config.mc_dropout_samples,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
     val_probs, test_probs = predict(run.data.val), predict(run.data.test)
     results: dict[str, Any] = {
         "checkpoint": config.checkpoint,
         "step": int(state.step),
         "members": len(members),
-        "predictive": (
-            "posterior"
-            if run.optimizer.posterior_sample and config.posterior_samples
-            else "mc_dropout"
-            if config.mc_dropout_samples
-            else "ensemble"
-            if len(members) > 1
-            else "point"
-        ),
+        "predictive": predictive_kind(members, config.posterior_samples, config.mc_dropout_samples),
         "test": _metrics(test_probs, run.data.test.labels, val_probs, run.data.val.labels, config.num_bins),
     }
     reliability_diagram(

@@ -3,14 +3,17 @@
 A grid config is a run config (``sam_jax.training.default_config``) plus a ``grid`` block::
 
     grid.seeds = (0, 1)
-    grid.optimizers.<name> = ConfigDict(
+    grid.optimizers.<label> = ConfigDict(
+        optimizer="sam",                 # optional: the registered optimizer (default: the label)
         learning_rates=(...),            # one job per learning rate
         losses=("cross_entropy",),       # and per loss
         learning_rates_by_loss=ConfigDict(mse=(...)),  # optional: other rates for one loss
         ks=(1, 3, 5),                    # bulk_sgd only: one job per optimizer.bulk_sgd.k
         overrides=ConfigDict(...))       # nested fields set on that optimizer's runs
 
-The base config is shared by every optimizer of the grid, and a run may only change the
+A label names the method in job directories and reports; ``optimizer`` lets two labels run the same
+optimizer with other settings (SAM-SGD and SAM-Adam: ``sam`` with ``base`` sgd or adam). The base
+config is shared by every optimizer of the grid, and a run may only change the
 hyper-parameter blocks its optimizer reads (``optimizer.<name>`` and, for the SAM family, the block
 of its ``base``; see ``sam_jax.training.validate_config``). Per-optimizer settings therefore go into
 ``overrides``, e.g. ``overrides=ConfigDict({"optimizer": {"sgd": {"momentum": 0.0}}})`` for ``sgd``
@@ -26,19 +29,20 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
 from jax.experimental.compilation_cache import compilation_cache
 from tqdm.auto import tqdm
 
-from sam_jax.training import RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
+from sam_jax.training import Run, RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
 from sam_jax.training.writers import SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
-GRID_FIELDS = ("learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
+AfterJob = Callable[["Job", Run], None]
+GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,7 @@ def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
                 f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
                 "one of its losses and give a nonempty tuple of positive numbers."
             )
-    if spec.get("ks") and name != "bulk_sgd":
+    if spec.get("ks") and spec.get("optimizer", name) != "bulk_sgd":
         raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_sgd.k).")
 
 
@@ -136,7 +140,7 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
                         job_name = os.path.join(group, loss, f"lr{format_learning_rate(learning_rate)}", f"seed{seed}")
                         job = ml_collections.ConfigDict(base.to_dict())
                         _set_nested(job, (spec.get("overrides") or ml_collections.ConfigDict()).to_dict(), name)
-                        job.optimizer.name = name
+                        job.optimizer.name = spec.get("optimizer") or name
                         if k is not None:
                             job.optimizer.bulk_sgd.k = k
                         job.loss.name = loss
@@ -170,11 +174,18 @@ def _data_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.data.to_dict(), sort_keys=True)
 
 
-def run_job(job: Job, run_data: Optional[RunData] = None) -> dict[str, Any]:
+def run_job(job: Job, run_data: Optional[RunData] = None, after_job: Optional[AfterJob] = None) -> dict[str, Any]:
     """Trains one job (resuming from its checkpoint) unless its ``summary.json`` exists.
 
     A diverged run gets a summary ``{"diverged": true, ...}`` so that it is not retried; its
     metrics up to the divergence stay in ``metrics.jsonl``.
+
+    Args:
+      job: the job.
+      run_data: its data, when already loaded.
+      after_job: called as ``after_job(job, run)`` when the job has just finished training (not
+        after a divergence, not for a job found done), with the :class:`Run` that trained it, so
+        that a driver can evaluate the final checkpoint without building and compiling again.
 
     Returns:
       The job's summary.
@@ -184,7 +195,11 @@ def run_job(job: Job, run_data: Optional[RunData] = None) -> dict[str, Any]:
         with open(path) as f:
             return json.load(f)
     try:
-        return train_and_evaluate(job.config, job.workdir, run=build_run(job.config, run_data))
+        run = build_run(job.config, run_data)
+        summary = train_and_evaluate(job.config, job.workdir, run=run)
+        if after_job is not None:
+            after_job(job, run)
+        return summary
     except TrainingDivergedError as err:
         logger.warning("%s diverged: %s", job.name, err)
         summary = {"diverged": True, "error": str(err)}
@@ -215,7 +230,12 @@ def _compilation_cache(directory: Optional[str]):
         compilation_cache.reset_cache()
 
 
-def run_jobs(jobs: Iterable[Job], progress: bool = True, compilation_cache_dir: Optional[str] = None) -> None:
+def run_jobs(
+    jobs: Iterable[Job],
+    progress: bool = True,
+    compilation_cache_dir: Optional[str] = None,
+    after_job: Optional[AfterJob] = None,
+) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
 
     Args:
@@ -224,6 +244,7 @@ def run_jobs(jobs: Iterable[Job], progress: bool = True, compilation_cache_dir: 
       compilation_cache_dir: where to keep JAX's persistent compilation cache. Jobs of one grid
         share shapes, so the evaluation step and the curvature tracker compile once for all of
         them, in this process and in the other shards'.
+      after_job: see :func:`run_job`.
     """
     jobs = list(jobs)
     cache: dict[str, RunData] = {}
@@ -237,5 +258,5 @@ def run_jobs(jobs: Iterable[Job], progress: bool = True, compilation_cache_dir: 
                 key = _data_key(job.config)
                 if key not in cache:
                     cache[key] = load_run_data(job.config)
-                run_job(job, cache[key])
+                run_job(job, cache[key], after_job)
             bar.update(1)

@@ -159,8 +159,66 @@ class BsamTest(chex.TestCase):
             np.testing.assert_array_less(np.abs(sample[name].mean(1) - params[name][:, 0]) / std, 0.03)
             np.testing.assert_allclose(sample[name].var(1), std**2, rtol=0.05)
 
+    @parameterized.named_parameters(("m2", 2), ("m4", 4), ("m8_whole_batch_stacked", 8))
+    def test_m_sharpness_matches_per_sub_batch_reference(self, m):
+        # The paper's m-sharpness for bSAM (Sec. 5, App. H): each sub-batch of m examples has its own
+        # noise (line 3), gradient (line 4), perturbation (line 5) and perturbed gradient (line 6);
+        # line 7 averages the g_eps_i and line 8 the sqrt(s) |g_i| over the sub-batches.
+        batch_size, rho = 8, 0.2
+        params, x, y = make_problem(5, batch_size)
+        num_sub = batch_size // m
+        rng = np.random.default_rng(7)
+        noises = [
+            [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(num_sub)] for _ in range(NUM_STEPS)
+        ]
+        delta = HYPER["prior_precision"] / NUM_DATA
+        w = {k: v.copy() for k, v in params.items()}
+        s = {k: np.full_like(v, HYPER["init_precision"]) for k, v in params.items()}
+        gm = {k: np.zeros_like(v) for k, v in params.items()}
+        for step_noises in noises:
+            g_eps_mean = {k: np.zeros_like(v) for k, v in w.items()}
+            g_scale_mean = {k: np.zeros_like(v) for k, v in w.items()}
+            for i, z in enumerate(step_noises):
+                xi, yi = x[i * m : (i + 1) * m], y[i * m : (i + 1) * m]
+                g = numpy_grad({k: w[k] + z[k] / np.sqrt(NUM_DATA * s[k]) for k in w}, xi, yi)
+                g_eps = numpy_grad({k: w[k] + rho * g[k] / s[k] for k in w}, xi, yi)
+                for k in w:
+                    g_eps_mean[k] += g_eps[k] / num_sub
+                    g_scale_mean[k] += np.sqrt(s[k]) * np.abs(g[k]) / num_sub
+            gm = {k: HYPER["beta1"] * gm[k] + (1 - HYPER["beta1"]) * (g_eps_mean[k] + delta * w[k]) for k in w}
+            s = {
+                k: HYPER["beta2"] * s[k] + (1 - HYPER["beta2"]) * (g_scale_mean[k] + delta + HYPER["damping"])
+                for k in w
+            }
+            w = {k: w[k] - 0.3 * gm[k] / s[k] for k in w}
+
+        sub_x, sub_y = jnp.asarray(x).reshape(num_sub, m, -1), jnp.asarray(y).reshape(num_sub, m, -1)
+        stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_x, sub_y)  # noqa: E731
+        tx = optim.bsam(0.3, rho, NUM_DATA, **HYPER, num_sub_batches=num_sub)
+        step = jax.jit(_step_fn(tx, stacked_grad_fn))
+        ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+        for step_noises in noises:
+            stacked_noise = jax.tree.map(lambda *leaves: jnp.stack(leaves), *step_noises)
+            ours, state = step(ours, state, stacked_noise)
+        chex.assert_trees_all_close((ours, state[0].precision, state[0].momentum), (w, s, gm), rtol=1e-10, atol=1e-12)
+
+    def test_m_sharpness_draws_independent_noise_per_sub_batch(self):
+        params, x, y = make_problem(6)
+        seen = []
+
+        def stacked_grad_fn(stacked):
+            seen.append(stacked)
+            return jax.tree.map(jnp.zeros_like, stacked)
+
+        tx = optim.scale_by_bsam(0.1, NUM_DATA, prior_precision=1.0, num_sub_batches=4)
+        tx.update(None, tx.init(params), jax.tree.map(jnp.asarray, params), grad_fn=stacked_grad_fn)
+        noisy = seen[0]["w"]
+        self.assertEqual(noisy.shape, (4, 3, 2))
+        self.assertEqual(len({tuple(np.asarray(row).ravel().round(12)) for row in noisy}), 4)
+
     def test_invalid_arguments_raise(self):
         for bad in (
+            dict(num_sub_batches=-1),
             dict(rho=-0.1),
             dict(num_data=0),
             dict(beta1=1.0),

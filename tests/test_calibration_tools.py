@@ -153,6 +153,31 @@ def test_auroc_matches_sklearn(ties):
     np.testing.assert_allclose(float(got), weighted, rtol=1e-12)
 
 
+def test_misclassification_auroc_matches_sklearn_on_correctness():
+    rng = np.random.default_rng(9)
+    probs = softmax(2.0 * rng.standard_normal((400, 4)))
+    labels = sample_labels(probs, rng)
+    correct = probs.argmax(1) == labels
+    expected = roc_auc_score(correct, probs.max(1))
+    got = cal.misclassification_auroc(jnp.asarray(probs), jnp.asarray(labels))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+    mask = (rng.random(400) > 0.3).astype(np.float64)
+    weighted = roc_auc_score(correct, probs.max(1), sample_weight=mask)
+    got = cal.misclassification_auroc(jnp.asarray(probs), jnp.asarray(labels), mask=jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), weighted, rtol=1e-12)
+    all_right = cal.misclassification_auroc(jnp.asarray(probs), jnp.asarray(probs.argmax(1)))
+    assert not np.isfinite(float(all_right))  # no wrong prediction: the AUROC is undefined
+
+
+def test_member_average_log_probs_is_the_mean_softmax():
+    rng = np.random.default_rng(10)
+    logits = rng.standard_normal((6, 3, 5))
+    expected = np.log(np.mean([softmax(logits[:, m]) for m in range(3)], axis=0))
+    np.testing.assert_allclose(cal.member_average_log_probs(jnp.asarray(logits)), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"\[N, M, K\]"):
+        cal.member_average_log_probs(jnp.asarray(logits[:, 0]))
+
+
 def test_ood_scores():
     p = jnp.array([[0.5, 0.5], [1.0, 0.0]])
     np.testing.assert_allclose(cal.max_probability_score(p), [0.5, 1.0])

@@ -13,6 +13,7 @@ steps, so a field the loop dropped on the way to the transformation cannot go un
 
 import dataclasses
 import itertools
+import math
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -30,6 +31,7 @@ from sam_jax.optim import (
     OptimizerSpec,
     bsam,
     m_sharpness_sam,
+    mean_field_vi,
     project_out_top_hessian_directions,
     sam,
     split_into_sub_batches,
@@ -330,6 +332,23 @@ CASES = [
         ),
         jit_reference=True,
     ),
+    Case(
+        "vi",
+        "vi",
+        # softplus^-1 of init_std is -4 up to rounding: the float32 rho of the loop's initial state
+        # (promoted to float64) then equals the reference's float64 rho to ~1e-16.
+        {"vi": {"prior_precision": 3.0, "init_std": math.log1p(math.exp(-4.0)), "b1": 0.8, "b2": 0.99}},
+        lambda b, lr, n, s: mean_field_vi(
+            lr,
+            n,
+            prior_precision=b["vi"]["prior_precision"],
+            init_std=b["vi"]["init_std"],
+            b1=b["vi"]["b1"],
+            b2=b["vi"]["b2"],
+            seed=s,
+        ),
+        clean_gradient=False,
+    ),
 ]
 CASES_BY_NAME = {name: [c for c in CASES if c.name == name] for name in {c.name for c in CASES}}
 # Every registered optimizer (collected at import, so a new built-in one needs a case here).
@@ -453,7 +472,7 @@ def test_every_changed_field_matters(case):
         for field in values
         if not (block == case.name and field == "base")
     ]  # base changes which blocks are read
-    if case.name in ("bsam", "bulk_sgd"):  # the optimizers that draw noise from the run's seed
+    if case.name in ("bsam", "bulk_sgd", "vi"):  # the optimizers that draw noise from the run's seed
         variants.append((None, "seed"))
     for block, field in variants:
         if block is None:
@@ -557,6 +576,7 @@ BAD_VALUES = {  # field -> a value its rule rejects
     "prior_precision": -1.0,
     "damping": -0.1,
     "init_precision": 0.0,
+    "init_std": 0.0,
     "k": 0,
     "nesterov": "yes",
     "num_iters": 0,

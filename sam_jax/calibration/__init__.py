@@ -27,8 +27,8 @@ from sam_jax.calibration.metrics import (
     mean_confidence,
     nll,
 )
-from sam_jax.calibration.ood import auroc, max_probability_score, negative_entropy_score
-from sam_jax.calibration.predictive import predictive_average
+from sam_jax.calibration.ood import auroc, max_probability_score, misclassification_auroc, negative_entropy_score
+from sam_jax.calibration.predictive import member_average_log_probs, predictive_average
 from sam_jax.calibration.scaling import IsotonicCalibrator, fit_isotonic, fit_temperature, tce
 from sam_jax.calibration.summary import calibration_metrics
 
@@ -55,7 +55,9 @@ __all__ = [
     "margins",
     "max_calibration_error",
     "max_probability_score",
+    "misclassification_auroc",
     "mean_confidence",
+    "member_average_log_probs",
     "mse_optimum_confidence",
     "negative_entropy_score",
     "nll",

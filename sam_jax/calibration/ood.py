@@ -1,4 +1,4 @@
-"""Out-of-distribution detection: AUROC of a score that should be higher in distribution.
+"""Out-of-distribution and misclassification detection: AUROC of a confidence score.
 
 Tan et al. (2025), Tables 1-3 ("OOD AUROC", e.g. CIFAR-10 against SVHN) and Möllenhoff & Khan
 (2023), Sec. 5 (AUROC following Osawa et al. 2019) score each input by the model's
@@ -77,3 +77,29 @@ def auroc(
     at_or_below = cumulative[jnp.searchsorted(sorted_out, scores_in, side="right")]
     wins = jnp.sum(weights_in * (below + at_or_below)) / 2
     return wins / (_common.safe_total(weights_in) * _common.safe_total(weights_out))
+
+
+def misclassification_auroc(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+    """AUROC of the maximum probability for telling correct from wrong predictions.
+
+    The AUROC of Möllenhoff & Khan (2023, arXiv:2210.01620), Tables 1-2, which follows Osawa et al.
+    (2019, arXiv:1906.02506), App. H: correctly classified test inputs are the positives,
+    misclassified ones the negatives, and the score is the confidence ``max_k p_k``. This is the
+    exact area (Mann-Whitney, ties one half); the authors' code approximates it with 2,500
+    confidence thresholds and the trapezoidal rule.
+
+    Args:
+      probs: ``[N, K]`` predictive probabilities.
+      labels: ``[N]`` integer labels.
+      mask: optional ``[N]`` example weights.
+
+    Returns:
+      Scalar AUROC in ``[0, 1]``; NaN when every prediction is right or every one is wrong.
+    """
+    confidence = max_probability_score(probs)
+    weights = _common.example_weights(mask, probs.shape[0], confidence.dtype)
+    correct = (jnp.argmax(probs, axis=-1) == labels).astype(confidence.dtype)
+    positives, negatives = weights * correct, weights * (1 - correct)
+    area = auroc(confidence, confidence, mask_in=positives, mask_out=negatives)
+    defined = (jnp.sum(positives) > 0) & (jnp.sum(negatives) > 0)
+    return jnp.where(defined, area, jnp.nan)

@@ -1,8 +1,10 @@
-"""Monte-Carlo predictive distributions: deep ensembles, MC-dropout and posterior samples.
+"""Predictive distributions that average members: ensembles, samples, multi-member models.
 
-All three approximate ``p(y | x, D) = E_q[softmax(f_theta(x))]`` by an average of softmax
-probabilities (Möllenhoff & Khan 2023, Sec. 5: 32 samples from the bSAM posterior ``q``;
-Tan et al. 2025, Table 1: ensembles and MC-dropout of size 5).
+Deep ensembles, MC-dropout, posterior samples (bSAM, mean-field VI) and the members of one
+multi-member model (BatchEnsemble, MIMO, Rank-1 BNN, whose logits carry a member axis ``[N, M, K]``)
+all approximate ``p(y | x, D)`` by an average of softmax probabilities (Möllenhoff & Khan 2023,
+Sec. 5: 32 samples from the bSAM posterior; Tan et al. 2025, Table 1: ensembles and MC-dropout of
+size 5; Wen et al. 2020, Havasi et al. 2021, Dusenberry et al. 2020: the mean over members).
 
 References:
   Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
@@ -13,9 +15,24 @@ References:
 from typing import Callable, Optional, Sequence, Union
 
 import jax
+import jax.numpy as jnp
 
 LogitFn = Callable[[], jax.Array]
 SampleLogitFn = Callable[[jax.Array], jax.Array]
+
+
+def member_average_log_probs(logits: jax.Array) -> jax.Array:
+    """``log mean_m softmax(logits[:, m])``: the ensembling rule of a model with a member axis.
+
+    Args:
+      logits: ``[N, M, K]`` logits of ``M`` members.
+
+    Returns:
+      ``[N, K]`` log-probabilities of the members' average prediction (usable wherever logits are).
+    """
+    if logits.ndim != 3:
+        raise ValueError(f"member_average_log_probs: expected logits [N, M, K], got shape {logits.shape}.")
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=1) - jnp.log(logits.shape[1])
 
 
 def predictive_average(

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from sam_jax.models.dual_head import DualHeadClassifier, dual_head, simplex_etf
+from sam_jax.models.ensembles import MIMO, BatchEnsemble, Rank1BNN, batch_ensemble, mimo, rank1_bnn
 from sam_jax.models.lenet import LeNet5
 from sam_jax.models.mlp import MLP
 from sam_jax.models.pyramidnet import PyramidNet
@@ -24,6 +25,9 @@ from sam_jax.models.wide_resnet import WideResNet
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "dual_head": dual_head,
+    "batch_ensemble": batch_ensemble,
+    "mimo": mimo,
+    "rank1_bnn": rank1_bnn,
     "lenet5": LeNet5,
     "resnet20": functools.partial(CifarResNet, depth=20),
     "resnet32": functools.partial(CifarResNet, depth=32),
@@ -60,6 +64,12 @@ __all__ = [
     "DualHeadClassifier",
     "dual_head",
     "simplex_etf",
+    "BatchEnsemble",
+    "MIMO",
+    "Rank1BNN",
+    "batch_ensemble",
+    "mimo",
+    "rank1_bnn",
     "MLP",
     "MODELS",
     "CifarResNet",

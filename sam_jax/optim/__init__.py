@@ -9,6 +9,10 @@
   updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
   with SGD.
 - ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
+- ``bayes_by_backprop(base, num_data, *, prior_precision, init_std)``: mean-field Gaussian VI around any
+  optax optimizer; ``mean_field_vi(learning_rate, num_data, ...)`` is it with Adam;
+  ``mean_field_vi_sample(params, state, key, num_data)`` draws from its posterior;
+  ``kl_divergence_mean_field(mu, sigma, prior_precision)`` is its KL term.
 
 Each SAM-family ``update(grads, state, params, grad_fn=...)`` performs one whole step.
 
@@ -32,6 +36,13 @@ from sam_jax.optim.registry import (
     validate_hparams,
 )
 from sam_jax.optim.sam import SAMState, ascent_perturbation, match_norm, sam
+from sam_jax.optim.variational import (
+    MeanFieldVIState,
+    bayes_by_backprop,
+    kl_divergence_mean_field,
+    mean_field_vi,
+    mean_field_vi_sample,
+)
 from sam_jax.optim.vasso import VASSOState, vasso
 
 __all__ = [
@@ -47,14 +58,19 @@ __all__ = [
     "register",
     "validate_hparams",
     "HessianProjectionState",
+    "MeanFieldVIState",
     "SAMState",
     "VASSOState",
     "ascent_perturbation",
+    "bayes_by_backprop",
     "bsam",
     "bsam_sample",
     "bulk_sgd",
+    "kl_divergence_mean_field",
     "m_sharpness_sam",
     "match_norm",
+    "mean_field_vi",
+    "mean_field_vi_sample",
     "project_out_top_hessian_directions",
     "sam",
     "scale_by_bsam",

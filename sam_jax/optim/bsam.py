@@ -110,6 +110,11 @@ def _check_bsam_hyper_parameters(**values: float) -> None:
         "damping must be >= 0": values["damping"] >= 0,
         "init_precision must be > 0": values["init_precision"] > 0,
     }
+    if "num_sub_batches" in values:
+        sub_batches = values["num_sub_batches"]
+        checks["num_sub_batches must be an integer >= 0"] = (
+            isinstance(sub_batches, numbers.Integral) and sub_batches >= 0
+        )
     if "learning_rate" in values and not callable(values["learning_rate"]):
         checks["learning_rate must be > 0"] = values["learning_rate"] > 0
     failed = [message for message, ok in checks.items() if not ok]
@@ -128,6 +133,7 @@ def scale_by_bsam(
     damping: float = 0.1,
     init_precision: float = 1.0,
     seed: int = 0,
+    num_sub_batches: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Bayesian SAM without its learning rate: Algorithm 1, lines 3-8, returning ``gm / s``.
 
@@ -150,8 +156,15 @@ def scale_by_bsam(
     divides by the *new* ``s``.
 
     Where this differs from the authors' code (team-approx-bayes/bayesian-sam), Algorithm 1 wins:
-    the code divides by the precision *before* its update in line 9; it also splits each batch into
-    sub-batches with their own noise and perturbation, which Algorithm 1 does not.
+    the code divides by the precision *before* its update in line 9.
+
+    m-sharpness (``num_sub_batches = S > 0``; the paper's experiments split each batch of 128 into
+    S = 8 sub-batches, Sec. 5 and App. G.6/H): ``grad_fn`` then takes parameters stacked along a
+    leading axis ``S`` and returns the stacked gradients of the ``S`` sub-batches (entry ``i`` on
+    sub-batch ``i``, as for ``m_sharpness_sam``). Each sub-batch gets its own noise ``e_i`` (line 3),
+    gradient ``g_i`` (line 4), perturbation ``eps_i = rho g_i / s`` (line 5) and ``g_eps_i`` (line 6);
+    line 7 uses the mean of the ``g_eps_i`` and line 8 the mean of ``sqrt(s) |g_i|`` (a mean of
+    absolute values, not the absolute value of a mean). With ``S = 1`` this is the unsplit step.
 
     The optional extra argument ``noise`` of ``update`` (a pytree like ``params`` of standard-normal
     draws ``z``, so that ``e = z / sqrt(N s)``) replaces the draw from the state's key; it is the
@@ -180,6 +193,8 @@ def scale_by_bsam(
       damping: ``gamma`` >= 0 added to the precision (line 8; 0.1 in Algorithm 1).
       init_precision: initial ``s`` > 0 (line 1; 1 in Algorithm 1).
       seed: seed of the PRNG key stored in the state.
+      num_sub_batches: ``S`` >= 0 sub-batches with their own noise and perturbation (m-sharpness);
+        0 for none. With ``S > 0``, ``grad_fn`` and the ``noise`` hook are stacked along axis 0.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``BSAMState``; ``update`` needs ``params``
@@ -196,8 +211,18 @@ def scale_by_bsam(
         beta2=beta2,
         damping=damping,
         init_precision=init_precision,
+        num_sub_batches=num_sub_batches,
     )
     delta = prior_precision / num_data
+    stacked = num_sub_batches > 0
+
+    def draw_noise(key: jax.Array, params: optax.Params) -> optax.Params:
+        if not stacked:
+            return _standard_normal_like(key, params)
+        return jax.vmap(_standard_normal_like, (0, None))(jax.random.split(key, num_sub_batches), params)
+
+    def mean_over_sub_batches(tree: optax.Updates) -> optax.Updates:
+        return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree) if stacked else tree
 
     def init(params: optax.Params) -> BSAMState:
         return BSAMState(
@@ -223,16 +248,15 @@ def scale_by_bsam(
             )
         key, sample_key = jax.random.split(state.key)
         if noise is None:
-            noise = _standard_normal_like(sample_key, params)
+            noise = draw_noise(sample_key, params)
         s = state.precision
         g = grad_fn(_perturb_by_posterior_noise(params, s, noise, num_data))
-        g_eps = grad_fn(jax.tree.map(lambda w, gi, si: w + rho * gi / si, params, g, s))
+        g_eps = mean_over_sub_batches(grad_fn(jax.tree.map(lambda w, gi, si: w + rho * gi / si, params, g, s)))
+        g_scale = mean_over_sub_batches(jax.tree.map(lambda gi, si: jnp.sqrt(si) * jnp.abs(gi), g, s))
         momentum = jax.tree.map(
             lambda m, ge, w: beta1 * m + (1 - beta1) * (ge + delta * w), state.momentum, g_eps, params
         )
-        precision = jax.tree.map(
-            lambda si, gi: beta2 * si + (1 - beta2) * (jnp.sqrt(si) * jnp.abs(gi) + delta + damping), s, g
-        )
+        precision = jax.tree.map(lambda si, gs: beta2 * si + (1 - beta2) * (gs + delta + damping), s, g_scale)
         direction = jax.tree.map(jnp.divide, momentum, precision)
         return direction, BSAMState(key=key, momentum=momentum, precision=precision)
 
@@ -250,6 +274,7 @@ def bsam(
     damping: float = 0.1,
     init_precision: float = 1.0,
     seed: int = 0,
+    num_sub_batches: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Bayesian SAM, Algorithm 1 of Möllenhoff & Khan (2023, arXiv:2210.01620), with its learning rate.
 
@@ -276,6 +301,7 @@ def bsam(
       damping: see ``scale_by_bsam``.
       init_precision: see ``scale_by_bsam``.
       seed: see ``scale_by_bsam``.
+      num_sub_batches: see ``scale_by_bsam`` (m-sharpness).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -292,6 +318,7 @@ def bsam(
         beta2=beta2,
         damping=damping,
         init_precision=init_precision,
+        num_sub_batches=num_sub_batches,
     )
     return optax.chain(
         scale_by_bsam(
@@ -303,6 +330,7 @@ def bsam(
             damping=damping,
             init_precision=init_precision,
             seed=seed,
+            num_sub_batches=num_sub_batches,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -28,6 +28,7 @@ from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
+from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
 from sam_jax.optim.vasso import vasso
 
 Hparams = Mapping[str, Any]
@@ -43,12 +44,15 @@ class BuildContext(NamedTuple):
       seed: the run's seed (optimizers that draw noise).
       blocks: every optimizer's hyper-parameter block by name, for optimizers that wrap another
         (a SAM-family ``base``).
+      batch_size: examples per training step (the number of m-sharpness sub-batches is
+        ``batch_size // m``).
     """
 
     learning_rate: optax.Schedule
     num_train: int
     seed: int
     blocks: Mapping[str, Hparams]
+    batch_size: int
 
 
 def _nothing(hparams: Hparams) -> None:
@@ -175,6 +179,11 @@ def _non_negative(hparams: Hparams, *fields: str) -> None:
         _require(hparams[field] >= 0, f"{field}={hparams[field]} must be >= 0.")
 
 
+def _num_sub_batches(m: int, batch_size: int) -> int:
+    """Sub-batches of ``m`` examples per step; 0 (no split) when ``m`` is 0 or the whole batch."""
+    return batch_size // m if 0 < m < batch_size else 0
+
+
 def _unit_interval(hparams: Hparams, *fields: str) -> None:
     for field in fields:
         _require(0 <= hparams[field] < 1, f"{field}={hparams[field]} must be in [0, 1).")
@@ -284,7 +293,7 @@ SAM_BASES = ("sgd", "adam", "adamw")
 def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
     def build(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
         base = build_optimizer(hparams["base"], context)
-        factory = m_sharpness_sam if hparams["m"] else sam
+        factory = m_sharpness_sam if _num_sub_batches(int(hparams["m"]), context.batch_size) else sam
         return factory(
             base,
             hparams["rho"],
@@ -402,7 +411,8 @@ register(
 
 
 def _check_bsam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho", "prior_precision", "damping")
+    _non_negative(hparams, "rho", "prior_precision", "damping", "m")
+    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
     _unit_interval(hparams, "beta1", "beta2")
     _require(hparams["init_precision"] > 0, f"init_precision={hparams['init_precision']} must be > 0.")
 
@@ -410,7 +420,15 @@ def _check_bsam(hparams: Hparams) -> None:
 register(
     OptimizerSpec(
         "bsam",
-        {"rho": 0.01, "beta1": 0.9, "beta2": 0.999, "prior_precision": 25.0, "damping": 0.1, "init_precision": 1.0},
+        {
+            "rho": 0.01,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "prior_precision": 25.0,
+            "damping": 0.1,
+            "init_precision": 1.0,
+            "m": 0,
+        },
         lambda hparams, context: bsam(
             context.learning_rate,
             hparams["rho"],
@@ -421,12 +439,15 @@ register(
             damping=hparams["damping"],
             init_precision=hparams["init_precision"],
             seed=context.seed,
+            num_sub_batches=_num_sub_batches(int(hparams["m"]), context.batch_size),
         ),
         _check_bsam,
         uses_clean_gradient=False,
+        sub_batch_size=lambda hparams: int(hparams["m"]),
         posterior_sample=bsam_sample,
         summary="Bayesian SAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1); "
-        "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting).",
+        "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting); m > 0 gives every sub-batch "
+        "of m examples its own noise and perturbation (the paper's m-sharpness).",
     )
 )
 
@@ -455,5 +476,39 @@ register(
         _check_bulk,
         summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
         "eigendirections projected out of the gradient.",
+    )
+)
+
+
+# --------------------------------------------------------------------------- mean-field VI
+
+
+def _check_vi(hparams: Hparams) -> None:
+    _require(hparams["prior_precision"] > 0, f"prior_precision={hparams['prior_precision']} must be > 0.")
+    _require(hparams["init_std"] > 0, f"init_std={hparams['init_std']} must be > 0.")
+    _unit_interval(hparams, "b1", "b2")
+
+
+# prior_precision is that of N(0, I / prior_precision) over the whole training set; the
+# per-example objective divides the KL by N (as bSAM's prior_precision). init_std 1e-3 is well
+# below the scale of standard initialisations, so the first steps are those of Adam on the means.
+register(
+    OptimizerSpec(
+        "vi",
+        {"prior_precision": 1.0, "init_std": 1e-3, "b1": 0.9, "b2": 0.999},
+        lambda hparams, context: mean_field_vi(
+            context.learning_rate,
+            context.num_train,
+            prior_precision=hparams["prior_precision"],
+            init_std=hparams["init_std"],
+            b1=hparams["b1"],
+            b2=hparams["b2"],
+            seed=context.seed,
+        ),
+        _check_vi,
+        uses_clean_gradient=False,
+        posterior_sample=mean_field_vi_sample,
+        summary="Mean-field Gaussian VI, Bayes by Backprop (Blundell et al. 2015, arXiv:1505.05424), "
+        "with Adam on the means and softplus-scales; the 'SVI' baseline of Ovadia et al. 2019 (arXiv:1906.02530).",
     )
 )

@@ -23,6 +23,7 @@ from sam_jax.training.loop import (
     train_and_evaluate,
 )
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
+from sam_jax.training.predictive import Member, make_predictive, predictive_kind
 from sam_jax.training.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step, model_forward
@@ -37,6 +38,7 @@ __all__ = [
     "check_run_data",
     "Checkpointer",
     "Hook",
+    "Member",
     "MetricsWriter",
     "Run",
     "RunData",
@@ -55,9 +57,11 @@ __all__ = [
     "load_trained",
     "make_eval_step",
     "make_optimizer",
+    "make_predictive",
     "make_train_step",
     "model_forward",
     "predict",
+    "predictive_kind",
     "read_metrics",
     "train_and_evaluate",
     "validate_config",

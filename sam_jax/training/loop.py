@@ -176,6 +176,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         uses_clean_gradient=spec.uses_clean_gradient,
         mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),
         augment=_augment(config),
+        num_train=num_train,
     )
     eval_step = make_eval_step(model)
 

@@ -9,7 +9,7 @@ import ml_collections
 import optax
 
 from sam_jax import optim
-from sam_jax.training.config import optimizer_hparams
+from sam_jax.training.config import optimizer_hparams, run_batch_size
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -43,5 +43,7 @@ def make_optimizer(
     """
     opt = config.optimizer
     blocks = optimizer_hparams(config)
-    context = optim.BuildContext(learning_rate_schedule(config, total_steps), num_train, config.seed, blocks)
+    context = optim.BuildContext(
+        learning_rate_schedule(config, total_steps), num_train, config.seed, blocks, run_batch_size(config, num_train)
+    )
     return optim.build_optimizer(opt.name, context)

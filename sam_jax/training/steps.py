@@ -4,6 +4,15 @@ The train step computes the clean loss and gradient, builds a ``grad_fn(params) 
 over the batch for optimizers that need more gradients (the SAM family, bSAM, BulkSGD) and lets the
 transformation do the rest. BatchNorm running statistics come from the clean pass; those of the
 extra passes through ``grad_fn`` are dropped.
+
+Two model contracts keep multi-member and Bayesian models out of the loop's business:
+
+- A model with an ``ensemble_size`` attribute ``M > 0`` returns logits ``[B, M, K]``: training
+  averages the loss over members (each member's loss on every example), and prediction is the
+  average of the members' softmax (``sam_jax.calibration.member_average_log_probs``).
+- A model may ``sow`` dataset-level terms (a KL divergence to a prior) into the ``"penalties"``
+  collection in train mode; the step adds their sum divided by the number of training examples N
+  to the per-example loss (the negative ELBO per example).
 """
 
 from typing import Any, Callable, Optional
@@ -13,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.calibration import member_average_log_probs
 from sam_jax.losses import MixedObjective, StatefulLoss, get_mixing
 from sam_jax.optim import split_into_sub_batches
 from sam_jax.training.state import TrainState
@@ -25,17 +35,43 @@ _MIXING_STREAM = 0x6D6978
 _AUGMENT_STREAM = 0x617567
 LossFn = Callable[..., jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
+# The collection a model sows dataset-level penalties (KL terms) into.
+PENALTIES = "penalties"
 
 
 def model_forward(
     model: nn.Module, params: Any, model_state: Any, images: jax.Array, *, train: bool, rng: jax.Array | None = None
 ) -> tuple[jax.Array, Any]:
     """Logits and the updated model state (running statistics change only when ``train``)."""
+    logits, model_state, _ = _forward(model, params, model_state, images, train=train, rng=rng)
+    return logits, model_state
+
+
+def _forward(
+    model: nn.Module, params: Any, model_state: Any, images: jax.Array, *, train: bool, rng: jax.Array | None
+) -> tuple[jax.Array, Any, jax.Array]:
+    """Logits, the updated model state and the sum of the sown ``"penalties"`` (0 without any)."""
     variables = {"params": params, **model_state}
     rngs = {"dropout": rng} if rng is not None else {}
-    if train and model_state:
-        return model.apply(variables, images, train=True, mutable=list(model_state), rngs=rngs)
-    return model.apply(variables, images, train=train, rngs=rngs), model_state
+    if not train:
+        return model.apply(variables, images, train=False, rngs=rngs), model_state, jnp.zeros(())
+    logits, updated = model.apply(variables, images, train=True, mutable=[*model_state, PENALTIES], rngs=rngs)
+    updated = dict(updated)
+    penalty = sum((jnp.sum(leaf) for leaf in jax.tree.leaves(updated.pop(PENALTIES, {}))), jnp.zeros(()))
+    return logits, {**model_state, **updated}, penalty
+
+
+def ensemble_size(model: nn.Module) -> int:
+    """The number of members ``M`` of a model whose logits are ``[B, M, K]``; 0 for one model."""
+    return int(getattr(model, "ensemble_size", 0) or 0)
+
+
+def _over_members(members: int, logits: jax.Array, *per_example: Optional[jax.Array]) -> tuple:
+    """``[B, M, K]`` logits as ``[B * M, K]`` rows with every per-example array repeated to match."""
+    if not members:
+        return (logits, *per_example)
+    repeated = (None if x is None else jnp.repeat(x, members, axis=0) for x in per_example)
+    return (logits.reshape((-1, logits.shape[-1])), *repeated)
 
 
 def make_train_step(
@@ -48,6 +84,7 @@ def make_train_step(
     uses_clean_gradient: bool = True,
     mixing: MixedObjective = NO_MIXING,
     augment: Optional[Augment] = None,
+    num_train: int = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -72,7 +109,10 @@ def make_train_step(
         the key ``fold_in(fold_in(state.rng, state.step), _AUGMENT_STREAM)``; None for no
         augmentation. The clean pass and every pass through ``grad_fn`` (SAM's ascent and descent)
         see the same augmented batch, and a resumed run augments identically.
+      num_train: training examples N; the model's sown ``"penalties"`` enter the loss divided by
+        N (needed only by models that sow them).
     """
+    members = ensemble_size(model)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -82,24 +122,32 @@ def make_train_step(
 
         def training_loss(data: Batch) -> Callable[..., jax.Array]:
             def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
-                return loss.loss(logits, labels, state.loss_state, mask=mask, indices=data["index"])
+                logits, labels, mask, indices = _over_members(members, logits, labels, mask, data["index"])
+                return loss.loss(logits, labels, state.loss_state, mask=mask, indices=indices)
 
             return loss_fn
 
         def descent_loss(data: Batch) -> Callable[..., jax.Array]:
             del data
-            return descent_loss_fn
+
+            def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+                return descent_loss_fn(*_over_members(members, logits, labels, mask))
+
+            return loss_fn
 
         def objective(
             loss_of: Callable[[Batch], Callable[..., jax.Array]],
         ) -> Callable[[Any, Batch], tuple[jax.Array, tuple[jax.Array, Any]]]:
             def value(params: Any, data: Batch) -> tuple[jax.Array, tuple[jax.Array, Any]]:
                 def forward(images: jax.Array) -> tuple[jax.Array, Any]:
-                    return model_forward(model, params, state.model_state, images, train=True, rng=rng)
+                    logits, new_state, penalty = _forward(model, params, state.model_state, images, train=True, rng=rng)
+                    return logits, (new_state, penalty)
 
-                loss_value, logits, new_state = mixing.objective(
+                loss_value, logits, (new_state, penalty) = mixing.objective(
                     mix_key, forward, loss_of(data), data["image"], data["label"]
                 )
+                if num_train:
+                    loss_value = loss_value + penalty / num_train
                 return loss_value, (logits, new_state)
 
             return value
@@ -109,9 +157,13 @@ def make_train_step(
         descent_grad = jax.grad(descent, has_aux=True)
         if m:
             sub_batches = split_into_sub_batches(batch, m)
-            (losses, (logits, sub_states)), grads = jax.vmap(
-                jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0)
-            )(state.params, sub_batches)
+            if uses_clean_gradient:
+                (losses, (logits, sub_states)), grads = jax.vmap(
+                    jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0)
+                )(state.params, sub_batches)
+            else:
+                losses, (logits, sub_states) = jax.vmap(clean, in_axes=(None, 0))(state.params, sub_batches)
+                grads = None
             loss_value = jnp.mean(losses)
             logits = logits.reshape((-1, logits.shape[-1]))
             model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
@@ -133,12 +185,13 @@ def make_train_step(
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
         params = optax.apply_updates(state.params, updates)
-        loss_state = loss.step_update(
-            state.loss_state, jax.lax.stop_gradient(logits), batch["label"], indices=batch["index"]
-        )
+        logits = jax.lax.stop_gradient(logits)
+        member_logits, member_labels, member_indices = _over_members(members, logits, batch["label"], batch["index"])
+        loss_state = loss.step_update(state.loss_state, member_logits, member_labels, indices=member_indices)
+        prediction = member_average_log_probs(logits) if members else logits
         metrics = {
             "loss": loss_value,
-            "accuracy": jnp.mean(jnp.argmax(loss.predict(logits, state.loss_state), -1) == batch["label"]),
+            "accuracy": jnp.mean(jnp.argmax(loss.predict(prediction, state.loss_state), -1) == batch["label"]),
             "update_norm": optax.tree.norm(updates),
         }
         return TrainState(state.step + 1, params, model_state, opt_state, state.rng, loss_state), metrics
@@ -147,9 +200,16 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module) -> Callable[[Any, Any, jax.Array], jax.Array]:
-    """``eval_step(params, model_state, images) -> logits`` in inference mode."""
+    """``eval_step(params, model_state, images) -> logits`` in inference mode.
+
+    For a model with members (``ensemble_size``), the logits are the log of the members' average
+    softmax, so that every consumer of logits (calibration, losses, curvature) sees the ensemble.
+    """
+
+    members = ensemble_size(model)
 
     def eval_step(params: Any, model_state: Any, images: jax.Array) -> jax.Array:
-        return model_forward(model, params, model_state, images, train=False)[0]
+        logits = model_forward(model, params, model_state, images, train=False)[0]
+        return member_average_log_probs(logits) if members else logits
 
     return eval_step

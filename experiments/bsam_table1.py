@@ -1,0 +1,317 @@
+"""Möllenhoff & Khan (2023, arXiv:2210.01620), "SAM as an Optimal Relaxation of Bayes", Table 1.
+
+    python -m experiments.bsam_table1 --config=experiments/configs/bsam_table1.py:quick
+    python -m experiments.bsam_table1 --config=...:fmnist --mode=run --shard=0/2   # and 1/2
+    python -m experiments.bsam_table1 --config=...:fmnist --mode=report
+
+``run`` trains the jobs of one shard of the grid (SGD, Adam, SAM-SGD, SAM-Adam and bSAM with the
+hyper-parameters of the paper's Table 6, seeds first so that an interrupted grid has whole seeds),
+each resumable, and evaluates every finished job on the test set: bSAM by the average of
+``table1.posterior_samples`` posterior samples (Sec. 5), the others at their point estimate, with
+accuracy, NLL, ECE over 20 bins and the AUROC of correct vs. wrong predictions (Osawa et al. 2019,
+App. H). The evaluation goes to ``<job>/table1_eval.json`` (small: commit it so that the report can
+be rebuilt without the checkpoints). ``report`` writes ``<workdir>/report/``: Table 1 with the
+paper's numbers in adjacent columns (Markdown and CSV), accuracy/ECE/NLL of bSAM against the number
+of posterior samples, and a histogram of bSAM's posterior precision. ``all`` (default) does both.
+"""
+
+import collections
+import csv
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+from absl import flags
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import cli  # noqa: E402
+from experiments.configs.bsam_table1 import PAPER_TABLE1_FMNIST  # noqa: E402
+from experiments.grid import AfterJob, Job, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
+from sam_jax import calibration, optim  # noqa: E402
+from sam_jax.data import ensure_debian_fashion_mnist  # noqa: E402
+from sam_jax.training import (  # noqa: E402
+    Checkpointer,
+    Run,
+    RunData,
+    TrainState,
+    load_run_data,
+    load_trained,
+    make_predictive,
+)
+from sam_jax.training.writers import SUMMARY_FILE, to_python  # noqa: E402
+
+MODES = ("run", "report", "all")
+EVAL_FILE = "table1_eval.json"
+METHOD_NAMES = {"sgd": "SGD", "sam_sgd": "SAM-SGD", "adam": "Adam", "sam_adam": "SAM-Adam", "bsam": "bSAM"}
+METRICS = ("accuracy", "nll", "ece", "auroc")
+# log10 of the posterior precision N s: the histogram's fixed bins, so seeds and runs add up.
+PRECISION_BINS = np.linspace(0.0, 10.0, 101)
+
+
+def grid_jobs(config: ml_collections.ConfigDict) -> list[Job]:
+    """The grid's jobs, seed-major (every method of seed 0, then of seed 1, ...)."""
+    run_config = ml_collections.ConfigDict(config.to_dict())
+    del run_config["table1"]
+    jobs = expand_grid(run_config)
+    return sorted(jobs, key=lambda job: job.config.seed)
+
+
+def test_metrics(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, float]:
+    """Table 1's columns on predictive probabilities: accuracy (%), NLL, ECE, AUROC."""
+    probs, labels = jnp.asarray(probs), jnp.asarray(labels)
+    return {
+        "accuracy": 100.0 * float(calibration.accuracy(probs, labels)),
+        "nll": float(calibration.nll(probs, labels)),
+        "ece": float(calibration.ece(probs, labels, num_bins)),
+        "auroc": float(calibration.misclassification_auroc(probs, labels)),
+    }
+
+
+def _posterior_precision(opt_state: Any) -> np.ndarray:
+    states = [
+        leaf
+        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optim.BSAMState))
+        if isinstance(leaf, optim.BSAMState)
+    ]
+    return np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(states[0].precision)])
+
+
+def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: TrainState) -> dict[str, Any]:
+    """Evaluates a job's final ``state`` on the test set and writes ``<job>/table1_eval.json``.
+
+    A posterior (bSAM) predicts with the mean of ``table1.posterior_samples`` sampled softmaxes, and
+    the curve has one such predictive per count of ``table1.sample_counts``; everything else
+    predicts at its point estimate. All go through ``sam_jax.training.make_predictive``.
+    """
+    test = run.data.test
+    num_bins = job.config.num_bins
+    point = make_predictive([(run, state)])(test)
+    result: dict[str, Any] = {
+        "job": job.name,
+        "step": int(state.step),
+        "point": test_metrics(point, test.labels, num_bins),
+    }
+    if run.optimizer.posterior_sample is None:
+        result["test"] = result["point"]
+    else:
+        counts = sorted(set(table1.sample_counts) | {table1.posterior_samples})
+        curve = {
+            k: test_metrics(
+                make_predictive([(run, state)], posterior_samples=k, seed=table1.seed)(test), test.labels, num_bins
+            )
+            for k in counts
+        }
+        result["test"] = curve[table1.posterior_samples]
+        result["posterior_samples"] = table1.posterior_samples
+        result["sample_curve"] = {str(k): v for k, v in curve.items()}
+        log_precision = np.log10(len(run.data.train.labels) * _posterior_precision(state.opt_state))
+        result["precision_histogram"] = {
+            "log10_edges": PRECISION_BINS.tolist(),
+            "counts": np.histogram(np.clip(log_precision, PRECISION_BINS[0], PRECISION_BINS[-1]), PRECISION_BINS)[
+                0
+            ].tolist(),
+            "log10_quantiles": dict(
+                zip(
+                    ("min", "p05", "median", "p95", "max"), np.quantile(log_precision, [0, 0.05, 0.5, 0.95, 1]).tolist()
+                )
+            ),
+        }
+    with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
+        result["wall_time_s"] = json.load(f).get("wall_time_s")
+    with open(os.path.join(job.workdir, EVAL_FILE), "w") as f:
+        json.dump(to_python(result), f, indent=2)
+    return result
+
+
+def evaluate_finished(jobs: Sequence[Job], table1: ml_collections.ConfigDict) -> None:
+    """Evaluates every trained job that has a checkpoint and no ``table1_eval.json`` yet."""
+    cache: dict[str, RunData] = {}
+    for job in jobs:
+        if (
+            not job.done
+            or os.path.exists(os.path.join(job.workdir, EVAL_FILE))
+            or not os.path.isdir(os.path.join(job.workdir, "checkpoints"))
+        ):
+            continue
+        with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
+            if json.load(f).get("diverged"):
+                continue
+        key = json.dumps(job.config.data.to_dict(), sort_keys=True)
+        if key not in cache:
+            cache[key] = load_run_data(job.config)
+        evaluate_job(job, table1, *load_trained(job.workdir, run_data=cache[key]))
+
+
+def evaluate_trained(table1: ml_collections.ConfigDict) -> AfterJob:
+    """``after_job(job, run)`` for the grid runner: evaluates the checkpoint just written."""
+
+    def after_job(job: Job, run: Run) -> None:
+        checkpointer = Checkpointer(job.workdir)
+        try:
+            state = checkpointer.restore(run.init_state)
+        finally:
+            checkpointer.close()
+        evaluate_job(job, table1, run, state)
+
+    return after_job
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
+
+
+def _cell(metric: str, mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    digits = {"accuracy": 2, "nll": 3, "ece": 4, "auroc": 3}[metric]
+    return f"{mean:.{digits}f} ({std:.{digits}f})"
+
+
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
+    """Writes Table 1, the sample curve and the precision histogram to ``<workdir>/report``.
+
+    Returns:
+      The report directory.
+
+    Raises:
+      ValueError: no job has been evaluated yet.
+    """
+    out = os.path.join(config.workdir, "report")
+    os.makedirs(out, exist_ok=True)
+    evaluations: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    missing = []
+    for job in jobs:
+        path = os.path.join(job.workdir, EVAL_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                evaluations[job.group].append(json.load(f))
+        else:
+            missing.append(job.name)
+    if not evaluations:
+        raise ValueError(f"No job under {config.workdir} has {EVAL_FILE}; run --mode=run first.")
+
+    rows, lines = [], []
+    header = " | ".join(f"{m} (ours) | {m} (paper)" for m in ("Accuracy % ↑", "NLL ↓", "ECE ↓", "AUROC ↑"))
+    lines += [f"| method | seeds | {header} |", "|---|---|" + "---|" * 8]
+    for label, name in METHOD_NAMES.items():
+        runs = evaluations.get(label, [])
+        row: dict[str, Any] = {"method": name, "seeds": len(runs)}
+        cells = []
+        for metric in METRICS:
+            mean, std = _mean_std([r["test"][metric] for r in runs])
+            paper = PAPER_TABLE1_FMNIST[label][metric]
+            row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_paper": paper[0]})
+            cells += [_cell(metric, mean, std), _cell(metric, *paper)]
+        rows.append(row)
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    steps = sorted({r["step"] for runs in evaluations.values() for r in runs})
+    notes = [
+        f"Fashion-MNIST / LeNet-5, test set (10,000 images); mean (std, ddof=0) over seeds; "
+        f"{config.num_epochs if not config.num_steps else config.num_steps} "
+        f"{'epochs' if not config.num_steps else 'steps'} (trained steps: {steps}). Paper: 120 epochs, 5 seeds. "
+        f"bSAM predicts with {config.table1.posterior_samples} posterior samples, the others at their point "
+        "estimate; ECE with 20 bins; AUROC of correct vs. wrong predictions by confidence."
+    ]
+    if missing:
+        notes.append("Not evaluated yet (left out): " + ", ".join(missing))
+    with open(os.path.join(out, "table1.md"), "w") as f:
+        f.write("\n\n".join(notes + ["\n".join(lines)]) + "\n")
+    with open(os.path.join(out, "table1.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    bsam_runs = evaluations.get("bsam", [])
+    if bsam_runs:
+        _sample_curve(bsam_runs, out)
+        _precision_histogram(bsam_runs, out)
+    return out
+
+
+def _sample_curve(runs: Sequence[dict[str, Any]], out: str) -> None:
+    counts = sorted(int(k) for k in runs[0]["sample_curve"])
+    curve_rows = []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, metric, label in zip(axes, ("accuracy", "ece", "nll"), ("test accuracy (%)", "ECE (20 bins)", "NLL")):
+        means, stds = [], []
+        for k in counts:
+            mean, std = _mean_std([r["sample_curve"][str(k)][metric] for r in runs])
+            means.append(mean)
+            stds.append(std)
+        point_mean, _ = _mean_std([r["point"][metric] for r in runs])
+        ax.errorbar(counts, means, yerr=stds, marker="o", capsize=3, label="posterior average")
+        ax.axhline(point_mean, color="gray", linestyle="--", label="posterior mean (point)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("posterior samples")
+        ax.set_title(label)
+        curve_rows += [{"samples": k, "metric": metric, "mean": m, "std": s} for k, m, s in zip(counts, means, stds)]
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"bSAM on Fashion-MNIST / LeNet-5: predictive vs. number of posterior samples ({len(runs)} seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "bsam_posterior_samples.png"), dpi=120)
+    plt.close(fig)
+    with open(os.path.join(out, "bsam_posterior_samples.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(curve_rows[0]))
+        writer.writeheader()
+        writer.writerows(curve_rows)
+
+
+def _precision_histogram(runs: Sequence[dict[str, Any]], out: str) -> None:
+    edges = np.asarray(runs[0]["precision_histogram"]["log10_edges"])
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for run in runs:
+        ax.stairs(run["precision_histogram"]["counts"], edges, label=run["job"].split("/")[-1])
+    ax.set_yscale("log")
+    ax.set_xlabel("log10 posterior precision N s (per weight)")
+    ax.set_ylabel("weights")
+    ax.set_title("bSAM posterior precision, Fashion-MNIST / LeNet-5")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "bsam_precision_histogram.png"), dpi=120)
+    plt.close(fig)
+
+
+def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1") -> None:
+    """Trains and evaluates one shard of the grid (``run``), writes the report (``report``), or both.
+
+    Args:
+      config: a preset of ``experiments/configs/bsam_table1.py``.
+      mode: one of ``MODES``.
+      shard: ``"i/n"``: train only jobs ``i, i + n, ...`` of the seed-major job list.
+    """
+    if mode not in MODES:
+        raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
+    jobs = grid_jobs(config)
+    if mode in ("run", "all"):
+        index, count = parse_shard(shard)
+        if config.data.name == "fashion_mnist" and not config.data.data_dir:
+            ensure_debian_fashion_mnist()
+        mine = shard_jobs(jobs, index, count)
+        run_jobs(
+            mine,
+            compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
+            after_job=evaluate_trained(config.table1),
+        )
+        evaluate_finished(mine, config.table1)
+    if mode in ("report", "all"):
+        evaluate_finished(jobs, config.table1)
+        out = report(config, jobs)
+        with open(os.path.join(out, "table1.md")) as f:
+            print(f.read())
+        print(f"Report: {out}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_enum("mode", "all", list(MODES), "Train and evaluate jobs, write the report, or both.")
+    flags.DEFINE_string("shard", "0/1", "Train only shard i of n (jobs i, i+n, ...), e.g. 0/2.")
+    cli.run(
+        lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
+        os.path.join(os.path.dirname(__file__), "configs", "bsam_table1.py:quick"),
+    )

@@ -1,0 +1,120 @@
+"""The bSAM Table 1 experiment (Möllenhoff & Khan 2023, arXiv:2210.01620): Table 6 in the presets, the
+grid's method labels, and the quick preset end to end on real Fashion-MNIST."""
+
+import csv
+import json
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import bsam_table1 as driver
+from experiments import grid
+from experiments.configs.bsam_table1 import NUM_TRAIN, get_config
+from sam_jax.data import debian
+from sam_jax.training import optimizer_hparams, validate_config
+
+
+def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
+    return {job.group: job for job in driver.grid_jobs(get_config(preset)) if job.config.seed == 0}
+
+
+def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
+    jobs = _jobs_by_label("fmnist")
+    assert sorted(jobs) == ["adam", "bsam", "sam_adam", "sam_sgd", "sgd"]
+    delta = 60 / NUM_TRAIN  # N * delta = 60 for every method but bSAM (50)
+    expected = {
+        "sgd": ("sgd", 0.01, {"sgd": {"momentum": 0.8, "weight_decay": delta}}),
+        "adam": ("adam", 0.001, {"adam": {"b1": 0.9, "weight_decay": delta}}),
+        "sam_sgd": ("sam", 0.05, {"sam": {"rho": 0.05, "m": 16, "base": "sgd"}, "sgd": {"momentum": 0.8}}),
+        "sam_adam": ("sam", 0.001, {"sam": {"rho": 0.02, "m": 16, "base": "adam"}, "adam": {"weight_decay": delta}}),
+        "bsam": ("bsam", 0.1, {"bsam": {"rho": 0.002, "beta1": 0.95, "prior_precision": 50.0, "m": 16}}),
+    }
+    for label, (name, learning_rate, blocks) in expected.items():
+        config = jobs[label].config
+        validate_config(config, NUM_TRAIN)
+        assert config.optimizer.name == name and config.optimizer.learning_rate == learning_rate
+        hparams = optimizer_hparams(config)
+        for block, values in blocks.items():
+            for field, value in values.items():
+                assert hparams[block][field] == pytest.approx(value), (label, block, field)
+        assert config.batch_size == 128 and config.optimizer.schedule == "cosine"
+        assert config.data.val_size == 0 and config.num_bins == 20 and config.model.name == "lenet5"
+    seeds = sorted({job.config.seed for job in driver.grid_jobs(get_config("fmnist"))})
+    assert seeds == [0, 1, 2]
+    assert "table1" not in jobs["sgd"].config  # evaluation settings never enter a run's config
+
+
+def test_jobs_are_seed_major_so_a_cut_grid_has_whole_seeds():
+    seeds = [job.config.seed for job in driver.grid_jobs(get_config("paper"))]
+    assert seeds == sorted(seeds) and len(seeds) == 25
+
+
+def test_grid_labels_can_share_an_optimizer():
+    config = get_config("quick")
+    del config["table1"]
+    config.grid.optimizers = ml_collections.ConfigDict(
+        {
+            "sam_a": {"optimizer": "sam", "learning_rates": (0.1,), "overrides": {"optimizer": {"sam": {"rho": 0.1}}}},
+            "sam_b": {"optimizer": "sam", "learning_rates": (0.1,)},
+            "bulk": {"optimizer": "bulk_sgd", "learning_rates": (0.1,), "ks": (1, 2)},
+        }
+    )
+    jobs = {job.group: job for job in grid.expand_grid(config)}
+    assert sorted(jobs) == ["bulk_k1", "bulk_k2", "sam_a", "sam_b"]
+    assert {jobs[label].config.optimizer.name for label in ("sam_a", "sam_b")} == {"sam"}
+    assert (jobs["sam_a"].config.optimizer.sam.rho, jobs["sam_b"].config.optimizer.sam.rho) == (0.1, 0.05)
+    assert jobs["sam_a"].workdir != jobs["sam_b"].workdir
+    assert jobs["bulk_k2"].config.optimizer.bulk_sgd.k == 2
+    config.grid.optimizers = ml_collections.ConfigDict(
+        {"x": {"optimizer": "sgd", "learning_rates": (0.1,), "ks": (1,)}}
+    )
+    with pytest.raises(ValueError, match="ks is only for bulk_sgd"):
+        grid.expand_grid(config)
+
+
+@pytest.mark.skipif(not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed")
+def test_quick_preset_trains_evaluates_and_reports(tmp_path):
+    config = get_config("quick")
+    config.workdir = str(tmp_path)
+    driver.main(config, mode="all")
+    report = tmp_path / "report"
+    with open(report / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["method"] for row in rows] == ["SGD", "SAM-SGD", "Adam", "SAM-Adam", "bSAM"]
+    for row in rows:
+        assert row["seeds"] == "1"
+        assert 0 <= float(row["accuracy_mean"]) <= 100 and float(row["nll_mean"]) > 0
+        assert 0 <= float(row["ece_mean"]) <= 1 and 0 <= float(row["auroc_mean"]) <= 1
+    assert (report / "bsam_posterior_samples.png").exists() and (report / "bsam_precision_histogram.png").exists()
+
+    jobs = {job.group: job for job in driver.grid_jobs(config)}
+    with open(os.path.join(jobs["bsam"].workdir, driver.EVAL_FILE)) as f:
+        bsam = json.load(f)
+    assert sorted(bsam["sample_curve"], key=int) == ["1", "2", "4"]
+    assert bsam["test"] == bsam["sample_curve"]["4"] and bsam["test"] != bsam["point"]
+    num_params = 61_706  # LeNet-5 with 10 outputs: one precision per weight
+    assert sum(bsam["precision_histogram"]["counts"]) == num_params
+    with open(os.path.join(jobs["sgd"].workdir, driver.EVAL_FILE)) as f:
+        sgd = json.load(f)
+    assert sgd["test"] == sgd["point"] and "sample_curve" not in sgd
+
+    # The committed evaluations alone rebuild the report: no checkpoint is needed.
+    before = (report / "table1.md").read_text()
+    for job in jobs.values():
+        shutil.rmtree(os.path.join(job.workdir, "checkpoints"))
+    os.remove(report / "table1.md")
+    driver.main(config, mode="report")
+    assert (report / "table1.md").read_text() == before
+
+
+def test_posterior_precision_is_read_from_the_chain_state():
+    from sam_jax import optim
+
+    params = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+    tx = optim.bsam(0.1, 0.01, 100, prior_precision=1.0, init_precision=2.0)
+    precision = driver._posterior_precision(jax.tree.map(np.asarray, tx.init(params)))
+    assert precision.shape == (9,) and np.all(precision == 2.0)
