@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import cli  # noqa: E402
-from experiments.configs.bsam_table1 import PAPER_TABLE1_FMNIST  # noqa: E402
+from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
 from experiments.grid import AfterJob, Job, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
 from sam_jax import calibration, optim  # noqa: E402
 from sam_jax.data import ensure_debian_fashion_mnist  # noqa: E402
@@ -207,18 +207,18 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         cells = []
         for metric in METRICS:
             mean, std = _mean_std([r["test"][metric] for r in runs])
-            paper = PAPER_TABLE1_FMNIST[label][metric]
+            paper = PAPER_TABLE1[config.data.name][label][metric]
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_paper": paper[0]})
             cells += [_cell(metric, mean, std), _cell(metric, *paper)]
         rows.append(row)
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     steps = sorted({r["step"] for runs in evaluations.values() for r in runs})
+    budget = f"{config.num_steps} steps" if config.num_steps else f"{config.num_epochs} epochs"
     notes = [
-        f"Fashion-MNIST / LeNet-5, test set (10,000 images); mean (std, ddof=0) over seeds; "
-        f"{config.num_epochs if not config.num_steps else config.num_steps} "
-        f"{'epochs' if not config.num_steps else 'steps'} (trained steps: {steps}). Paper: 120 epochs, 5 seeds. "
-        f"bSAM predicts with {config.table1.posterior_samples} posterior samples, the others at their point "
-        "estimate; ECE with 20 bins; AUROC of correct vs. wrong predictions by confidence."
+        f"{config.data.name} / {config.model.name}, test set; mean (std, ddof=0) over seeds; {budget} "
+        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM predicts with "
+        f"{config.table1.posterior_samples} posterior samples, the others at their point estimate; ECE with "
+        f"{config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
     ]
     if missing:
         notes.append("Not evaluated yet (left out): " + ", ".join(missing))
@@ -253,7 +253,7 @@ def _sample_curve(runs: Sequence[dict[str, Any]], out: str) -> None:
         ax.set_title(label)
         curve_rows += [{"samples": k, "metric": metric, "mean": m, "std": s} for k, m, s in zip(counts, means, stds)]
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"bSAM on Fashion-MNIST / LeNet-5: predictive vs. number of posterior samples ({len(runs)} seeds)")
+    fig.suptitle(f"bSAM: predictive vs. number of posterior samples ({len(runs)} seeds)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bsam_posterior_samples.png"), dpi=120)
     plt.close(fig)
@@ -271,7 +271,7 @@ def _precision_histogram(runs: Sequence[dict[str, Any]], out: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("log10 posterior precision N s (per weight)")
     ax.set_ylabel("weights")
-    ax.set_title("bSAM posterior precision, Fashion-MNIST / LeNet-5")
+    ax.set_title("bSAM posterior precision")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bsam_precision_histogram.png"), dpi=120)

@@ -110,3 +110,22 @@ def test_step_averages_member_losses_and_adds_penalties_over_n(penalty):
     eval_logits = make_eval_step(model)(params, {}, jnp.asarray(images))
     np.testing.assert_allclose(eval_logits, averaged, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(calibration.member_average_log_probs(jnp.asarray(logits)), averaged, rtol=1e-5)
+
+
+def test_deep_ensemble_experiment_trains_members_and_averages_them(tmp_path):
+    from experiments import deep_ensemble
+    from experiments.configs.deep_ensemble import get_config as ensemble_config
+
+    config = ensemble_config("quick")
+    config.workdir, config.num_steps, config.eval_every_steps = str(tmp_path), 10, 10
+    config.ensemble.size, config.ensemble.mc_dropout_samples = 2, 2
+    jobs = deep_ensemble.member_jobs(config)
+    assert [job.config.seed for job in jobs] == [0, 1] and "ensemble" not in jobs[0].config
+    with pytest.raises(ValueError, match="not finished"):
+        deep_ensemble.evaluate_ensemble(config)
+    deep_ensemble.main(config, mode="all")
+    results = deep_ensemble.read_results(config)
+    assert results["ensemble"]["predictive"] == "ensemble" and results["ensemble"]["members"] == 2
+    assert results["mc_dropout"]["predictive"] == "mc_dropout"
+    member_nll = [member["test"]["nll"] for member in results["members"]]
+    assert results["ensemble"]["test"]["nll"] <= max(member_nll)  # NLL is convex in the probabilities

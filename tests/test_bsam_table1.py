@@ -13,7 +13,7 @@ import pytest
 
 from experiments import bsam_table1 as driver
 from experiments import grid
-from experiments.configs.bsam_table1 import NUM_TRAIN, get_config
+from experiments.configs.bsam_table1 import PAPER_TABLE1, PRESETS, TRAIN_SIZES, get_config
 from sam_jax.data import debian
 from sam_jax.training import optimizer_hparams, validate_config
 
@@ -25,7 +25,8 @@ def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
 def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     jobs = _jobs_by_label("fmnist")
     assert sorted(jobs) == ["adam", "bsam", "sam_adam", "sam_sgd", "sgd"]
-    delta = 60 / NUM_TRAIN  # N * delta = 60 for every method but bSAM (50)
+    num_train = TRAIN_SIZES["fashion_mnist"]
+    delta = 60 / num_train  # N * delta = 60 for every method but bSAM (50)
     expected = {
         "sgd": ("sgd", 0.01, {"sgd": {"momentum": 0.8, "weight_decay": delta}}),
         "adam": ("adam", 0.001, {"adam": {"b1": 0.9, "weight_decay": delta}}),
@@ -35,7 +36,7 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     }
     for label, (name, learning_rate, blocks) in expected.items():
         config = jobs[label].config
-        validate_config(config, NUM_TRAIN)
+        validate_config(config, num_train)
         assert config.optimizer.name == name and config.optimizer.learning_rate == learning_rate
         hparams = optimizer_hparams(config)
         for block, values in blocks.items():
@@ -48,8 +49,25 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     assert "table1" not in jobs["sgd"].config  # evaluation settings never enter a run's config
 
 
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in ("quick", "fmnist")])
+def test_every_paper_setting_validates_with_its_model_schedule_and_paper_row(preset):
+    config = get_config(preset)
+    jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == 0}
+    dataset = config.data.name
+    assert sorted(jobs) == sorted(PAPER_TABLE1[dataset])
+    for job in jobs.values():
+        validate_config(job.config, TRAIN_SIZES[dataset])
+    expected = {"mnist": ("mlp", 75), "fashion_mnist": ("lenet5", 120), "cifar10": ("resnet20_frn", 180)}
+    model, epochs = expected.get(dataset, ("resnet20_frn", 180))
+    assert (config.model.name, config.num_epochs) == (model, epochs)
+    if dataset.startswith("cifar"):
+        assert config.optimizer.schedule == "step" and config.optimizer.step_factor == 0.1
+        assert tuple(round(b * 180) for b in config.optimizer.step_boundaries) == (100, 120)
+        assert optimizer_hparams(jobs["bsam"].config)["bsam"]["rho"] == 0.001
+
+
 def test_jobs_are_seed_major_so_a_cut_grid_has_whole_seeds():
-    seeds = [job.config.seed for job in driver.grid_jobs(get_config("paper"))]
+    seeds = [job.config.seed for job in driver.grid_jobs(get_config("fmnist_paper"))]
     assert seeds == sorted(seeds) and len(seeds) == 25
 
 
