@@ -13,7 +13,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sam_jax.training import PREEMPTED_EXIT_CODE, TrainingPreempted
+from sam_jax.training import PREEMPTED_EXIT_CODE, TrainingPreempted, initialize_distributed
 
 
 def _config_help(default_config: str) -> str:
@@ -36,6 +36,11 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
     A run stopped by SIGTERM or Ctrl-C (after saving its checkpoint) exits with
     ``PREEMPTED_EXIT_CODE`` (75); running the same command again resumes it.
 
+    A config with a ``distributed`` block (every run config) joins its multi-process run first,
+    before ``main`` or anything else touches a device: ``jax.distributed.initialize`` fails once
+    the XLA backend exists, because the backend's device list comes from the topology that the
+    processes exchange at initialization (docs/scaling.md).
+
     Args:
       main: the driver's body.
       default_config: config file used when ``--config`` is not given.
@@ -50,8 +55,11 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-checkpoint INFO lines off the console
+        config = config_flag.value
+        if "distributed" in config:  # first: see the docstring
+            initialize_distributed(config.distributed)
         try:
-            main(config_flag.value)
+            main(config)
         except TrainingPreempted as err:
             print(err, file=sys.stderr)
             sys.exit(PREEMPTED_EXIT_CODE)

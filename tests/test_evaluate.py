@@ -151,3 +151,14 @@ def test_bsam_run_is_evaluated_with_posterior_samples(tmp_path):
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     np.testing.assert_allclose(mean_only["test"]["nll"], summary["test/nll"], rtol=1e-5)
     assert np.isfinite(sampled["test"]["nll"]) and sampled["test"]["nll"] != mean_only["test"]["nll"]
+
+
+def test_a_run_saved_before_a_config_block_existed_still_loads(tmp_path):
+    workdir = str(tmp_path / "old")
+    train_and_evaluate(digits_config(workdir, num_steps=2, eval_every_steps=2, eval_at_start=False))
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["distributed"], saved["optimizer"]["vi"]  # blocks added after this run was "saved"
+    json.dump(saved, open(path, "w"))
+    run, state = load_trained(workdir)
+    assert int(state.step) == 2 and run.config.distributed.to_dict() == digits_config(workdir).distributed.to_dict()

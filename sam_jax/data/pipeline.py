@@ -5,7 +5,7 @@ docs/architecture.md), gathered from an in-memory :class:`ArrayDataset`; put the
 device with :func:`sam_jax.data.prefetch_to_device`.
 """
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -58,6 +58,7 @@ def train_batches(
     epoch: int,
     start_batch: int = 0,
     shuffle: bool = True,
+    process_rows: Optional[np.ndarray] = None,
 ) -> Iterator[Batch]:
     """One epoch of full training batches, in the order of :func:`epoch_permutation`.
 
@@ -74,10 +75,14 @@ def train_batches(
       start_batch: first batch to yield, in ``0 .. num_batches(N, batch_size)``; a resumed run
         passes the number of batches of this epoch it already trained on.
       shuffle: if False, batches follow the stored order (full-batch GD, debugging).
+      process_rows: the positions within each batch that this process loads, in increasing order
+        (multi-host data parallelism: the rows its devices hold); None for all. Every process
+        computes the same order, so together they load exactly the batches one process would.
 
     Returns:
-      An iterator over ``{"image", "label", "index"}`` batches; ``"index"`` holds each example's
-      position in ``ds`` (losses with per-example state, e.g. CRL, key on it).
+      An iterator over ``{"image", "label", "index"}`` batches (``len(process_rows)`` examples
+      each when given); ``"index"`` holds each example's position in ``ds`` (losses with
+      per-example state, e.g. CRL, key on it).
 
     Raises:
       ValueError: if ``batch_size`` exceeds ``N`` or ``start_batch`` is out of range (raised
@@ -92,20 +97,19 @@ def train_batches(
     if not 0 <= start_batch <= total:
         raise ValueError(f"start_batch must be in 0..{total} (batches per epoch), got {start_batch}.")
     order = epoch_permutation(ds.num_examples, seed, epoch) if shuffle else None
+    positions = np.arange(batch_size) if process_rows is None else np.asarray(process_rows)
 
     def batches() -> Iterator[Batch]:
         for b in range(start_batch, total):
-            rows = (
-                np.arange(b * batch_size, (b + 1) * batch_size)
-                if order is None
-                else order[b * batch_size : (b + 1) * batch_size]
-            )
+            rows = b * batch_size + positions
+            if order is not None:
+                rows = order[rows]
             yield {"image": ds.images[rows], "label": ds.labels[rows], "index": rows.astype(np.int32)}
 
     return batches()
 
 
-def eval_batches(ds: ArrayDataset, batch_size: int) -> Iterator[Batch]:
+def eval_batches(ds: ArrayDataset, batch_size: int, process_rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
     """All examples in stored order, in batches of exactly ``batch_size`` with a ``"mask"``.
 
     The last batch is padded with zero images and label 0 up to ``batch_size`` so that a
@@ -115,6 +119,8 @@ def eval_batches(ds: ArrayDataset, batch_size: int) -> Iterator[Batch]:
     Args:
       ds: the split to evaluate.
       batch_size: examples per batch.
+      process_rows: the positions within each batch that this process loads (as in
+        :func:`train_batches`); None for all.
 
     Returns:
       An iterator over ``num_batches(N, batch_size, drop_remainder=False)`` batches
@@ -124,18 +130,15 @@ def eval_batches(ds: ArrayDataset, batch_size: int) -> Iterator[Batch]:
       ValueError: if ``batch_size`` is not positive.
     """
     total = num_batches(ds.num_examples, batch_size, drop_remainder=False)
+    positions = np.arange(batch_size) if process_rows is None else np.asarray(process_rows)
 
     def batches() -> Iterator[Batch]:
         for b in range(total):
-            images = ds.images[b * batch_size : (b + 1) * batch_size]
-            labels = ds.labels[b * batch_size : (b + 1) * batch_size]
-            num_real = labels.shape[0]
-            mask = np.ones(batch_size, np.float32)
-            if num_real < batch_size:
-                pad = batch_size - num_real
-                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-                labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-                mask[num_real:] = 0.0
-            yield {"image": images, "label": labels, "mask": mask}
+            rows = b * batch_size + positions
+            real = rows < ds.num_examples
+            images = np.zeros((len(rows), *ds.images.shape[1:]), ds.images.dtype)
+            labels = np.zeros(len(rows), ds.labels.dtype)
+            images[real], labels[real] = ds.images[rows[real]], ds.labels[rows[real]]
+            yield {"image": images, "label": labels, "mask": real.astype(np.float32)}
 
     return batches()

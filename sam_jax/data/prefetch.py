@@ -34,6 +34,14 @@ class _Failure(NamedTuple):
 _END = object()
 
 
+def _to_device(item: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:
+    """``item`` on the devices of ``sharding``; with several processes, ``item`` is this process's part."""
+    if sharding is None:
+        return jax.device_put(item)
+    # One process: jax.device_put. Several: each process holds only the rows of its own devices.
+    return jax.make_array_from_process_local_data(sharding, item)
+
+
 class DevicePrefetcher(Iterator[Any]):
     """Iterator over device-resident items prepared ahead by one background thread.
 
@@ -64,7 +72,7 @@ class DevicePrefetcher(Iterator[Any]):
             for item in self._source:
                 if self._stop.is_set():
                     return
-                self._put(jax.device_put(item, self._sharding))
+                self._put(_to_device(item, self._sharding))
             self._put(_END)
         except BaseException as err:  # pylint: disable=broad-except  # handed to the consumer
             self._put(_Failure(err))
@@ -119,7 +127,11 @@ def prefetch_to_device(
     ``jax.device_put(item, sharding)`` and queues the result, while the caller's step runs:
     NumPy gathers and ``device_put`` release the GIL, so the input pipeline overlaps compute.
     Unlike ``flax.jax_utils.prefetch_to_device`` this is not tied to ``pmap``; pass a
-    ``NamedSharding`` to split batches over a mesh. An exception in ``iterator`` is re-raised
+    ``NamedSharding`` to split batches over a mesh. In a multi-process run (``jax.distributed``)
+    whose sharding spans the devices of every process, each item holds only this process's part
+    of the global arrays (the rows its devices hold, e.g. from ``train_batches(...,
+    process_rows=...)``), and ``jax.make_array_from_process_local_data`` assembles the global
+    ``jax.Array``; with one process that is ``jax.device_put``. An exception in ``iterator`` is re-raised
     to the caller. The thread is joined when the items run out, when the caller closes the
     prefetcher (``with prefetch_to_device(...) as batches:`` closes it on ``break`` and on
     exceptions), and at interpreter exit.
@@ -127,7 +139,8 @@ def prefetch_to_device(
     Args:
       iterator: yields pytrees of NumPy or JAX arrays.
       size: number of items kept ready on device (memory: ``size`` batches).
-      sharding: where to put each item; ``None`` is the default device.
+      sharding: where to put each item; ``None`` is the default device. With several processes,
+        each item is this process's part (see above).
 
     Returns:
       A :class:`DevicePrefetcher`: an iterator over the same items as ``jax.Array`` pytrees, in

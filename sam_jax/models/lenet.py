@@ -11,6 +11,8 @@ class LeNet5(nn.Module):
     The first convolution pads by 2 ("SAME") so that 28x28 inputs give the classic 5x5x16 feature
     map; 32x32 inputs (CIFAR) work too. ``dropout_rate > 0`` adds dropout before the two hidden
     dense layers, which enables MC-dropout evaluation (needs a ``dropout`` rng when ``train``).
+    ``dtype`` is the computation dtype; the head computes in float32 at least, so that logits are not
+    rounded to bfloat16.
     """
 
     num_classes: int
@@ -30,4 +32,4 @@ class LeNet5(nn.Module):
         for width in (120, 84):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return nn.Dense(self.num_classes, dtype=jnp.promote_types(self.dtype, jnp.float32))(x)

@@ -22,7 +22,8 @@ class MLP(nn.Module):
       activation: one of ``ACTIVATIONS`` ("tanh", "relu", "gelu").
       dropout_rate: dropout after each hidden activation when > 0 (MC-dropout; needs a ``dropout``
         rng when ``train``).
-      dtype: computation dtype; parameters stay float32 (or float64 under ``jax_enable_x64``).
+      dtype: computation dtype; parameters stay float32 (or float64 under ``jax_enable_x64``) and
+        the head computes in float32 at least, so that logits are not rounded to bfloat16.
     """
 
     num_classes: int
@@ -38,4 +39,4 @@ class MLP(nn.Module):
         for width in self.widths:
             x = act(nn.Dense(width, dtype=self.dtype)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return nn.Dense(self.num_classes, dtype=jnp.promote_types(self.dtype, jnp.float32))(x)

@@ -2,6 +2,11 @@
 
 - ``sam(base, rho, *, adaptive, eta, renormalize)``: SAM / ASAM / SSAM around any optax optimizer.
 - ``m_sharpness_sam(...)`` and ``split_into_sub_batches(batch, m)``: one perturbation per sub-batch.
+- ``device_vmap(fn, mesh, in_axes)``: ``jax.vmap`` whose entries are split over the devices (each
+  device evaluates the sub-batches it holds); ``per_device_sam_gradient(loss_fn, params, batch,
+  rho, mesh)``: SAM with one perturbation per device shard, as Foret et al.'s ``pmap`` code;
+  ``PER_DEVICE`` (-1) is the SAM-family ``m`` that asks the train step for it; ``DATA_AXIS`` is
+  the mesh axis the batch is split over.
 - ``scale_by_bsam(rho, num_data, *, prior_precision, ...)``: Bayesian SAM's direction ``gm / s``,
   to chain with ``optax.scale_by_learning_rate``; ``bsam(learning_rate, rho, num_data, ...)`` is that
   chain; ``bsam_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
@@ -22,6 +27,7 @@ hyper-parameters and what the train step must give it; ``build_optimizer(name, c
 
 from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample, scale_by_bsam
 from sam_jax.optim.bulk_sgd import HessianProjectionState, bulk_sgd, project_out_top_hessian_directions
+from sam_jax.optim.device_sharpness import DATA_AXIS, PER_DEVICE, device_vmap, per_device_sam_gradient
 from sam_jax.optim.m_sharpness import m_sharpness_sam, split_into_sub_batches
 from sam_jax.optim.registry import (
     DEFAULT_OPTIMIZER,
@@ -35,7 +41,7 @@ from sam_jax.optim.registry import (
     register,
     validate_hparams,
 )
-from sam_jax.optim.sam import SAMState, ascent_perturbation, match_norm, sam
+from sam_jax.optim.sam import SAMState, ascent_perturbation, global_norm, match_norm, sam
 from sam_jax.optim.variational import (
     MeanFieldVIState,
     bayes_by_backprop,
@@ -48,9 +54,11 @@ from sam_jax.optim.vasso import VASSOState, vasso
 __all__ = [
     "BSAMState",
     "BuildContext",
+    "DATA_AXIS",
     "DEFAULT_OPTIMIZER",
     "OPTIMIZERS",
     "OptimizerSpec",
+    "PER_DEVICE",
     "blocks_read",
     "build_optimizer",
     "get_optimizer_spec",
@@ -66,11 +74,14 @@ __all__ = [
     "bsam",
     "bsam_sample",
     "bulk_sgd",
+    "device_vmap",
+    "global_norm",
     "kl_divergence_mean_field",
     "m_sharpness_sam",
     "match_norm",
     "mean_field_vi",
     "mean_field_vi_sample",
+    "per_device_sam_gradient",
     "project_out_top_hessian_directions",
     "sam",
     "scale_by_bsam",

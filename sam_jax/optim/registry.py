@@ -26,6 +26,7 @@ import optax
 from sam_jax.losses import csam_loss
 from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
+from sam_jax.optim.device_sharpness import PER_DEVICE
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
 from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
@@ -74,7 +75,8 @@ class OptimizerSpec:
         skips the backward pass at ``params``.
       descent_loss: ``descent_loss(hparams) -> loss_fn`` when ``grad_fn`` differentiates another
         loss than the training loss (CSAM's eq. 4); None for the training loss.
-      sub_batch_size: ``sub_batch_size(hparams) -> m`` (0 = no m-sharpness).
+      sub_batch_size: ``sub_batch_size(hparams) -> m`` (0 = no m-sharpness, ``PER_DEVICE`` = one
+        sub-batch per device).
       full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
       posterior_sample: ``posterior_sample(params, opt_state, key, num_train) -> params`` for
         optimizers that learn a posterior (bSAM); None for a point estimate.
@@ -293,7 +295,8 @@ SAM_BASES = ("sgd", "adam", "adamw")
 def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
     def build(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
         base = build_optimizer(hparams["base"], context)
-        factory = m_sharpness_sam if _num_sub_batches(int(hparams["m"]), context.batch_size) else sam
+        m = int(hparams["m"])
+        factory = m_sharpness_sam if m == PER_DEVICE or _num_sub_batches(m, context.batch_size) else sam
         return factory(
             base,
             hparams["rho"],
@@ -306,9 +309,13 @@ def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
 
 
 def _check_sam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho", "m")
+    _non_negative(hparams, "rho")
     _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
-    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
+    _require(
+        int(hparams["m"]) == hparams["m"] and hparams["m"] >= PER_DEVICE,
+        f"m={hparams['m']} must be an integer: examples per sub-batch, 0 for none, "
+        f"or {PER_DEVICE} for one sub-batch per device.",
+    )
 
 
 def _check_asam(hparams: Hparams) -> None:
@@ -343,7 +350,8 @@ register(
         _sharpness_aware(),
         _check_sam,
         **_SAM_COMMON,
-        summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0.",
+        summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0, "
+        "one perturbation per device shard with m = -1.",
     )
 )
 

@@ -38,6 +38,22 @@ class SAMState(NamedTuple):
     base_state: optax.OptState  # state of the wrapped base optimizer
 
 
+def global_norm(tree: optax.Updates) -> jax.Array:
+    """The L2 norm over every leaf of ``tree``, accumulated in float32 at least.
+
+    Leaves are cast to ``promote_types(dtype, float32)`` before they are squared and summed, since
+    bfloat16 has an 8-bit significand: a bfloat16 sum of squares stops growing once it is about 2^8
+    times the terms it adds. float64 leaves (``jax_enable_x64``) stay float64.
+
+    Args:
+      tree: any pytree of arrays.
+
+    Returns:
+      A scalar of float32 or a wider dtype.
+    """
+    return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree))
+
+
 def _safe_inverse(x: jax.Array) -> jax.Array:
     """1 / x, and 0 where x == 0, so that a zero gradient gives a zero perturbation (no NaN)."""
     nonzero = x > 0
@@ -57,7 +73,9 @@ def ascent_perturbation(
     SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2; Tan et al. 2025, arXiv:2505.23866, Sec. 3.2):
     ``e = rho * g / ||g||``. ASAM (Kwon et al. 2021, arXiv:2102.11600, as in the SamsungLabs code)
     with the elementwise normalisation operator ``T = |w| + eta``: ``e = rho * T^2 g / ||T g||``. A
-    zero gradient gives ``e = 0``.
+    zero gradient gives ``e = 0``. The norm is accumulated in float32 at least (``global_norm``) and
+    ``e`` is computed in that precision and returned in the dtype of ``params``, so bfloat16
+    gradients of float32 parameters (mixed precision) still move the weights by exactly ``rho``.
 
     Args:
       grads: loss gradient ``g`` at ``params`` (any pytree).
@@ -67,15 +85,15 @@ def ascent_perturbation(
       eta: offset of ``T``; only used when ``adaptive``.
 
     Returns:
-      The perturbation ``e``, a pytree like ``params``.
+      The perturbation ``e``, a pytree like ``params`` (its structure and dtypes).
     """
     if adaptive:
         scale = jax.tree.map(lambda w: jnp.abs(w) + eta, params)
         scaled = jax.tree.map(jnp.multiply, scale, grads)
-        step = rho * _safe_inverse(optax.tree.norm(scaled))
-        return jax.tree.map(lambda t, tg: (step * t * tg).astype(tg.dtype), scale, scaled)
-    step = rho * _safe_inverse(optax.tree.norm(grads))
-    return jax.tree.map(lambda g: (step * g).astype(g.dtype), grads)
+        step = rho * _safe_inverse(global_norm(scaled))
+        return jax.tree.map(lambda t, tg, w: (step * t * tg).astype(w.dtype), scale, scaled, params)
+    step = rho * _safe_inverse(global_norm(grads))
+    return jax.tree.map(lambda g, w: (step * g).astype(w.dtype), grads, params)
 
 
 def match_norm(grads: optax.Updates, reference: optax.Updates) -> optax.Updates:
@@ -88,7 +106,7 @@ def match_norm(grads: optax.Updates, reference: optax.Updates) -> optax.Updates:
     Returns:
       ``grads`` rescaled; zero stays zero (no NaN).
     """
-    ratio = optax.tree.norm(reference) * _safe_inverse(optax.tree.norm(grads))
+    ratio = global_norm(reference) * _safe_inverse(global_norm(grads))
     return jax.tree.map(lambda g: (ratio * g).astype(g.dtype), grads)
 
 

@@ -10,6 +10,7 @@ from sam_jax.training.config import (
     run_batch_size,
     validate_config,
 )
+from sam_jax.training.distributed import initialize_distributed
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.loop import (
     Hook,
@@ -52,6 +53,7 @@ __all__ = [
     "optimizer_hparams",
     "run_batch_size",
     "evaluate",
+    "initialize_distributed",
     "learning_rate_schedule",
     "load_run_data",
     "load_trained",

@@ -4,6 +4,12 @@ Orbax writes each checkpoint to a temporary directory and renames it when comple
 at any moment (even by SIGKILL) leaves only whole checkpoints behind. A checkpoint damaged after the
 fact (a file cut in half by a full disk or a bad copy) is caught at restore: the newest one that
 reads back whole and finite is used, with a warning for each one skipped.
+
+In a multi-process run (``jax.distributed``) every process calls :meth:`Checkpointer.save` and
+:meth:`Checkpointer.restore` on the same directory, which all of them must share: Orbax writes the
+arrays from the processes that hold them and commits (renames) the checkpoint from process 0 once
+all have written. The state is replicated, so every process reads the same values and makes the
+same choice of the checkpoint to fall back to.
 """
 
 import logging

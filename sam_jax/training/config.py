@@ -14,6 +14,7 @@ from sam_jax.data import DATASETS
 from sam_jax import optim
 from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing, loss_hparam_defaults
 from sam_jax.models import MODELS
+from sam_jax.training.distributed import default_distributed_config, validate_distributed_config
 from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -97,6 +98,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.progress_bar = True
 
     config.curvature = default_curvature_config()
+    # Multi-process runs (jax.distributed; off by default): see sam_jax.training.distributed.
+    config.distributed = default_distributed_config()
     return config
 
 
@@ -226,3 +229,7 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         validate_curvature_config(config.curvature)
     except ValueError as err:
         fail(f"curvature: {err}")
+    try:
+        validate_distributed_config(config.distributed)
+    except ValueError as err:
+        fail(str(err))

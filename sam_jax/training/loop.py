@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -30,7 +31,14 @@ from sam_jax.losses import StatefulLoss, get_loss, get_mixing, get_stateful_loss
 from sam_jax.losses.validation import check_labels
 from sam_jax.models import create_model
 from sam_jax.training.checkpoint import Checkpointer, all_finite
-from sam_jax.training.config import chosen_hparams, optimizer_hparams, run_batch_size, validate_config
+from sam_jax.training.config import (
+    chosen_hparams,
+    default_config,
+    optimizer_hparams,
+    run_batch_size,
+    validate_config,
+)
+from sam_jax.training.distributed import is_primary_process, sync_processes
 from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
@@ -89,6 +97,7 @@ class Run:
 
 
 def _mesh() -> Mesh:
+    """The data-parallel mesh over every device of every process (``jax.distributed``)."""
     return Mesh(np.array(jax.devices()), ("data",))
 
 
@@ -111,6 +120,31 @@ def _batch_sharding(mesh: Mesh, batch_size: int, *, train: bool = False) -> Name
             "training set: change data.train_size), or run on fewer devices."
         )
     return NamedSharding(mesh, PartitionSpec())
+
+
+def _process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:
+    """The rows of a ``[batch_size, ...]`` array with ``sharding`` that this process's devices hold.
+
+    In increasing order, as ``jax.make_array_from_process_local_data`` expects this process's part
+    of a global array: all rows with one process or a replicated batch; with several processes and
+    a batch split over the mesh, each process loads only its share (docs/scaling.md).
+    """
+    held = sharding.addressable_devices_indices_map((batch_size,)).values()
+    return np.unique(np.concatenate([np.arange(batch_size)[index] for index in held]))
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly sharded across processes) array as NumPy, on every process.
+
+    ``np.asarray`` of an array with rows on other processes' devices fails; the all-gather is a
+    plain copy with one process.
+    """
+    return multihost_utils.process_allgather(array, tiled=True)
+
+
+def _replicated(run: "Run", values: np.ndarray) -> jax.Array:
+    """``values`` (the same on every process) replicated on every device of the run's mesh."""
+    return jax.make_array_from_process_local_data(NamedSharding(run.mesh, PartitionSpec()), np.asarray(values))
 
 
 def _augment(config: ml_collections.ConfigDict) -> Optional[Callable[[jax.Array, jax.Array], jax.Array]]:
@@ -147,7 +181,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
 
     model = create_model(config.model.name, run_data.num_classes, **config.model.kwargs.to_dict())
     tx = make_optimizer(config, total_steps, num_train)
-    sample = jnp.asarray(run_data.train.images[:1])
+    sample = np.asarray(run_data.train.images[:1])  # a constant of the traced init, not one process's array
 
     def init_state(key: jax.Array) -> TrainState:
         init_key, dropout_key, step_key = jax.random.split(key, 3)
@@ -164,7 +198,9 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
 
     mesh = _mesh()
     _batch_sharding(mesh, batch_size, train=True)  # fails now, before anything is compiled
-    state = jax.jit(init_state, out_shardings=NamedSharding(mesh, PartitionSpec()))(jax.random.PRNGKey(config.seed))
+    # The state is replicated on every device (data parallelism), so every process can read it.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
 
     m = spec.sub_batch_size(hparams)
     train_step = make_train_step(
@@ -177,6 +213,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),
         augment=_augment(config),
         num_train=num_train,
+        mesh=mesh,
     )
     eval_step = make_eval_step(model)
 
@@ -196,7 +233,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         steps_per_epoch,
         total_steps,
         state,
-        jax.jit(train_step),
+        jax.jit(train_step, out_shardings=replicated),
         jax.jit(eval_step),
         mesh,
         jax.jit(state_is_good),
@@ -227,6 +264,19 @@ def check_run_data(run_data: RunData) -> None:
             )
 
 
+def _with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A saved config with the blocks it predates (added to ``default_config`` later) at their defaults."""
+
+    def merge(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        merged = dict(defaults)
+        for key, value in saved.items():
+            both_blocks = isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping)
+            merged[key] = merge(value, defaults[key]) if both_blocks else value
+        return merged
+
+    return ml_collections.ConfigDict(merge(saved, defaults))
+
+
 def load_trained(
     workdir: str, step: Optional[int] = None, run_data: Optional[RunData] = None
 ) -> tuple[Run, TrainState]:
@@ -241,7 +291,7 @@ def load_trained(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir!r} is not a sam_jax run directory.")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = _with_defaults(json.load(f), default_config().to_dict())
     run = build_run(config, run_data)
     checkpointer = Checkpointer(workdir)
     try:
@@ -251,15 +301,20 @@ def load_trained(
 
 
 def predict(run: Run, params: Any, model_state: Any, dataset: data.ArrayDataset) -> np.ndarray:
-    """Inference-mode logits ``[N, K]`` for every example of ``dataset``, in order."""
-    batch_size = min(run.config.eval_batch_size, max(len(dataset.labels), 1))
+    """Inference-mode logits ``[N, K]`` for every example of ``dataset``, in order, on every process.
+
+    Each process loads its rows of every evaluation batch; the logits are gathered to all of them.
+    """
+    num_examples = len(dataset.labels)
+    batch_size = min(run.config.eval_batch_size, max(num_examples, 1))
     sharding = _batch_sharding(run.mesh, batch_size)
+    batches = data.eval_batches(dataset, batch_size, process_rows=_process_rows(sharding, batch_size))
     outputs = []
-    with data.prefetch_to_device(data.eval_batches(dataset, batch_size), sharding=sharding) as batches:
-        for batch in batches:
-            logits = run.eval_step(params, model_state, batch["image"])
-            outputs.append(np.asarray(logits)[np.asarray(batch["mask"]) > 0])
-    return np.concatenate(outputs) if outputs else np.zeros((0, run.data.num_classes), np.float32)
+    with data.prefetch_to_device(batches, sharding=sharding) as device_batches:
+        for batch in device_batches:
+            outputs.append(_to_host(run.eval_step(params, model_state, batch["image"])))
+    # Only the last batch is padded, at its end.
+    return np.concatenate(outputs)[:num_examples] if outputs else np.zeros((0, run.data.num_classes), np.float32)
 
 
 def _pad(logits: np.ndarray, labels: np.ndarray, length: int) -> dict[str, np.ndarray]:
@@ -288,12 +343,14 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
         name: ds for name, ds in (("train", train), ("val", run.data.val), ("test", run.data.test)) if len(ds.labels)
     }
     length = max(len(ds.labels) for ds in sets.values())
+    # Host copies: what follows is the same small computation on every process, on its own device.
+    loss_state = jax.device_get(state.loss_state)
     # The model's outputs (what the loss reads) and the loss's predictions (what calibration reads).
     outputs = {
         name: _pad(predict(run, state.params, state.model_state, ds), ds.labels, length) for name, ds in sets.items()
     }
     padded = {
-        name: {**arrays, "logits": np.asarray(run.loss.predict(arrays["logits"], state.loss_state))}
+        name: {**arrays, "logits": np.asarray(run.loss.predict(arrays["logits"], loss_state))}
         for name, arrays in outputs.items()
     }
     val = padded.get("val")
@@ -304,7 +361,7 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
             arrays["logits"], arrays["labels"], mask=arrays["mask"], num_bins=run.config.num_bins, **val_kwargs
         )
         model_outputs = outputs[name]["logits"]
-        metrics["loss"] = float(run.loss_at(model_outputs, arrays["labels"], state.loss_state, arrays["mask"]))
+        metrics["loss"] = float(run.loss_at(model_outputs, arrays["labels"], loss_state, arrays["mask"]))
         results.update({f"{name}/{k}": v for k, v in metrics.items()})
     return results
 
@@ -316,7 +373,7 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     train = run.data.train
     size = config.curvature.subset_size or len(train.labels)
     index = data.epoch_permutation(len(train.labels), config.curvature.seed, 0)[:size]
-    images, labels = jnp.asarray(train.images[index]), jnp.asarray(train.labels[index])
+    images, labels = _replicated(run, train.images[index]), _replicated(run, train.labels[index])
     rho = run.optimizer.perturbation_radius(optimizer_hparams(config)[config.optimizer.name])
     # The training loss at its initial state (for a loss with state, e.g. AdaFocal's initial gamma).
     loss_fn = get_loss(config.loss.name, **chosen_hparams(config.loss))
@@ -335,7 +392,7 @@ def _end_of_epoch_loss_update(run: Run, state: TrainState) -> TrainState:
     """The loss state after ``run.loss.epoch_update`` on its split (e.g. AdaFocal's validation bins)."""
     dataset = run.data.val if run.loss.epoch_split == "validation" else run.data.train
     logits = predict(run, state.params, state.model_state, dataset)
-    loss_state = run.loss_epoch_update(state.loss_state, jnp.asarray(logits), jnp.asarray(dataset.labels))
+    loss_state = run.loss_epoch_update(state.loss_state, _replicated(run, logits), _replicated(run, dataset.labels))
     return state._replace(loss_state=loss_state)
 
 
@@ -385,11 +442,17 @@ def train_and_evaluate(
     Args:
       config: the run config (``sam_jax.training.default_config`` plus overrides).
       workdir: output directory (default ``config.workdir``).
-      hooks: extra :class:`Hook` s whose metrics join ``metrics.jsonl``.
+      hooks: extra :class:`Hook` s whose metrics join ``metrics.jsonl`` (in a distributed run every
+        process calls them, and process 0 writes what they return).
       run: a prebuilt :func:`build_run` (to share loaded data between runs); built when None.
 
+    Several processes (``jax.distributed``, initialized before; ``sam_jax.training.distributed``)
+    run it together on a shared ``workdir``: each loads its rows of every batch, all take part in
+    every computation and in the checkpoints (Orbax), and process 0 alone writes ``config.json``,
+    ``metrics.jsonl``, ``summary.json`` and the figures.
+
     Returns:
-      The summary: final evaluation metrics, steps, wall time.
+      The summary: final evaluation metrics, steps, wall time (on every process).
 
     Raises:
       WorkdirError: ``workdir`` is not writable or holds a different run (before any training).
@@ -398,9 +461,11 @@ def train_and_evaluate(
       TrainingPreempted: SIGTERM or SIGINT arrived; a checkpoint of the step reached was saved.
     """
     workdir = workdir or config.workdir
-    resuming = prepare_workdir(config, workdir)
+    primary = is_primary_process()
+    resuming = prepare_workdir(config, workdir, may_delete=primary)
+    sync_processes("sam_jax.train_and_evaluate: workdir prepared")  # read by all before anyone writes
     run = run or build_run(config)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, active=primary)
     checkpointer = Checkpointer(workdir)
     try:
         with PreemptionWatcher() as watcher:
@@ -409,8 +474,9 @@ def train_and_evaluate(
     finally:
         checkpointer.close()
 
+    sync_processes("sam_jax.train_and_evaluate: metrics written")
     records = read_metrics(workdir)
-    if config.curvature.every > 0:
+    if primary and config.curvature.every > 0:
         plot_sharpness(
             records,
             os.path.join(workdir, "sharpness.png"),
@@ -425,6 +491,8 @@ def train_and_evaluate(
         "num_train": len(run.data.train.labels),
         "num_val": len(run.data.val.labels),
         "num_test": len(run.data.test.labels),
+        "num_devices": run.mesh.size,
+        "num_processes": jax.process_count(),
     }
     writer.write_summary(summary)
     return summary
@@ -462,12 +530,13 @@ def _train(
         writer.write(0, initial)
 
     batch_sharding = _batch_sharding(run.mesh, run.batch_size, train=True)
+    rows = _process_rows(batch_sharding, run.batch_size)
     shuffle = not run.optimizer.full_batch
     step, pending, window = start_step, None, []
     progress = tqdm(
         total=run.total_steps,
         initial=start_step,
-        disable=not config.progress_bar,
+        disable=not config.progress_bar or not is_primary_process(),
         desc=os.path.basename(os.path.normpath(workdir)),
         unit="step",
         dynamic_ncols=True,
@@ -476,7 +545,13 @@ def _train(
         while step < run.total_steps:
             epoch, start_batch = divmod(step, run.steps_per_epoch)
             batches = data.train_batches(
-                run.data.train, run.batch_size, seed=config.seed, epoch=epoch, start_batch=start_batch, shuffle=shuffle
+                run.data.train,
+                run.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                start_batch=start_batch,
+                shuffle=shuffle,
+                process_rows=rows,
             )
             with data.prefetch_to_device(batches, sharding=batch_sharding) as device_batches:
                 for batch in device_batches:

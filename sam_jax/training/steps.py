@@ -21,10 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from sam_jax.calibration import member_average_log_probs
 from sam_jax.losses import MixedObjective, StatefulLoss, get_mixing
-from sam_jax.optim import split_into_sub_batches
+from sam_jax.optim import DATA_AXIS, PER_DEVICE, device_vmap, split_into_sub_batches
 from sam_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -74,6 +75,27 @@ def _over_members(members: int, logits: jax.Array, *per_example: Optional[jax.Ar
     return (logits.reshape((-1, logits.shape[-1])), *repeated)
 
 
+def _sub_batch_size(m: int, batch_size: int, mesh: Optional[Mesh]) -> int:
+    """Examples per m-sharpness sub-batch: ``m``, or the per-device batch for ``PER_DEVICE``."""
+    if m != PER_DEVICE:
+        return m
+    devices = mesh.shape[DATA_AXIS]
+    if batch_size % devices:
+        raise ValueError(f"m={PER_DEVICE}: the batch of {batch_size} examples does not divide over {devices} devices.")
+    return batch_size // devices
+
+
+def _sub_batch_map(num_sub_batches: int, mesh: Optional[Mesh]) -> Callable[..., Callable[..., Any]]:
+    """``map(fn, in_axes)`` over stacked sub-batches.
+
+    On the devices that hold them when they divide evenly over ``mesh``'s data axis; otherwise with
+    ``jax.vmap``, where XLA places the work.
+    """
+    if mesh is not None and num_sub_batches % mesh.shape[DATA_AXIS] == 0:
+        return lambda fn, in_axes: device_vmap(fn, mesh, in_axes)
+    return jax.vmap
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformationExtraArgs,
@@ -85,6 +107,7 @@ def make_train_step(
     mixing: MixedObjective = NO_MIXING,
     augment: Optional[Augment] = None,
     num_train: int = 0,
+    mesh: Optional[Mesh] = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -96,9 +119,11 @@ def make_train_step(
         ``state.loss_state`` and advanced by ``loss.step_update`` with the clean logits.
       descent_loss_fn: ``fn(logits, labels, mask=None)``, the loss ``grad_fn`` differentiates
         when the optimizer has its own (CSAM's eq. 4); None for the training loss.
-      m: m-sharpness sub-batch size; 0 for none. Then ``grads`` and ``grad_fn`` work on stacked
-        sub-batches (see ``sam_jax.optim.m_sharpness_sam``) and the running statistics are the mean
-        of the sub-batches'.
+      m: m-sharpness sub-batch size; 0 for none; ``sam_jax.optim.PER_DEVICE`` (-1) for one
+        sub-batch per device of ``mesh`` (Foret et al.'s ``pmap`` SAM: each device perturbs with
+        its own shard's gradient). Then ``grads`` and ``grad_fn`` work on stacked sub-batches (see
+        ``sam_jax.optim.m_sharpness_sam``), every sub-batch's forward pass uses its own BatchNorm
+        statistics and the running statistics are the mean of the sub-batches'.
       uses_clean_gradient: False when the optimizer takes all its gradients from ``grad_fn``
         (bSAM); the clean pass is then a forward pass only.
       mixing: how a batch becomes a loss (``sam_jax.losses.get_mixing``: none, mixup, MIT-L),
@@ -111,7 +136,16 @@ def make_train_step(
         see the same augmented batch, and a resumed run augments identically.
       num_train: training examples N; the model's sown ``"penalties"`` enter the loss divided by
         N (needed only by models that sow them).
+      mesh: the devices the loop splits the batch over along ``"data"``. When given and the
+        number of m-sharpness sub-batches is a multiple of the device count, each device
+        evaluates the sub-batches it holds (``sam_jax.optim.device_vmap``); the result is that of
+        the ``jax.vmap`` used otherwise. Required for ``m = PER_DEVICE``.
+
+    Raises:
+      ValueError: ``m = PER_DEVICE`` without ``mesh``.
     """
+    if m == PER_DEVICE and mesh is None:
+        raise ValueError(f"m={PER_DEVICE} (one sub-batch per device) needs the device mesh: make_train_step(mesh=...).")
     members = ensemble_size(model)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
@@ -156,20 +190,23 @@ def make_train_step(
         descent = clean if descent_loss_fn is None else objective(descent_loss)
         descent_grad = jax.grad(descent, has_aux=True)
         if m:
-            sub_batches = split_into_sub_batches(batch, m)
+            batch_size = len(batch["label"])
+            sub_batch_size = _sub_batch_size(m, batch_size, mesh)
+            sub_batches = split_into_sub_batches(batch, sub_batch_size)
+            over_sub_batches = _sub_batch_map(batch_size // sub_batch_size, mesh)
             if uses_clean_gradient:
-                (losses, (logits, sub_states)), grads = jax.vmap(
-                    jax.value_and_grad(clean, has_aux=True), in_axes=(None, 0)
+                (losses, (logits, sub_states)), grads = over_sub_batches(
+                    jax.value_and_grad(clean, has_aux=True), (None, 0)
                 )(state.params, sub_batches)
             else:
-                losses, (logits, sub_states) = jax.vmap(clean, in_axes=(None, 0))(state.params, sub_batches)
+                losses, (logits, sub_states) = over_sub_batches(clean, (None, 0))(state.params, sub_batches)
                 grads = None
             loss_value = jnp.mean(losses)
-            logits = logits.reshape((-1, logits.shape[-1]))
+            logits = logits.reshape((-1,) + logits.shape[2:])
             model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
 
             def grad_fn(stacked_params: Any) -> Any:
-                return jax.vmap(descent_grad)(stacked_params, sub_batches)[0]
+                return over_sub_batches(descent_grad, (0, 0))(stacked_params, sub_batches)[0]
         else:
 
             def grad_fn(params: Any) -> Any:

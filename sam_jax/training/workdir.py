@@ -16,9 +16,10 @@ import ml_collections
 
 from sam_jax.training.writers import CONFIG_FILE
 
-# Fields that may differ between a run and its resumption: the length of training (a run can be
-# extended), how it is resumed, and how it reports progress.
-RESUMABLE_FIELDS = ("num_epochs", "num_steps", "resume", "overwrite", "progress_bar", "workdir")
+# Fields (or whole blocks) that may differ between a run and its resumption: the length of training
+# (a run can be extended), how it is resumed, how it reports progress, and how its processes join
+# (each process of a distributed run has its own process_id, and a run may resume on other hosts).
+RESUMABLE_FIELDS = ("num_epochs", "num_steps", "resume", "overwrite", "progress_bar", "workdir", "distributed")
 
 # Everything the loop writes into a run directory.
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints", "sharpness.png")
@@ -56,14 +57,18 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _resumable(key: str) -> bool:
+    return any(key == field or key.startswith(f"{field}.") for field in RESUMABLE_FIELDS)
+
+
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """Fields (dotted names) whose values differ, ignoring :data:`RESUMABLE_FIELDS`."""
+    """Fields (dotted names) whose values differ, ignoring :data:`RESUMABLE_FIELDS` and their sub-fields."""
     old = _flatten(saved)
     new = _flatten(json.loads(config.to_json_best_effort()))
     return sorted(
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in set(old) | set(new)
-        if key not in RESUMABLE_FIELDS and old.get(key) != new.get(key)
+        if not _resumable(key) and old.get(key) != new.get(key)
     )
 
 
@@ -86,8 +91,18 @@ def remove_run(workdir: str) -> None:
             os.remove(path)
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *, may_delete: bool = True) -> bool:
     """Applies the re-use policy to ``workdir`` before anything is trained.
+
+    Every process of a distributed run calls it on the shared directory and reaches the same
+    decision; only the one that writes the run's files (``may_delete``) deletes an old run, and no
+    process may write there before all of them have returned (the loop waits at a barrier).
+
+    Args:
+      config: the run config.
+      workdir: the run directory.
+      may_delete: whether this process deletes the old run when ``config.overwrite`` (False on
+        every process of a distributed run but process 0).
 
     Returns:
       True when ``workdir`` holds a run with the same config that should be resumed; False for a
@@ -98,11 +113,12 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
         continue (a different config, or ``resume=False``).
     """
     check_writable(workdir)
+    if config.overwrite:
+        if may_delete and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+            remove_run(workdir)
+        return False
     saved = saved_config(workdir)
     if saved is None:
-        return False
-    if config.overwrite:
-        remove_run(workdir)
         return False
     how = "To keep it, pick another --config.workdir; to delete it and start afresh, add --config.overwrite=True."
     if not config.resume:

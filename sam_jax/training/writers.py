@@ -29,19 +29,31 @@ def to_python(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``<workdir>/metrics.jsonl``; writes config and summary."""
+    """Appends one JSON object per line to ``<workdir>/metrics.jsonl``; writes config and summary.
 
-    def __init__(self, workdir: str):
+    Args:
+      workdir: the run directory.
+      active: whether this process writes; False on every process of a distributed run but
+        process 0, so that each file has one writer (all processes compute the metrics, since
+        they all take part in the computations behind them).
+    """
+
+    def __init__(self, workdir: str, active: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
+        self.active = active
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
+        if not self.active:
+            return
         with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
     def reset(self, keep_up_to_step: int) -> None:
         """Drops records after ``keep_up_to_step`` (a resumed run rewrites them); 0 starts afresh."""
+        if not self.active:
+            return
         kept = (
             [r for r in read_metrics(self.workdir) if r.get("step", 0) <= keep_up_to_step]
             if keep_up_to_step > 0 and os.path.exists(self.path)
@@ -51,11 +63,15 @@ class MetricsWriter:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
         record = {"step": int(step), **to_python(dict(metrics))}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
         with open(os.path.join(self.workdir, SUMMARY_FILE), "w") as f:
             json.dump(to_python(dict(summary)), f, indent=2)
 
