@@ -37,6 +37,7 @@ from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
 from experiments.grid import AfterJob, Job, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
 from sam_jax import calibration, optim  # noqa: E402
 from sam_jax.data import ensure_debian_fashion_mnist  # noqa: E402
+from sam_jax.optim.states import find_state  # noqa: E402
 from sam_jax.training import (  # noqa: E402
     Checkpointer,
     Run,
@@ -76,12 +77,8 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[s
 
 
 def _posterior_precision(opt_state: Any) -> np.ndarray:
-    states = [
-        leaf
-        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optim.BSAMState))
-        if isinstance(leaf, optim.BSAMState)
-    ]
-    return np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(states[0].precision)])
+    state = find_state(opt_state, optim.BSAMState, "the precision histogram", "a bSAM run")
+    return np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(state.precision)])
 
 
 def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: TrainState) -> dict[str, Any]:

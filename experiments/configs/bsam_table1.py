@@ -190,8 +190,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         config.num_steps = 8
         config.eval_every_steps = 8
         config.eval_at_start = False
-        config.table1.posterior_samples = 4
-        config.table1.sample_counts = (1, 2, 4)
+        config.eval_train_size = 256
+        config.table1.posterior_samples = 2
+        config.table1.sample_counts = (1, 2)
         config.progress_bar = False
         config.grid = _grid(dataset, (0,))
     elif preset == "fmnist":

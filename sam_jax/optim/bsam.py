@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.optim.states import find_state
+
 GradFn = Callable[[optax.Params], optax.Updates]
 
 
@@ -59,21 +61,6 @@ def _perturb_by_posterior_noise(
     return jax.tree.map(lambda w, s, z: w + z * jax.lax.rsqrt(num_data * s), params, precision, noise)
 
 
-def _find_bsam_state(state: optax.OptState) -> BSAMState:
-    """The one ``BSAMState`` inside ``state`` (itself, or a component of a chain's state)."""
-    found = [
-        leaf
-        for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, BSAMState))
-        if isinstance(leaf, BSAMState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"bsam_sample needs an optimizer state holding exactly one BSAMState, found {len(found)}; "
-            "pass the state of scale_by_bsam, bsam, or a chain containing one of them."
-        )
-    return found[0]
-
-
 def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num_data: int) -> optax.Params:
     """Draws one sample from the bSAM posterior ``N(w, 1 / (N s))``.
 
@@ -93,7 +80,9 @@ def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num
     Raises:
       ValueError: when ``state`` does not hold exactly one ``BSAMState``.
     """
-    precision = _find_bsam_state(state).precision
+    precision = find_state(
+        state, BSAMState, "bsam_sample", "scale_by_bsam, bsam, or a chain containing one of them"
+    ).precision
     return _perturb_by_posterior_noise(params, precision, _standard_normal_like(key, params), num_data)
 
 

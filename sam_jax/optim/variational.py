@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.optim.states import find_state
+
 GradFn = Callable[[optax.Params], optax.Updates]
 
 
@@ -67,21 +69,6 @@ def kl_divergence_mean_field(mu: optax.Params, sigma: optax.Params, prior_precis
     return sum(jax.tree.leaves(jax.tree.map(per_leaf, mu, sigma)))
 
 
-def _find_vi_state(state: optax.OptState) -> MeanFieldVIState:
-    """The one ``MeanFieldVIState`` inside ``state`` (itself, or a component of a chain's state)."""
-    found = [
-        leaf
-        for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, MeanFieldVIState))
-        if isinstance(leaf, MeanFieldVIState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"mean_field_vi_sample needs an optimizer state holding exactly one MeanFieldVIState, found "
-            f"{len(found)}; pass the state of bayes_by_backprop, mean_field_vi, or a chain containing one."
-        )
-    return found[0]
-
-
 def mean_field_vi_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num_data: int) -> optax.Params:
     """Draws one sample ``mu + softplus(rho) z`` from the mean-field posterior.
 
@@ -104,7 +91,9 @@ def mean_field_vi_sample(params: optax.Params, state: optax.OptState, key: jax.A
       ValueError: when ``state`` does not hold exactly one ``MeanFieldVIState``.
     """
     del num_data
-    rho = _find_vi_state(state).rho
+    rho = find_state(
+        state, MeanFieldVIState, "mean_field_vi_sample", "bayes_by_backprop, mean_field_vi, or a chain containing one"
+    ).rho
     noise = optax.tree.random_like(key, params)
     return jax.tree.map(lambda m, r, z: m + jax.nn.softplus(r) * z, params, rho, noise)
 
