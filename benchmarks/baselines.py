@@ -29,12 +29,7 @@ def _config(**fields: Any) -> ml_collections.ConfigDict:
     config = default_config()
     config.data.val_size = 0
     config.progress_bar = False
-    for key, value in fields.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    config.update_from_flattened_dict(fields)
     return config
 
 

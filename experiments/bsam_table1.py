@@ -27,16 +27,14 @@ import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
-from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import cli  # noqa: E402
 from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
-from experiments.grid import AfterJob, Job, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
+from experiments.grid import AfterJob, Job, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
 from sam_jax import calibration, optim  # noqa: E402
-from sam_jax.data import ensure_debian_fashion_mnist  # noqa: E402
 from sam_jax.optim.states import find_state  # noqa: E402
 from sam_jax.training import (  # noqa: E402
     Checkpointer,
@@ -141,7 +139,7 @@ def evaluate_finished(jobs: Sequence[Job], table1: ml_collections.ConfigDict) ->
         with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
             if json.load(f).get("diverged"):
                 continue
-        key = json.dumps(job.config.data.to_dict(), sort_keys=True)
+        key = data_key(job.config)
         if key not in cache:
             cache[key] = load_run_data(job.config)
         evaluate_job(job, table1, *load_trained(job.workdir, run_data=cache[key]))
@@ -288,8 +286,6 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     jobs = grid_jobs(config)
     if mode in ("run", "all"):
         index, count = parse_shard(shard)
-        if config.data.name == "fashion_mnist" and not config.data.data_dir:
-            ensure_debian_fashion_mnist()
         mine = shard_jobs(jobs, index, count)
         run_jobs(
             mine,
@@ -306,9 +302,9 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
 
 
 if __name__ == "__main__":
-    flags.DEFINE_enum("mode", "all", list(MODES), "Train and evaluate jobs, write the report, or both.")
-    flags.DEFINE_string("shard", "0/1", "Train only shard i of n (jobs i, i+n, ...), e.g. 0/2.")
-    cli.run(
-        lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
+    cli.run_grid(
+        main,
         os.path.join(os.path.dirname(__file__), "configs", "bsam_table1.py:quick"),
+        MODES,
+        "Train and evaluate jobs, write the report, or both.",
     )

@@ -30,6 +30,22 @@ def _config_help(default_config: str) -> str:
     )
 
 
+def run_grid(
+    main: Callable[[ml_collections.ConfigDict, str, str], None],
+    default_config: str,
+    modes: tuple[str, ...],
+    mode_help: str,
+) -> None:
+    """``run`` for a grid driver: adds ``--mode`` (one of ``modes``, default the last) and ``--shard=i/n``.
+
+    Calls ``main(config, mode, shard)``. The flags are defined here, when a driver runs as a script,
+    so that tests and other drivers can import any number of driver modules.
+    """
+    flags.DEFINE_enum("mode", modes[-1], list(modes), mode_help)
+    flags.DEFINE_string("shard", "0/1", "Train only shard i of n (jobs i, i+n, ...), e.g. 0/2.")
+    run(lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard), default_config)
+
+
 def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) -> None:
     """Parses the command line and calls ``main(config)`` under ``absl.app``.
 

@@ -19,13 +19,12 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
-from absl import flags
 
 from experiments import cli
 from experiments.grid import Job, expand_grid, parse_shard, run_jobs, shard_jobs
 from sam_jax.analysis import mean_std_over_learning_rates, plot_dynamics, plot_ece_vs_sharpness, trajectory_correlation
 from sam_jax.calibration import mse_optimum_confidence
-from sam_jax.data import NUM_CLASSES, ensure_debian_fashion_mnist
+from sam_jax.data import NUM_CLASSES
 from sam_jax.training import read_metrics
 from sam_jax.training.writers import METRICS_FILE, SUMMARY_FILE
 
@@ -221,8 +220,6 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     jobs = expand_grid(config)
     if mode in ("run", "all"):
         index, count = parse_shard(shard)
-        if config.data.name == "fashion_mnist" and not config.data.data_dir:
-            ensure_debian_fashion_mnist()
         run_jobs(shard_jobs(jobs, index, count), compilation_cache_dir=os.path.join(config.workdir, "jax_cache"))
     if mode in ("report", "all"):
         out = report(config, jobs)
@@ -232,10 +229,9 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
 
 
 if __name__ == "__main__":
-    # Defined here, not at import, so that tests and other drivers can import this module.
-    flags.DEFINE_enum("mode", "all", list(MODES), "Train jobs, write the report, or both.")
-    flags.DEFINE_string("shard", "0/1", "Train only shard i of n (jobs i, i+n, ...), e.g. 0/2.")
-    cli.run(
-        lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
+    cli.run_grid(
+        main,
         os.path.join(os.path.dirname(__file__), "configs", "curvature_calibration.py:quick"),
+        MODES,
+        "Train jobs, write the report, or both.",
     )

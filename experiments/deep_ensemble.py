@@ -17,13 +17,11 @@ import os
 from typing import Any
 
 import ml_collections
-from absl import flags
 
 from experiments import cli
 from experiments.configs.evaluate import get_config as evaluation_config
 from experiments.evaluate import evaluate_checkpoint
 from experiments.grid import Job, parse_shard, run_jobs, shard_jobs
-from sam_jax.data import ensure_debian_fashion_mnist
 from sam_jax.training.writers import to_python
 
 MODES = ("run", "evaluate", "all")
@@ -97,8 +95,6 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
     if mode in ("run", "all"):
-        if config.data.name == "fashion_mnist" and not config.data.data_dir:
-            ensure_debian_fashion_mnist()
         index, count = parse_shard(shard)
         run_jobs(shard_jobs(member_jobs(config), index, count))
     if mode in ("evaluate", "all"):
@@ -112,9 +108,9 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
 
 
 if __name__ == "__main__":
-    flags.DEFINE_enum("mode", "all", list(MODES), "Train members, evaluate the ensemble, or both.")
-    flags.DEFINE_string("shard", "0/1", "Train only shard i of n (members i, i+n, ...), e.g. 0/2.")
-    cli.run(
-        lambda config: main(config, flags.FLAGS.mode, flags.FLAGS.shard),
+    cli.run_grid(
+        main,
         os.path.join(os.path.dirname(__file__), "configs", "deep_ensemble.py:quick"),
+        MODES,
+        "Train members, evaluate the ensemble, or both.",
     )

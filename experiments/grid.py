@@ -36,6 +36,7 @@ import ml_collections
 from jax.experimental.compilation_cache import compilation_cache
 from tqdm.auto import tqdm
 
+from sam_jax.data import ensure_debian_fashion_mnist
 from sam_jax.training import Run, RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
 from sam_jax.training.writers import SUMMARY_FILE
 
@@ -170,7 +171,8 @@ def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
     return list(jobs[index::count])
 
 
-def _data_key(config: ml_collections.ConfigDict) -> str:
+def data_key(config: ml_collections.ConfigDict) -> str:
+    """Jobs with equal keys train on the same data (``RunData`` can be shared)."""
     return json.dumps(config.data.to_dict(), sort_keys=True)
 
 
@@ -255,8 +257,10 @@ def run_jobs(
         for job in jobs:
             bar.set_postfix_str(job.name)
             if not job.done:
-                key = _data_key(job.config)
+                key = data_key(job.config)
                 if key not in cache:
+                    if job.config.data.name == "fashion_mnist" and not job.config.data.data_dir:
+                        ensure_debian_fashion_mnist()
                     cache[key] = load_run_data(job.config)
                 run_job(job, cache[key], after_job)
             bar.update(1)
