@@ -19,6 +19,16 @@ setup(
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "cuda12": ["jax[cuda12]"],
+        "streaming": ["grain>=0.2.18", "array-record>=0.8.1", "pillow"],  # docs/data.md, "Streaming from ArrayRecord"
         "test": ["pytest>=7", "scikit-learn", "ruff>=0.6"],
+        # Preparing a dataset with TFDS (docs/data.md): its builders parse the archives with
+        # TensorFlow (the CPU-only wheel where there is one, so that it leaves the GPUs to JAX),
+        # and TFDS imports importlib_resources without declaring it.
+        "tfds": [
+            "tensorflow-cpu>=2.18; platform_system == 'Linux' and platform_machine == 'x86_64'",
+            "tensorflow>=2.18; platform_system != 'Linux' or platform_machine != 'x86_64'",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",
+        ],
     },
 )

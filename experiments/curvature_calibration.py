@@ -7,8 +7,14 @@
 ``run`` trains the jobs of one shard of the grid (each resumable, finished ones skipped); ``report``
 reads every job's ``metrics.jsonl`` and writes to ``<workdir>/report/``: Table 1 (Pearson correlation
 of ECE and KCE with GN sharpness over each trajectory, mean +- std over learning rates; Markdown and
-CSV), the App. C dynamics figure per optimizer and loss, the Figure A1 scatter of ECE vs GN sharpness,
-and the App. D check of MSE underconfidence. ``all`` (default) runs then reports.
+CSV) with the paper's numbers beside ours, in four variants (the whole trajectory; without its first
+5 % of steps; before interpolation only, train accuracy < 0.95; batch sharpness in place of GN
+sharpness), the initial sharpness lambda_0 against each 2/lr, which runs interpolated, the Lanczos
+accuracy check, Figure 1 (GD and SGD), the App. C dynamics figure per optimizer and loss, the
+Figure A1 paths of ECE vs GN sharpness, the sign of the miscalibration along training, and the App. D
+check of MSE underconfidence. ``all`` (default) runs then reports. ``export`` writes a compact copy of
+the finished runs (config, summary, the metrics the report reads) to ``<workdir>/compact/``, small
+enough to commit: ``report`` on that copy rebuilds the report, and ``run`` on it continues the grid.
 """
 
 import collections
@@ -16,23 +22,119 @@ import csv
 import json
 import math
 import os
-from typing import Any, Sequence
+import shutil
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from experiments import cli
 from experiments.grid import Job, expand_grid, parse_shard, run_jobs, shard_jobs
-from sam_jax.analysis import mean_std_over_learning_rates, plot_dynamics, plot_ece_vs_sharpness, trajectory_correlation
+from sam_jax.analysis import (
+    mean_std_over_learning_rates,
+    plot_confidence_gap,
+    plot_dynamics,
+    plot_ece_vs_sharpness,
+    plot_figure1,
+    trajectory_correlation,
+)
 from sam_jax.calibration import mse_optimum_confidence
 from sam_jax.data import NUM_CLASSES
-from sam_jax.training import read_metrics
-from sam_jax.training.writers import METRICS_FILE, SUMMARY_FILE
+from sam_jax.curvature import gauss_newton_operator, ritz_pairs
+from sam_jax.losses import get_loss
+from sam_jax.training import Run, read_metrics
+from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
-MODES = ("run", "report", "all")
+MODES = ("run", "report", "all", "export")
 # Table 1 rows: the paper's "Test" is held-out data; we use the validation split.
 TABLE_ROWS = (("train", "ece"), ("train", "kce"), ("val", "ece"), ("val", "kce"))
 # Optimizers whose sharpness is bounded by 2/lr at the edge of stability (no preconditioner).
 EOS_OPTIMIZERS = ("gd", "sgd", "sam", "bulk_sgd")
+GN_SHARPNESS = "curvature/gauss_newton_top1"
+BATCH_SHARPNESS = "curvature/batch_sharpness"
+# Table 1 of Morosini et al. (2026) on CIFAR-10: (mean, std) over 4 learning rates.
+PAPER_TABLE1 = {
+    ("train", "ece"): {
+        "gd": (0.83, 0.08),
+        "sgd": (0.84, 0.07),
+        "adamw": (0.72, 0.07),
+        "muon": (0.63, 0.26),
+        "sam": (0.92, 0.04),
+    },
+    ("train", "kce"): {
+        "gd": (0.83, 0.08),
+        "sgd": (0.84, 0.07),
+        "adamw": (0.70, 0.08),
+        "muon": (0.61, 0.28),
+        "sam": (0.91, 0.04),
+    },
+    ("val", "ece"): {
+        "gd": (0.96, 0.02),
+        "sgd": (0.97, 0.01),
+        "adamw": (0.15, 0.15),
+        "muon": (-0.10, 0.28),
+        "sam": (0.98, 0.01),
+    },
+    ("val", "kce"): {
+        "gd": (0.97, 0.01),
+        "sgd": (0.97, 0.01),
+        "adamw": (0.21, 0.22),
+        "muon": (-0.16, 0.31),
+        "sam": (0.98, 0.01),
+    },
+}
+# Train accuracy below which a step is "well before convergence" (variant pre_interpolation).
+PRE_INTERPOLATION_ACCURACY = 0.95
+# Fraction of a run's steps that variant after_first_5pct drops.
+EARLY_FRACTION = 0.05
+# The report's Table 1 variants: (description, sharpness key, window).
+Window = Callable[[Sequence[Mapping[str, Any]]], Optional[Callable[[Mapping[str, Any]], bool]]]
+
+
+def _whole(records: Sequence[Mapping[str, Any]]) -> None:
+    return None
+
+
+def _after_early_steps(records: Sequence[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], bool]:
+    last = max(r["step"] for r in records)
+    return lambda r: r["step"] >= EARLY_FRACTION * last
+
+
+def _before_interpolation(records: Sequence[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda r: r.get("train/accuracy", 1.0) < PRE_INTERPOLATION_ACCURACY
+
+
+VARIANTS: dict[str, tuple[str, str, Window]] = {
+    "full": ("the whole trajectory", GN_SHARPNESS, _whole),
+    "after_first_5pct": (
+        f"without the first {EARLY_FRACTION:.0%} of each run's steps",
+        GN_SHARPNESS,
+        _after_early_steps,
+    ),
+    "pre_interpolation": (
+        f"before interpolation only (steps with train accuracy < {PRE_INTERPOLATION_ACCURACY})",
+        GN_SHARPNESS,
+        _before_interpolation,
+    ),
+    "batch_sharpness": ("the whole trajectory, batch sharpness in place of GN sharpness", BATCH_SHARPNESS, _whole),
+}
+# The metrics the report reads: what ``export`` keeps of each record.
+REPORT_KEYS = (
+    "step",
+    "epoch",
+    "train_step/loss",
+    "curvature/gauss_newton_lanczos_steps",
+    "curvature/gauss_newton_relative_residual",
+    "curvature/gauss_newton_top1_reference",
+    "curvature/hessian_top1",
+    GN_SHARPNESS,
+    BATCH_SHARPNESS,
+) + tuple(
+    f"{split}/{key}"
+    for split in ("train", "val")
+    for key in ("loss", "accuracy", "ece", "kce", "mean_confidence", "mean_margin", "margin_moment")
+)
 
 
 def _load(job: Job) -> tuple[list[dict[str, Any]], bool]:
@@ -50,6 +152,11 @@ def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:+.2f} ± {std:.2f}"
 
 
+def _paper(group: str, split: str, metric: str) -> str:
+    mean, std = PAPER_TABLE1[(split, metric)][group]
+    return f"{mean:+.2f} ± {std:.2f}"
+
+
 def _group_runs(jobs: Sequence[Job], records: dict[str, list], loss: str) -> dict[str, dict[float, list]]:
     """``{optimizer label: {learning_rate: [records of each seed]}}`` of the jobs of one loss that ran."""
     groups: dict[str, dict[float, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -59,17 +166,20 @@ def _group_runs(jobs: Sequence[Job], records: dict[str, list], loss: str) -> dic
     return groups
 
 
-def _table(jobs: Sequence[Job], records: dict[str, list], loss: str) -> list[dict[str, Any]]:
-    """Table 1 cells for one loss: one row per (group, split, metric)."""
+def _table(jobs: Sequence[Job], records: dict[str, list], loss: str, variant: str = "full") -> list[dict[str, Any]]:
+    """Table 1 cells for one loss and variant: one row per (group, split, metric)."""
+    _, sharpness, window = VARIANTS[variant]
     rows = []
     for group, runs_by_lr in _group_runs(jobs, records, loss).items():
         for split, metric in TABLE_ROWS:
             correlations = {
-                lr: [trajectory_correlation(r, f"{split}/{metric}") for r in runs] for lr, runs in runs_by_lr.items()
+                lr: [trajectory_correlation(r, f"{split}/{metric}", sharpness, window(r)) for r in runs]
+                for lr, runs in runs_by_lr.items()
             }
             mean, std, n = mean_std_over_learning_rates(correlations)
             rows.append(
                 {
+                    "variant": variant,
                     "loss": loss,
                     "optimizer": group,
                     "split": split,
@@ -83,15 +193,21 @@ def _table(jobs: Sequence[Job], records: dict[str, list], loss: str) -> list[dic
     return rows
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
+def _markdown_table(rows: list[dict[str, Any]], with_paper: bool = False) -> str:
+    """Table 1 in Markdown; with ``with_paper``, the paper's CIFAR-10 value beside each optimizer it has."""
     groups = list(dict.fromkeys(r["optimizer"] for r in rows))
     cells = {(r["optimizer"], r["split"], r["metric"]): _fmt(r["mean"], r["std"]) for r in rows}
-    lines = ["| split | metric | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    columns = [(g, False) for g in groups]
+    if with_paper:
+        columns = [
+            c for g in groups for c in ([(g, False), (g, True)] if g in PAPER_TABLE1[TABLE_ROWS[0]] else [(g, False)])
+        ]
+    header = [f"{g} (paper, CIFAR-10)" if paper else g for g, paper in columns]
+    lines = ["| split | metric | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(columns)]
     for split, metric in TABLE_ROWS:
         label = "train" if split == "train" else "validation (held out)"
-        lines.append(
-            f"| {label} | {metric.upper()} | " + " | ".join(cells.get((g, split, metric), "n/a") for g in groups) + " |"
-        )
+        values = [_paper(g, split, metric) if paper else cells.get((g, split, metric), "n/a") for g, paper in columns]
+        lines.append(f"| {label} | {metric.upper()} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
@@ -127,6 +243,130 @@ def _mse_rows(jobs: Sequence[Job], records: dict[str, list]) -> list[dict[str, A
     return rows
 
 
+def _value_at(records: Sequence[Mapping[str, Any]], key: str, step: int) -> float:
+    return next((float(r[key]) for r in records if r["step"] == step and key in r), math.nan)
+
+
+def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list[dict[str, Any]]:
+    """One row per job that ran: length, interpolation, tracking, lambda_0 and the Lanczos check."""
+    rows = []
+    for job in jobs:
+        records, diverged = loaded[job.name]
+        if not records:
+            continue
+        tracked = [r for r in records if GN_SHARPNESS in r]
+        last = max(r["step"] for r in records)
+        references = [
+            abs(r[GN_SHARPNESS] - r[f"{GN_SHARPNESS}_reference"]) / abs(r[f"{GN_SHARPNESS}_reference"])
+            for r in tracked
+            if f"{GN_SHARPNESS}_reference" in r
+        ]
+        steps = [
+            r["curvature/gauss_newton_lanczos_steps"] for r in tracked if "curvature/gauss_newton_lanczos_steps" in r
+        ]
+        accuracy = _value_at(records, "train/accuracy", last)
+        target = job.config.early_stop.at_least if job.config.early_stop.metric else math.nan
+        rows.append(
+            {
+                "job": job.name,
+                "optimizer": job.group,
+                "loss": job.config.loss.name,
+                "learning_rate": job.config.optimizer.learning_rate,
+                "seed": job.config.seed,
+                "finished": job.done,
+                "diverged": diverged,
+                "last_step": last,
+                "max_steps": job.config.num_steps,
+                "final_train_accuracy": accuracy,
+                "interpolated": accuracy >= target,
+                "tracked_points": len(tracked),
+                "lambda_0": _value_at(records, GN_SHARPNESS, 0),
+                "peak_gn_sharpness": max((r[GN_SHARPNESS] for r in tracked), default=math.nan),
+                "lanczos_steps_mean": float(sum(steps) / len(steps)) if steps else math.nan,
+                "lanczos_steps_first": steps[0] if steps else math.nan,
+                "reference_checks": len(references),
+                "max_relative_deviation_from_reference": max(references, default=math.nan),
+            }
+        )
+    return rows
+
+
+def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: lambda_0 against 2/lr, interpolation per run group, the Lanczos accuracy check."""
+    lines = ["## Initial GN sharpness lambda_0 and the learning rates of the plain gradient methods", ""]
+    lines += [
+        "| loss | seed | lambda_0 | largest plain-method lr | its 2/lr | 2/lr > lambda_0 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (loss, seed), group in _by(rows, ("loss", "seed")).items():
+        lambda_0 = max(r["lambda_0"] for r in group)
+        plain = [r["learning_rate"] for r in group if r["optimizer"].split("_k")[0] in EOS_OPTIMIZERS]
+        if plain and not math.isnan(lambda_0):
+            top = max(plain)
+            lines.append(f"| {loss} | {seed} | {lambda_0:.3f} | {top:.4g} | {2 / top:.4g} | {2 / top > lambda_0} |")
+    lines += ["", "## Runs: steps, interpolation, tracked points", ""]
+    lines += [
+        "| optimizer | loss | lr | seeds run | finished | interpolated | last step (per seed) | tracked points (min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (optimizer, loss, lr), group in _by(rows, ("optimizer", "loss", "learning_rate")).items():
+        lines.append(
+            f"| {optimizer} | {loss} | {lr:.4g} | {len(group)} | {sum(r['finished'] for r in group)} | "
+            f"{sum(bool(r['interpolated']) for r in group)} | {', '.join(str(r['last_step']) for r in group)} | "
+            f"{min(r['tracked_points'] for r in group)} |"
+        )
+    deviations = [r["max_relative_deviation_from_reference"] for r in rows if r["reference_checks"]]
+    checks = sum(r["reference_checks"] for r in rows)
+    if checks:
+        cold = [r["lanczos_steps_first"] for r in rows if not math.isnan(r["lanczos_steps_first"])]
+        mean = [r["lanczos_steps_mean"] for r in rows if not math.isnan(r["lanczos_steps_mean"])]
+        lines += [
+            "",
+            "## Lanczos accuracy",
+            "",
+            f"GN sharpness stops at an estimated relative error of {config.curvature.tolerance:g} "
+            f"(at most {config.curvature.num_iters} steps; warm start: {config.curvature.warm_start}). "
+            f"{checks} tracked values were checked against a cold run with 3x the maximum steps: the "
+            f"largest relative deviation is {max(deviations):.2e} (runs with a check: {len(deviations)}). "
+            f"Lanczos steps per estimate: {sum(cold) / len(cold):.1f} at the first (cold) point, "
+            f"{sum(mean) / len(mean):.1f} on average over all points.",
+        ]
+    return "\n".join(lines)
+
+
+def _by(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list]:
+    groups: dict[tuple, list] = collections.defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    return groups
+
+
+def export(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
+    """Writes a compact copy of the finished jobs (config, summary, ``REPORT_KEYS`` of each record).
+
+    Args:
+      config: the grid config (its ``workdir`` holds the jobs).
+      jobs: the grid's jobs; unfinished ones are left out.
+
+    Returns:
+      The directory, ``<workdir>/compact``, laid out like the grid (``--config.workdir=<it>``).
+    """
+    out = os.path.join(config.workdir, "compact")
+    for job in jobs:
+        if not job.done:
+            continue
+        target = os.path.join(out, job.name)
+        os.makedirs(target, exist_ok=True)
+        for name in (CONFIG_FILE, SUMMARY_FILE):
+            shutil.copyfile(os.path.join(job.workdir, name), os.path.join(target, name))
+        with open(os.path.join(target, METRICS_FILE), "w") as f:
+            for record in read_metrics(job.workdir):
+                kept = {k: record[k] for k in REPORT_KEYS if k in record}
+                if len(kept) > 1:
+                    f.write(json.dumps(kept) + "\n")
+    return out
+
+
 def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     """Writes Table 1, the figures and the MSE check to ``<workdir>/report``; returns that directory.
 
@@ -155,15 +395,19 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     dataset = config.data.name
     losses = list(dict.fromkeys(job.config.loss.name for job in jobs))
     table_rows, sections = [], []
-    for loss in losses:
-        rows = _table(jobs, clean, loss)
-        if rows:
+    for variant, (description, _, _) in VARIANTS.items():
+        for loss in losses:
+            rows = _table(jobs, clean, loss, variant)
+            if not rows or all(math.isnan(r["mean"]) for r in rows):
+                continue
             table_rows += rows
-            sections.append(f"### {loss}\n\n{_markdown_table(rows)}")
+            title = f"### {variant}: {description} | {loss}"
+            sections.append(f"{title}\n\n{_markdown_table(rows, with_paper=loss == 'cross_entropy')}")
     notes = [
         f"Pearson correlation of ECE / KCE with GN sharpness over each training trajectory, "
         f"mean ± std (ddof=0) over learning rates (seeds averaged first); {dataset}, "
-        f"MLP 2x200 tanh, {config.data.train_size} train / {config.data.val_size} validation."
+        f"MLP 2x200 tanh, {config.data.train_size} train / {config.data.val_size} validation. "
+        "The paper's columns are its Table 1 (CIFAR-10, whole trajectory); 'validation' is its 'Test'."
     ]
     if diverged:
         notes.append("Diverged (left out of the table, partial curves in the figures): " + ", ".join(diverged))
@@ -173,8 +417,16 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         f.write("\n\n".join(notes + sections) + "\n")
     _write_csv(os.path.join(out, "table1.csv"), table_rows)
 
+    run_rows = _run_rows(jobs, loaded)
+    _write_csv(os.path.join(out, "runs.csv"), run_rows)
+    with open(os.path.join(out, "protocol.md"), "w") as f:
+        f.write(_protocol_report(config, run_rows) + "\n")
+
     for loss in losses:
         groups = _group_runs(jobs, records, loss)
+        if not groups:
+            continue
+        log_steps = config.eval_points_per_decade > 0
         for group, runs_by_lr in groups.items():
             name = group.split("_k")[0]
             plot_dynamics(
@@ -182,11 +434,21 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
                 os.path.join(out, f"dynamics_{group}_{loss}.png"),
                 f"{group} | {loss} | {dataset}",
                 eos_threshold=name in EOS_OPTIMIZERS,
+                log_steps=log_steps,
             )
         plot_ece_vs_sharpness(
             groups,
             os.path.join(out, f"ece_vs_gn_sharpness_{loss}.png"),
             title=f"train ECE vs GN sharpness | {loss} | {dataset} (o first tracked step, x last)",
+        )
+        plain = {group: groups[group] for group in ("gd", "sgd") if group in groups}
+        if plain:
+            title = f"Figure 1 | {loss} | {dataset}: train ECE and GN sharpness, 2/lr dashed (seed mean)"
+            plot_figure1(plain, os.path.join(out, f"figure1_{loss}.png"), title)
+        plot_confidence_gap(
+            groups,
+            os.path.join(out, f"confidence_gap_{loss}.png"),
+            f"over- (>0) and underconfidence (<0) on the train subset | {loss} | {dataset}",
         )
 
     mse_rows = _mse_rows(jobs, records)
@@ -207,6 +469,51 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     return out
 
 
+def initial_sharpness(run: Run, losses: Sequence[str] = ("cross_entropy",)) -> dict[str, float]:
+    """lambda_0: the GN sharpness of a run's initial parameters on its whole training subset, per loss.
+
+    The quantity the learning rates of the plain gradient methods are chosen against (2/lr >
+    lambda_0, so that each run starts below the edge of stability and sharpens into it; Cohen et
+    al. 2021, arXiv:2103.00065; Morosini et al. 2026, arXiv:2604.20614, Sec. 3). The initial
+    parameters depend on the seed and the model, not on the loss, so one run serves every loss.
+    Lanczos stops at an estimated relative error of 1e-5.
+
+    Args:
+      run: a built run (``sam_jax.training.build_run``) whose ``init_state`` is measured.
+      losses: loss names whose Gauss-Newton matrices are measured.
+
+    Returns:
+      ``{loss: lambda_0}``.
+    """
+    state = run.init_state
+    subset = {"image": jnp.asarray(run.data.train.images), "label": jnp.asarray(run.data.train.labels)}
+
+    @jax.jit
+    def top(params):
+        def apply_fn(p, x):
+            return run.eval_step(p, state.model_state, x)
+
+        return {
+            loss: ritz_pairs(
+                gauss_newton_operator(apply_fn, get_loss(loss), params, subset), params, num_iters=60, tol=1e-5
+            ).values[0]
+            for loss in losses
+        }
+
+    return {loss: float(value) for loss, value in top(state.params).items()}
+
+
+def run_order(jobs: Sequence[Job]) -> list[Job]:
+    """Jobs in the order to train them: cross-entropy runs of every seed, then MSE, then BulkSGD (the
+    costliest: a Lanczos run every step), seed by seed within each, so an interrupted grid has whole
+    seeds of the main table first."""
+
+    def tier(job: Job) -> int:
+        return 2 if job.config.optimizer.name == "bulk_sgd" else int(job.config.loss.name == "mse")
+
+    return sorted(jobs, key=lambda job: (tier(job), job.config.seed))
+
+
 def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1") -> None:
     """Runs one shard of the grid (``mode`` run), writes the report (``report``), or both (``all``).
 
@@ -220,7 +527,11 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     jobs = expand_grid(config)
     if mode in ("run", "all"):
         index, count = parse_shard(shard)
-        run_jobs(shard_jobs(jobs, index, count), compilation_cache_dir=os.path.join(config.workdir, "jax_cache"))
+        run_jobs(
+            shard_jobs(run_order(jobs), index, count), compilation_cache_dir=os.path.join(config.workdir, "jax_cache")
+        )
+    if mode == "export":
+        print(f"Compact copy of the finished runs: {export(config, jobs)}")
     if mode in ("report", "all"):
         out = report(config, jobs)
         with open(os.path.join(out, "table1.md")) as f:

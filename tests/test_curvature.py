@@ -142,6 +142,53 @@ def test_top_hessian_eigenpairs(problem):
     assert np.abs(residual).max() < 1e-3 * abs(float(values[0]))
 
 
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_tolerance_stops_early_with_bounding_residual_norms(problem, which):
+    hessian = problem["hessian"]
+    spectrum = np.linalg.eigvalsh(hessian)
+    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])  # noqa: E731
+
+    @jax.jit
+    def run(params):
+        return curvature.ritz_pairs(matvec, params, k=2, num_iters=60, which=which, tol=1e-7)
+
+    pairs = run(problem["params"])
+    reference = spectrum[::-1][:2] if which == "largest" else spectrum[:2]
+    steps = int(pairs.num_steps)
+    assert 2 <= steps < 60  # stopped early, at a size where the pairs have converged
+    errors = np.abs(np.asarray(pairs.values) - reference)
+    assert np.all(errors <= 1e-7 * np.abs(reference) * 1.01 + 1e-12)
+    # residual_norms is ||A y - theta y|| computed from T, and it bounds the eigenvalue error.
+    flat_vectors = np.asarray(jax.vmap(lambda v: ravel_pytree(v)[0])(pairs.vectors))
+    residuals = np.linalg.norm(flat_vectors @ hessian - np.asarray(pairs.values)[:, None] * flat_vectors, axis=1)
+    np.testing.assert_allclose(pairs.residual_norms, residuals, rtol=1e-4, atol=1e-10)
+    assert np.all(errors <= np.asarray(pairs.residual_norms) * (1 + 1e-6) + 1e-12)
+    # The same start without a tolerance takes every step and agrees.
+    full = jax.jit(lambda p: curvature.ritz_pairs(matvec, p, k=2, num_iters=60, which=which))(problem["params"])
+    assert int(full.num_steps) == 60
+    np.testing.assert_allclose(full.values, reference, rtol=1e-9)
+
+
+def test_warm_start_from_a_nearby_operator_takes_fewer_steps(problem):
+    hessian = problem["hessian"]
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(hessian.shape)
+    nearby = hessian + 1e-3 * np.abs(np.linalg.eigvalsh(hessian)).max() * (noise + noise.T) / 2
+
+    def pairs(matrix, v0):
+        matvec = lambda v: problem["unravel"](jnp.asarray(matrix) @ ravel_pytree(v)[0])  # noqa: E731
+        return curvature.ritz_pairs(matvec, problem["params"], k=1, num_iters=60, tol=1e-6, v0=v0)
+
+    previous = pairs(nearby, None)
+    zeros = jax.tree.map(jnp.zeros_like, problem["params"])
+    cold = pairs(hessian, zeros)  # an all-zero start falls back to the random one
+    warm = pairs(hessian, jax.tree.map(lambda v: v[0], previous.vectors))
+    top = np.linalg.eigvalsh(hessian)[-1]
+    np.testing.assert_allclose(cold.values[0], top, rtol=2e-6)
+    np.testing.assert_allclose(warm.values[0], top, rtol=2e-6)
+    assert int(warm.num_steps) < int(cold.num_steps)
+
+
 def test_eigenvalues_of_a_scalar_loss_mean_its_hessian(problem):
     loss = lambda p: problem["loss_fn"](p, problem["batch"])
     values, _ = jax.jit(lambda p: curvature.eigenvalues(loss, p, k=5, num_iters=30))(problem["params"])
@@ -282,3 +329,5 @@ def test_eigenvalues_rejects_bad_arguments(problem):
         curvature.eigenvalues(matvec, problem["params"], k=11, num_iters=10)
     with pytest.raises(ValueError, match="which"):
         curvature.eigenvalues(matvec, problem["params"], which="middle")
+    with pytest.raises(ValueError, match="tol"):
+        curvature.ritz_pairs(matvec, problem["params"], tol=-1.0)

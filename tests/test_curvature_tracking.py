@@ -52,8 +52,12 @@ def test_tracker_returns_finite_values_for_every_quantity(setup):
         for name in (
             "hessian_top1",
             "hessian_top2",
+            "hessian_lanczos_steps",
+            "hessian_relative_residual",
             "gauss_newton_top1",
             "gauss_newton_top2",
+            "gauss_newton_lanczos_steps",
+            "gauss_newton_relative_residual",
             "hessian_min",
             "batch_sharpness",
             "hessian_trace",
@@ -86,6 +90,31 @@ def test_tracker_compiles_once(setup):
     assert traced > 0 and len(setup["traces"]) == traced
 
 
+def test_warm_started_tracking_converges_in_fewer_steps_and_matches_its_reference(setup):
+    """A tolerance stops Lanczos early, a warm start from the previous point needs fewer steps,
+    and the logged cold 3x-longer reference agrees with the tracked value to the tolerance."""
+    config = default_curvature_config()
+    config.every = 1
+    config.quantities = "hessian,gauss_newton"
+    config.num_iters = 30
+    config.tolerance = 1e-4
+    config.warm_start = True
+    config.reference_every = 2
+    apply = lambda p, state, x: TinyBNConv().apply({"params": p, **state}, x)  # noqa: E731
+    tracker = make_curvature_tracker(config, apply, cross_entropy, batch_size=BATCH_SIZE)
+    args = (setup["state"], setup["images"], setup["labels"])
+    nearby = jax.tree.map(lambda a: a * 1.001, setup["params"])
+    cold = tracker(setup["params"], *args, jax.random.PRNGKey(4))
+    warm = tracker(nearby, *args, jax.random.PRNGKey(5))
+    for name in ("hessian", "gauss_newton"):
+        assert cold[f"curvature/{name}_lanczos_steps"] < 30
+        assert warm[f"curvature/{name}_lanczos_steps"] < cold[f"curvature/{name}_lanczos_steps"]
+        assert cold[f"curvature/{name}_relative_residual"] <= 1e-4
+        reference = cold[f"curvature/{name}_top1_reference"]
+        assert abs(cold[f"curvature/{name}_top1"] - reference) <= 1e-4 * abs(reference)
+        assert f"curvature/{name}_top1_reference" not in warm  # every second call only
+
+
 @pytest.mark.parametrize(
     "field, value, match",
     [
@@ -94,6 +123,8 @@ def test_tracker_compiles_once(setup):
         ("top_k", 40, "num_iters"),
         ("trace_probes", 1, "trace_probes"),
         ("every", -1, "every"),
+        ("tolerance", -0.1, "tolerance"),
+        ("reference_every", -1, "reference_every"),
     ],
 )
 def test_config_validation(field, value, match):

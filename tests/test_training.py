@@ -12,6 +12,8 @@ import pytest
 
 from sam_jax import models
 from sam_jax.training import Hook, build_run, default_config, read_metrics, train_and_evaluate, validate_config
+from sam_jax.training.checkpoint import Checkpointer
+from sam_jax.training.loop import log_spaced_steps
 
 
 def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
@@ -135,6 +137,50 @@ def test_hooks_run_on_schedule(tmp_path):
     train_and_evaluate(digits_config(str(tmp_path)), hooks=[Hook(15, hook)])
     assert calls == [0, 15, 30, 40]
     assert [r["hook/step"] for r in read_metrics(str(tmp_path)) if "hook/step" in r] == calls
+
+
+def test_log_spaced_steps():
+    assert log_spaced_steps(0, 1000) == frozenset()
+    assert sorted(log_spaced_steps(2, 1000)) == [1, 3, 10, 32, 100, 316, 1000]
+    assert sorted(log_spaced_steps(4, 20)) == [1, 2, 3, 6, 10, 18]
+
+
+def test_log_spaced_evaluation_and_early_stop_at_a_metric(tmp_path):
+    """Evaluation runs at the log-spaced steps too; the run stops at the first evaluation that
+    reaches the target, checkpoints there, and says so in its summary; resuming it does not train on."""
+    calls = []
+
+    def hook(state):
+        calls.append(int(state.step))
+        return {}
+
+    overrides = {
+        "num_steps": 400,
+        "eval_every_steps": 100,
+        "eval_points_per_decade": 5,
+        "early_stop.metric": "train/accuracy",
+        "early_stop.at_least": 0.9,
+    }
+    summary = train_and_evaluate(digits_config(str(tmp_path), **overrides), hooks=[Hook(1000, hook)])
+    evaluated = [r["step"] for r in read_metrics(str(tmp_path)) if "train/accuracy" in r]
+    end = summary["total_steps"]
+    assert summary["stopped_early"] and end < 400 and summary["max_steps"] == 400
+    assert summary["train/accuracy"] >= 0.9
+    expected = sorted({0, end} | {s for s in range(1, end + 1) if s % 100 == 0} | set(log_spaced_steps(5, end)))
+    assert evaluated == expected
+    assert all(
+        r["train/accuracy"] < 0.9 for r in read_metrics(str(tmp_path)) if r["step"] < end and "train/accuracy" in r
+    )
+    assert calls == [0, end]  # every hook reports on the stopping step
+    assert Checkpointer(str(tmp_path)).latest_step() == end
+    os.remove(tmp_path / "summary.json")  # as if interrupted before the summary was written
+    again = train_and_evaluate(digits_config(str(tmp_path), **overrides))
+    assert again["total_steps"] == end and again["resumed_from_step"] == end
+
+
+def test_bad_early_stop_metric_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="early_stop.metric"):
+        validate_config(digits_config(str(tmp_path), **{"early_stop.metric": "accuracy"}))
 
 
 class _BatchNormMLP(nn.Module):

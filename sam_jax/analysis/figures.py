@@ -30,7 +30,12 @@ def _has(runs: Sequence[Mapping[str, Any]], key: str) -> bool:
 
 
 def plot_dynamics(
-    runs_by_lr: Mapping[float, Runs], path: str, title: str, eos_threshold: bool = True, dpi: int = 90
+    runs_by_lr: Mapping[float, Runs],
+    path: str,
+    title: str,
+    eos_threshold: bool = True,
+    dpi: int = 90,
+    log_steps: bool = False,
 ) -> None:
     """Appendix C figure: loss, accuracy, ECE, margin and sharpness vs step; train left, validation right.
 
@@ -44,6 +49,7 @@ def plot_dynamics(
       title: figure title (optimizer, loss, dataset).
       eos_threshold: draw ``2 / lr`` (meaningful for GD, SGD, SAM, BulkSGD; not for AdamW/Muon).
       dpi: resolution.
+      log_steps: a symmetric-log step axis (linear below 10), for runs tracked at log-spaced steps.
     """
     rows = len(PANELS) + 1
     fig = Figure(figsize=(9, 2.1 * rows))  # no pyplot: no global figure state or backend
@@ -69,6 +75,8 @@ def plot_dynamics(
     for column, split in enumerate(("train", "validation")):
         axes[0, column].set_title(split)
         axes[-1, column].set_ylim(0, 1.3 * top if top > 0 else 1.0)
+        if log_steps:
+            axes[-1, column].set_xscale("symlog", linthresh=10)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(
         f"{title}\nsharpness: GN top-1 (solid), batch sharpness (dotted)"
@@ -120,6 +128,72 @@ def plot_ece_vs_sharpness(
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.suptitle(title or f"{split} ECE vs GN sharpness (o first tracked step, x last)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def plot_figure1(groups: Mapping[str, Mapping[float, Runs]], path: str, title: str, dpi: int = 90) -> None:
+    """Figure 1: train ECE (top) and GN sharpness with ``2 / lr`` dashed (bottom), one column per optimizer.
+
+    Seeds are averaged at the steps all of them recorded (up to the earliest early stop); the
+    step axis is symmetric-log (linear below 10), so progressive sharpening, the edge of
+    stability and the approach to interpolation are all visible.
+
+    Args:
+      groups: ``{optimizer label: {learning_rate: [records of each seed]}}`` (GD and SGD in the paper).
+      path: PNG file to write.
+      title: figure title.
+      dpi: resolution.
+    """
+    fig = Figure(figsize=(4.2 * len(groups), 5.4))
+    axes = fig.subplots(2, len(groups), sharex="col", squeeze=False)
+    for column, (group, runs_by_lr) in enumerate(groups.items()):
+        for colour, (lr, runs) in zip(_colours(len(runs_by_lr)), sorted(runs_by_lr.items())):
+            axes[0, column].plot(*seed_mean(runs, "train/ece"), color=colour, label=f"lr=2/{2 / lr:.3g}")
+            axes[1, column].plot(*seed_mean(runs, GN_SHARPNESS), color=colour)
+            axes[1, column].axhline(2 / lr, color=colour, linestyle="--", linewidth=0.8)
+        axes[0, column].set_title(group)
+        axes[0, column].set_ylabel("train ECE")
+        axes[1, column].set_ylabel("GN sharpness")
+        axes[1, column].set_xlabel("step")
+        axes[1, column].set_xscale("symlog", linthresh=10)
+        axes[0, column].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def plot_confidence_gap(groups: Mapping[str, Mapping[float, Runs]], path: str, title: str, dpi: int = 90) -> None:
+    """Over- and underconfidence along training: train ``mean confidence - accuracy`` and train ECE.
+
+    ECE is blind to the sign of the miscalibration; this figure shows it: above zero the model is
+    overconfident (the regime the sharpness bound of Morosini et al. 2026, Thm. 4.1, speaks about),
+    below zero underconfident. One column per optimizer, seeds averaged, symmetric-log steps.
+
+    Args:
+      groups: ``{optimizer label: {learning_rate: [records of each seed]}}``.
+      path: PNG file to write.
+      title: figure title.
+      dpi: resolution.
+    """
+    fig = Figure(figsize=(4.2 * len(groups), 5.4))
+    axes = fig.subplots(2, len(groups), sharex="col", squeeze=False)
+    for column, (group, runs_by_lr) in enumerate(groups.items()):
+        for colour, (lr, runs) in zip(_colours(len(runs_by_lr)), sorted(runs_by_lr.items())):
+            steps, confidence = seed_mean(runs, "train/mean_confidence")
+            accuracy_steps, accuracy = seed_mean(runs, "train/accuracy")
+            common = np.intersect1d(steps, accuracy_steps)
+            gap = confidence[np.isin(steps, common)] - accuracy[np.isin(accuracy_steps, common)]
+            axes[0, column].plot(common, gap, color=colour, label=f"lr={lr:.3g}")
+            axes[1, column].plot(*seed_mean(runs, "train/ece"), color=colour)
+        axes[0, column].axhline(0.0, color="black", linewidth=0.6)
+        axes[0, column].set_title(group)
+        axes[0, column].set_ylabel("confidence - accuracy")
+        axes[1, column].set_ylabel("train ECE")
+        axes[1, column].set_xlabel("step")
+        axes[1, column].set_xscale("symlog", linthresh=10)
+        axes[0, column].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path, dpi)
 

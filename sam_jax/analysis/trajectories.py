@@ -11,7 +11,7 @@ References:
 """
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -66,7 +66,10 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def trajectory_correlation(
-    records: Sequence[Mapping[str, Any]], metric: str, sharpness: str = "curvature/gauss_newton_top1"
+    records: Sequence[Mapping[str, Any]],
+    metric: str,
+    sharpness: str = "curvature/gauss_newton_top1",
+    keep: Optional[Callable[[Mapping[str, Any]], bool]] = None,
 ) -> float:
     """Pearson correlation over one run between ``metric`` and ``sharpness`` (Table 1, one cell entry).
 
@@ -74,10 +77,14 @@ def trajectory_correlation(
       records: the run's metric records.
       metric: e.g. ``"train/ece"`` or ``"val/kce"``.
       sharpness: the curvature key, GN sharpness by default as in the paper.
+      keep: a predicate on records that restricts the trajectory to a window (e.g. the steps
+        before interpolation); all records when None.
 
     Returns:
       The correlation over the steps where both are recorded (NaN if undefined, see :func:`pearson`).
     """
+    if keep is not None:
+        records = [r for r in records if keep(r)]
     series = trajectory(records, (metric, sharpness))
     return pearson(series[metric], series[sharpness])
 

@@ -10,13 +10,14 @@ from sam_jax.curvature.density import (
     spectral_density,
     stochastic_lanczos_quadrature,
 )
-from sam_jax.curvature.lanczos import LanczosResult, eigenvalues, lanczos, tridiagonal
+from sam_jax.curvature.lanczos import LanczosResult, RitzPairs, eigenvalues, lanczos, ritz_pairs, tridiagonal
 from sam_jax.curvature.products import gauss_newton_operator, gnvp, hessian_operator, hvp
 from sam_jax.curvature.sharpness import batch_sharpness, gauss_newton_sharpness, hessian_sharpness
 from sam_jax.curvature.trace import hessian_trace, hutchinson_trace
 
 __all__ = [
     "LanczosResult",
+    "RitzPairs",
     "SpectralDensity",
     "batch_sharpness",
     "eigenvalues",
@@ -29,6 +30,7 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "lanczos",
+    "ritz_pairs",
     "smoothed_density",
     "spectral_density",
     "stochastic_lanczos_quadrature",

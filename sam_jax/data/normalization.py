@@ -5,11 +5,13 @@ one dataset holds statistics on that scale, e.g. CIFAR-10's familiar ``mean ~ (0
 Float images are used as they are.
 """
 
+import functools
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from sam_jax.data.dataset import ArrayDataset
+from sam_jax.data.streamed import StreamedImages
 
 # Bounded float64 temporaries: CIFAR-10 at once would need a 1.2 GB float64 copy.
 _CHUNK_EXAMPLES = 2048
@@ -64,8 +66,22 @@ def fit_normalizer(ds: ArrayDataset) -> Normalizer:
     return Normalizer(mean.astype(np.float32), std.astype(np.float32))
 
 
+def _standardize(images: np.ndarray, normalizer: Normalizer) -> np.ndarray:
+    """Float32 ``(x - mean) / std`` of ``images`` (``x / 255`` first for ``uint8``), elementwise."""
+    standardized = images.astype(np.float32)
+    if images.dtype == np.uint8:
+        standardized /= 255.0
+    standardized -= normalizer.mean
+    standardized /= normalizer.std
+    return standardized
+
+
 def normalize(ds: ArrayDataset, normalizer: Normalizer) -> ArrayDataset:
     """Returns ``ds`` with float32 images ``(x - mean) / std`` (``x / 255`` first for ``uint8``).
+
+    A split streamed from ArrayRecord files (:class:`sam_jax.data.StreamedImages`) stays streamed:
+    the same elementwise arithmetic is applied to each batch read, so its values are those of the
+    in-memory split, bit for bit.
 
     Args:
       ds: any split of the dataset the normalizer was fitted on.
@@ -83,9 +99,8 @@ def normalize(ds: ArrayDataset, normalizer: Normalizer) -> ArrayDataset:
             f"Normalizer has {normalizer.mean.shape} statistics but the images have "
             f"{num_channels} channels; fit it on a split of the same dataset."
         )
-    images = ds.images.astype(np.float32)
-    if ds.images.dtype == np.uint8:
-        images /= 255.0
-    images -= normalizer.mean
-    images /= normalizer.std
+    if isinstance(ds.images, StreamedImages):
+        images = ds.images.transformed(functools.partial(_standardize, normalizer=normalizer), np.float32)
+    else:
+        images = _standardize(ds.images, normalizer)
     return ArrayDataset(images, ds.labels, ds.num_classes)

@@ -1,17 +1,28 @@
 """Deterministic epochs of training batches and fixed-shape evaluation batches.
 
 Batches are ``{"image": [B, H, W, C], "label": [B] int32}`` dicts of NumPy arrays (see
-docs/architecture.md), gathered from an in-memory :class:`ArrayDataset`; put them on the
-device with :func:`sam_jax.data.prefetch_to_device`.
+docs/architecture.md), gathered from an :class:`ArrayDataset`; put them on the device with
+:func:`sam_jax.data.prefetch_to_device`. Batch ``b`` is a function of its index alone, gathered by
+NumPy indexing from the in-memory arrays, or, for a split streamed from ArrayRecord files
+(:class:`sam_jax.data.StreamedImages`), read from the files by grain threads a few batches ahead,
+in the same order (:func:`sam_jax.data.streamed.read_ahead`).
 """
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from sam_jax.data.dataset import ArrayDataset
+from sam_jax.data.streamed import StreamedImages, read_ahead
 
 Batch = dict[str, np.ndarray]
+
+
+def _batches(ds: ArrayDataset, batch_at: Callable[[int], Batch], first: int, stop: int) -> Iterator[Batch]:
+    """``batch_at(b)`` for ``b`` in ``first .. stop-1``; read ahead in threads when ``ds`` is streamed."""
+    if isinstance(ds.images, StreamedImages):
+        return read_ahead(batch_at, first, stop, ds.images.read_threads)
+    return map(batch_at, range(first, stop))
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -68,7 +79,8 @@ def train_batches(
     ``start_batch`` yields exactly the batches an uninterrupted epoch yields from there.
 
     Args:
-      ds: the training split (``float32`` images after normalisation, or ``uint8``).
+      ds: the training split (``float32`` images after normalisation, or ``uint8``), in memory or
+        streamed from ArrayRecord files (the same batches, read ahead by grain threads).
       batch_size: examples per batch.
       seed: non-negative run seed.
       epoch: non-negative epoch index.
@@ -99,14 +111,13 @@ def train_batches(
     order = epoch_permutation(ds.num_examples, seed, epoch) if shuffle else None
     positions = np.arange(batch_size) if process_rows is None else np.asarray(process_rows)
 
-    def batches() -> Iterator[Batch]:
-        for b in range(start_batch, total):
-            rows = b * batch_size + positions
-            if order is not None:
-                rows = order[rows]
-            yield {"image": ds.images[rows], "label": ds.labels[rows], "index": rows.astype(np.int32)}
+    def batch_at(b: int) -> Batch:
+        rows = b * batch_size + positions
+        if order is not None:
+            rows = order[rows]
+        return {"image": ds.images[rows], "label": ds.labels[rows], "index": rows.astype(np.int32)}
 
-    return batches()
+    return _batches(ds, batch_at, start_batch, total)
 
 
 def eval_batches(ds: ArrayDataset, batch_size: int, process_rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
@@ -132,13 +143,12 @@ def eval_batches(ds: ArrayDataset, batch_size: int, process_rows: Optional[np.nd
     total = num_batches(ds.num_examples, batch_size, drop_remainder=False)
     positions = np.arange(batch_size) if process_rows is None else np.asarray(process_rows)
 
-    def batches() -> Iterator[Batch]:
-        for b in range(total):
-            rows = b * batch_size + positions
-            real = rows < ds.num_examples
-            images = np.zeros((len(rows), *ds.images.shape[1:]), ds.images.dtype)
-            labels = np.zeros(len(rows), ds.labels.dtype)
-            images[real], labels[real] = ds.images[rows[real]], ds.labels[rows[real]]
-            yield {"image": images, "label": labels, "mask": real.astype(np.float32)}
+    def batch_at(b: int) -> Batch:
+        rows = b * batch_size + positions
+        real = rows < ds.num_examples
+        images = np.zeros((len(rows), *ds.images.shape[1:]), ds.images.dtype)
+        labels = np.zeros(len(rows), ds.labels.dtype)
+        images[real], labels[real] = ds.images[rows[real]], ds.labels[rows[real]]
+        return {"image": images, "label": labels, "mask": real.astype(np.float32)}
 
-    return batches()
+    return _batches(ds, batch_at, 0, total)

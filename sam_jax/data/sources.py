@@ -6,7 +6,8 @@ Resolution order (the first place that has the split wins):
 2. ``$SAM_JAX_DATA_DIR/<folder>/``,
 3. a TFDS data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) that already holds it,
 4. for Fashion-MNIST, the Debian package's ``/usr/share/datasets/fashion-mnist/``,
-5. a TFDS download into that TFDS data dir.
+5. a TFDS download into that TFDS data dir (or, offline, TFDS preparing the files it would
+   download from its manual dir, ``<TFDS data dir>/downloads/manual/``).
 
 ``<folder>`` is the dataset's folder of :data:`sam_jax.data.local.FOLDERS`. A missing file
 moves on to the next place; a corrupted one stops with its ``ValueError``. When no place has
@@ -38,15 +39,20 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
-def _not_found_message(name: str, split: str, looked: list[str]) -> str:
+def _not_found_message(name: str, split: str, looked: list[str], tfds_dir: str) -> str:
     places = "\n".join(f"  {i}. {place}" for i, place in enumerate(looked, start=1))
     files = ", ".join(expected_files(name, split))
     tfds_name = tfds_source.tfds_name_and_split(name, split)[0]
     fixes = [
         f"put {files} in <DIR>/{FOLDERS[name]}/ ({_RELEASES[name]}) and pass "
         f"data_dir=<DIR> or set {DATA_DIR_ENV}=<DIR>",
-        f"or, on a machine with a network, run tfds.builder({tfds_name!r}).download_and_prepare() "
-        "and copy its TFDS data dir here, pointing $TFDS_DATA_DIR at it",
+        f"or put {', '.join(tfds_source.TFDS_DOWNLOADS[name])} (what TFDS downloads) in "
+        f"{tfds_source.manual_dir(tfds_dir)}/ and install the tfds extra (pip install -e '.[tfds]'): "
+        "load_dataset (with download=True, the default) then has TFDS prepare the dataset from them "
+        "without a network",
+        f"or, on a machine with a network and the tfds extra, load it once there (or run "
+        f"tfds.builder({tfds_name!r}).download_and_prepare()) and copy its TFDS data dir here, "
+        "pointing $TFDS_DATA_DIR at it",
     ]
     if name == "fashion_mnist":
         fixes.append(
@@ -113,9 +119,9 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None, download
 
     if not download:
         looked.append(f"TFDS download of {builder_name!r}: not attempted (download=False)")
-        raise FileNotFoundError(_not_found_message(name, split, looked))
+        raise FileNotFoundError(_not_found_message(name, split, looked, tfds_dir))
     try:
         return tfds_source.load_from_tfds(name, split, tfds_dir=tfds_dir, download=True)
     except Exception as err:  # pylint: disable=broad-except  # no network, no TensorFlow, ...
         looked.append(f"TFDS download of {builder_name!r} into {tfds_dir}: {_describe(err)}")
-        raise FileNotFoundError(_not_found_message(name, split, looked)) from err
+        raise FileNotFoundError(_not_found_message(name, split, looked, tfds_dir)) from err

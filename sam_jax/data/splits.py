@@ -3,10 +3,13 @@
 import numpy as np
 
 from sam_jax.data.dataset import ArrayDataset
+from sam_jax.data.streamed import StreamedImages
 
 
 def _subset(ds: ArrayDataset, indices: np.ndarray) -> ArrayDataset:
-    return ArrayDataset(ds.images[indices], ds.labels[indices], ds.num_classes)
+    """The examples at ``indices``; a streamed split stays streamed (nothing is read)."""
+    images = ds.images.take(indices) if isinstance(ds.images, StreamedImages) else ds.images[indices]
+    return ArrayDataset(images, ds.labels[indices], ds.num_classes)
 
 
 def train_val_split(

@@ -2,11 +2,20 @@
 
 ``tensorflow_datasets`` is imported only when a TFDS dir is actually used, since the import
 is slow and most runs read release files. A split prepared in a random-access format
-(ArrayRecord, the format a download made here uses) is read without TensorFlow; one prepared
-as TFRecord needs TensorFlow installed.
+(ArrayRecord, the format a download made here uses) is read without TensorFlow. Preparing a
+split, or reading one prepared as TFRecord, needs TensorFlow (the ``tfds`` extra), which is
+kept off the GPUs so that it does not take the memory JAX uses in the same process.
+
+TFDS prepares a dataset offline from the files it would download when they are in
+``<TFDS data dir>/downloads/manual/`` (:func:`manual_dir`), under the names of
+:data:`TFDS_DOWNLOADS`; it checks their size and SHA-256 against its registered checksums.
 """
 
+import importlib.util
 import os
+import socket
+import urllib.parse
+import urllib.request
 
 import numpy as np
 
@@ -25,10 +34,36 @@ _TFDS_NAMES: dict[str, str] = {
 _TFDS_CORRUPTIONS = {"glass_blur": "frosted_glass_blur", "elastic_transform": "elastic"}
 _DEFAULT_TFDS_DIR = "~/tensorflow_datasets"
 
+# The files TFDS 4.9's builders download (the file names of their registered checksums), i.e.
+# what to put in the manual dir to prepare each dataset without a network.
+TFDS_DOWNLOADS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ),
+    "fashion_mnist": (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ),
+    "cifar10": ("cifar-10-binary.tar.gz",),
+    "cifar100": ("cifar-100-binary.tar.gz",),
+    "svhn": ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"),
+    "cifar10_corrupted": ("CIFAR-10-C.tar",),
+}
+
 
 def tfds_data_dir() -> str:
     """The TFDS data dir TFDS itself uses: ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or _DEFAULT_TFDS_DIR)
+
+
+def manual_dir(tfds_dir: str) -> str:
+    """Where TFDS looks for already downloaded files: ``<tfds_dir>/downloads/manual``."""
+    return os.path.join(tfds_dir, "downloads", "manual")
 
 
 def tfds_name_and_split(name: str, split: str) -> tuple[str, str]:
@@ -54,6 +89,47 @@ def has_dataset_folder(name: str, split: str, tfds_dir: str) -> bool:
     return os.path.isdir(os.path.join(tfds_dir, *builder_name.split("/")))
 
 
+def _keep_tensorflow_off_gpus() -> None:
+    """Hides the GPUs from TensorFlow, when it is installed, before TFDS makes it run anything.
+
+    A GPU build of TensorFlow reserves most of every GPU's memory the first time it runs an op,
+    leaving none for JAX in the same process. Once TensorFlow has run, its devices are fixed
+    (``RuntimeError``): whoever ran it first has chosen them.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+
+
+def _check_download_hosts_resolve(builder, tfds_dir: str) -> None:
+    """Raises ``ConnectionError`` at once when a file TFDS must download has a host that does not resolve.
+
+    On a machine without a network TFDS would retry each URL ten times with exponential back-off
+    (about 3.5 minutes) before failing. Files already in :func:`manual_dir` need no network, and
+    a URL with a proxy set for its scheme has its host resolved by the proxy: neither is checked.
+    """
+    proxies = urllib.request.getproxies()
+    for url, url_info in sorted((builder.url_infos or {}).items()):
+        if url_info.filename and os.path.exists(os.path.join(manual_dir(tfds_dir), url_info.filename)):
+            continue
+        parsed = urllib.parse.urlparse(url)
+        if proxies.get(parsed.scheme) or proxies.get("all"):
+            continue
+        host = parsed.hostname
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as err:
+            raise ConnectionError(
+                f"cannot resolve {host} to download {url} ({err}); without a network, put "
+                f"{url_info.filename} in {manual_dir(tfds_dir)}/"
+            ) from err
+
+
 def _read_split(builder, split: str, num_classes: int) -> ArrayDataset:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -64,6 +140,7 @@ def _read_split(builder, split: str, num_classes: int) -> ArrayDataset:
         labels = np.asarray([record["label"] for record in records])
     except NotImplementedError:
         # Prepared as TFRecord: only the tf.data path (which imports TensorFlow) can read it.
+        _keep_tensorflow_off_gpus()
         arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         images, labels = arrays["image"], arrays["label"]
     return ArrayDataset(images.astype(np.uint8), labels.astype(np.int32), num_classes)
@@ -77,15 +154,17 @@ def load_from_tfds(name: str, split: str, *, tfds_dir: str, download: bool) -> A
       split: a valid split of that dataset (TFDS's svhn ``"extra"`` and CIFAR-10-C configs
         are mapped by :func:`tfds_name_and_split`).
       tfds_dir: the TFDS data dir to read from (and to prepare into when downloading).
-      download: run ``download_and_prepare`` (ArrayRecord format) when not yet prepared.
+      download: run ``download_and_prepare`` (ArrayRecord format) when not yet prepared; it
+        takes the files in :func:`manual_dir` (checksums verified) instead of downloading them.
 
     Returns:
       ``ArrayDataset`` with ``uint8`` images ``[N, H, W, C]`` and ``int32`` labels.
 
     Raises:
       FileNotFoundError: if the split is not prepared in ``tfds_dir`` and ``download`` is off.
-      Exception: whatever TFDS raises when a download or a read fails (no network, no
-        TensorFlow for a TFRecord dataset, ...); callers collect it into their report.
+      ConnectionError: at once, if a file to download has a host that does not resolve.
+      Exception: whatever TFDS raises when a download or a read fails (a file whose checksum
+        is not the registered one, no TensorFlow, ...); callers collect it into their report.
     """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -94,5 +173,7 @@ def load_from_tfds(name: str, split: str, *, tfds_dir: str, download: bool) -> A
     if not builder.is_prepared():
         if not download:
             raise FileNotFoundError(f"TFDS {builder_name!r} is not prepared in {tfds_dir}")
+        _check_download_hosts_resolve(builder, tfds_dir)
+        _keep_tensorflow_off_gpus()
         builder.download_and_prepare(file_format="array_record")
     return _read_split(builder, tfds_split, NUM_CLASSES[name])

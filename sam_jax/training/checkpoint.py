@@ -10,6 +10,24 @@ In a multi-process run (``jax.distributed``) every process calls :meth:`Checkpoi
 arrays from the processes that hold them and commits (renames) the checkpoint from process 0 once
 all have written. The state is replicated, so every process reads the same values and makes the
 same choice of the checkpoint to fall back to.
+
+A save is asynchronous, yet the train step may donate the state's buffers at once
+(``sam_jax.training.steps.donating_train_step``): :meth:`Checkpointer.save` returns only after
+Orbax has copied every array of the state to host memory, and the files are written from those
+copies in the background. That is what Orbax (0.12) does when no limit on concurrent
+device-to-host bytes (``save_device_host_concurrent_gb``) is set, as here: the copies are made and
+waited for inside ``CheckpointManager.save`` (``_serialize_arrays`` in
+``orbax/checkpoint/_src/serialization/jax_array_handlers.py`` calls ``transfer_arrays_to_host``,
+which blocks; its docs call this the ``SYNCHRONOUS`` transfer priority, "never corrupted by
+concurrent updates or donations"). ``tests/test_checkpoint_topology.py`` checks it by deleting
+the state's arrays as soon as ``save`` returns.
+
+A checkpoint restores onto any devices: each array takes the sharding of the target's leaf, so a
+state saved from 8 devices restores onto 2 or 1 (``tests/test_checkpoint_topology.py``). A target
+leaf without a sharding (a NumPy array, a ``jax.ShapeDtypeStruct`` from ``jax.eval_shape``) is
+restored replicated over every device, as the loop places the state; left to Orbax, it would take
+the sharding saved with the checkpoint, which names the devices of the run that wrote it, and on
+another device count fail ("Topology mismatch" or "The available devices are different").
 """
 
 import logging
@@ -18,7 +36,9 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sam_jax.training.state import TrainState
 
@@ -37,6 +57,25 @@ def all_finite(tree: object) -> jax.Array:
         if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _restore_target(target: object) -> object:
+    """``target`` as shapes, dtypes and shardings for Orbax to restore into.
+
+    The sharding of each ``jax.Array`` (or sharded ``jax.ShapeDtypeStruct``) leaf is kept; a leaf
+    without one (NumPy, an unsharded ``jax.ShapeDtypeStruct``) gets the replicated sharding over
+    every device (the loop's placement of the state), so that no leaf falls back to the sharding
+    saved in the checkpoint (module docstring).
+    """
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+
+    def leaf_target(leaf: object) -> object:
+        abstract = ocp.utils.to_shape_dtype_struct(leaf)
+        if isinstance(abstract, jax.ShapeDtypeStruct) and abstract.sharding is None:
+            return jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=replicated)
+        return abstract
+
+    return jax.tree_util.tree_map(leaf_target, target)
 
 
 class Checkpointer:
@@ -71,15 +110,16 @@ class Checkpointer:
     def save(self, state: TrainState) -> None:
         """Saves ``state`` under its step (asynchronously; :meth:`wait` blocks until written).
 
-        The caller guarantees that ``state`` is good (finite, with a finite loss): the loop checks
-        it before calling.
+        Returns once the state is copied to host memory: the caller may then donate or delete its
+        arrays (module docstring). The caller guarantees that ``state`` is good (finite, with a
+        finite loss): the loop checks it before calling.
         """
         step = int(jax.device_get(state.step))
         if step not in self._manager.all_steps():
             self._manager.save(step, args=ocp.args.StandardSave(state))
 
     def _restore_step(self, target: TrainState, step: int) -> TrainState:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = _restore_target(target)
         state = TrainState(*self._manager.restore(step, args=ocp.args.StandardRestore(abstract)))
         if int(jax.device_get(state.step)) != step:
             raise ValueError(f"holds step {int(jax.device_get(state.step))}, not {step}")
@@ -89,6 +129,11 @@ class Checkpointer:
 
     def restore(self, target: TrainState, step: Optional[int] = None) -> TrainState:
         """The checkpoint at ``step``, with the structure, dtypes and shardings of ``target``.
+
+        ``target`` may live on other devices than the run that saved the checkpoint (another
+        device count, another mesh); its leaves without a sharding restore replicated
+        (:func:`_restore_target`). Its arrays may have been donated (deleted): only their shapes,
+        dtypes and shardings are read.
 
         With ``step=None``, the newest checkpoint that restores whole and finite; each newer one
         that fails (truncated or corrupt files, wrong step, NaN) is skipped with a warning.

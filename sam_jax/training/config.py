@@ -18,6 +18,8 @@ from sam_jax.training.distributed import default_distributed_config, validate_di
 from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
 
 SCHEDULES = ("constant", "cosine", "step")
+# in_memory: load_dataset(data.name) into arrays; array_record: stream from data.array_record_dir (docs/data.md).
+DATA_FORMATS = ("in_memory", "array_record")
 
 
 def _blocks(names: Iterable[str], defaults: Callable[[str], Mapping[str, Any]]) -> ml_collections.ConfigDict:
@@ -68,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.val_size = 5000  # held out from the train split (temperature scaling, validation metrics)
     config.data.split_seed = 0  # seeds the permutation that picks the train subset and validation split
     config.data.normalize = True  # per-channel standardisation with train-split statistics
+    config.data.format = "in_memory"  # in_memory | array_record (stream a dataset larger than memory)
+    config.data.array_record_dir = ""  # array_record: <dir>/train and <dir>/test from sam_jax.data.to_array_record
+    config.data.read_threads = 8  # array_record: grain threads reading batches ahead (0 = on demand)
     # On-device augmentation in the train step (sam_jax.data.augment_batch); all off by default.
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.crop_padding = 0  # zero padding per side of the random crop (0 = no crop)
@@ -87,6 +92,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_steps = 0  # > 0 overrides num_epochs
 
     config.eval_every_steps = 0  # 0 = at the end of every epoch
+    # Also evaluate (and track curvature) at steps round(10 ** (i / n)), i = 0, 1, ... (0 = off).
+    config.eval_points_per_decade = 0
+    # Stop at the first evaluation where `metric` (a metrics.jsonl key, e.g. "train/accuracy")
+    # is >= `at_least`; num_steps / num_epochs is then the cap. "" = off.
+    config.early_stop = ml_collections.ConfigDict({"metric": "", "at_least": 0.0})
     config.eval_at_start = True  # evaluation, curvature and user hooks also run on the initial parameters
     config.eval_batch_size = 1000
     config.eval_train_size = 5000  # train examples in the train-set evaluation (0 = all)
@@ -96,11 +106,26 @@ def default_config() -> ml_collections.ConfigDict:
     config.resume = True  # continue the run in workdir when its saved config matches (else an error)
     config.overwrite = False  # delete the run in workdir and start afresh (the only way to delete one)
     config.progress_bar = True
+    # The train step writes the new state into the old one's device buffers (saves one state's memory).
+    config.donate_state = True
 
     config.curvature = default_curvature_config()
     # Multi-process runs (jax.distributed; off by default): see sam_jax.training.distributed.
     config.distributed = default_distributed_config()
     return config
+
+
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (a dict) with the fields it predates (added to ``default_config`` later) at their defaults."""
+
+    def merge(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        merged = dict(defaults)
+        for key, value in saved.items():
+            both_blocks = isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping)
+            merged[key] = merge(value, defaults[key]) if both_blocks else value
+        return merged
+
+    return merge(saved, default_config().to_dict())
 
 
 def _unread_blocks_unchanged(
@@ -145,6 +170,26 @@ def run_batch_size(config: ml_collections.ConfigDict, num_train: int) -> int:
     return num_train if optim.get_optimizer_spec(config.optimizer.name).full_batch else config.batch_size
 
 
+def _validate_data_source(block: ml_collections.ConfigDict, fail: Callable[[str], None]) -> None:
+    """Where the data comes from: a registered dataset in memory, or a converted one streamed from files."""
+    if block.format not in DATA_FORMATS:
+        fail(f"data.format={block.format!r}; choose one of {list(DATA_FORMATS)}.")
+    if block.format == "in_memory":
+        if block.name not in DATASETS:
+            fail(f"data.name={block.name!r}; choose one of {sorted(DATASETS)}.")
+        return
+    if not block.array_record_dir:
+        fail(
+            "data.format='array_record' reads data.array_record_dir, which is empty; set it to the --out "
+            "directory of `python -m sam_jax.data.to_array_record` (docs/data.md)."
+        )
+    if block.data_dir:
+        fail("data.data_dir is not read when data.format='array_record'; leave it empty.")
+    threads = block.read_threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        fail(f"data.read_threads={threads!r} must be an integer >= 0 (0 = read each batch when needed).")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> None:
     """Raises one ``ValueError`` naming the bad field and the allowed values.
 
@@ -157,8 +202,7 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         raise ValueError(f"Bad config: {message}")
 
     opt = config.optimizer
-    if config.data.name not in DATASETS:
-        fail(f"data.name={config.data.name!r}; choose one of {sorted(DATASETS)}.")
+    _validate_data_source(config.data, fail)
     if config.model.name not in MODELS:
         fail(f"model.name={config.model.name!r}; choose one of {sorted(MODELS)}.")
     if config.loss.name not in LOSSES:
@@ -220,9 +264,16 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
     for field in ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "num_bins"):
         if config[field] <= 0:
             fail(f"{field}={config[field]} must be > 0.")
-    if config.eval_every_steps < 0 or config.eval_train_size < 0:
-        fail("eval_every_steps and eval_train_size must be >= 0.")
-    for field in ("resume", "overwrite"):
+    if config.eval_every_steps < 0 or config.eval_train_size < 0 or config.eval_points_per_decade < 0:
+        fail("eval_every_steps, eval_points_per_decade and eval_train_size must be >= 0.")
+    if set(config.early_stop.keys()) != {"metric", "at_least"} or not isinstance(config.early_stop.metric, str):
+        fail(f"early_stop={config.early_stop.to_dict()} must have exactly a string 'metric' and a number 'at_least'.")
+    if config.early_stop.metric and "/" not in config.early_stop.metric:
+        fail(
+            f"early_stop.metric={config.early_stop.metric!r} is not an evaluation metric; use a "
+            "metrics.jsonl key such as 'train/accuracy' or 'val/nll'."
+        )
+    for field in ("resume", "overwrite", "donate_state"):
         if not isinstance(config[field], bool):
             fail(f"{field}={config[field]!r} must be True or False.")
     try:

@@ -1,5 +1,6 @@
 """The train / validation / test arrays a run config describes."""
 
+import os
 from typing import NamedTuple, Optional
 
 import ml_collections
@@ -30,12 +31,33 @@ class RunData(NamedTuple):
         return data.normalize(dataset, self.normalizer) if self.normalizer is not None else dataset
 
 
+def _open_streamed(cfg: ml_collections.ConfigDict, split: str) -> data.ArrayDataset:
+    """``split`` of ``cfg.array_record_dir``, streamed; its metadata must name the dataset ``cfg.name``."""
+    directory = os.path.join(cfg.array_record_dir, split)
+    name = data.read_array_record_metadata(directory).name
+    if name != cfg.name:
+        raise ValueError(
+            f"{directory} holds dataset {name!r}, but data.name={cfg.name!r}; set data.name={name!r} or point "
+            f"data.array_record_dir at a conversion of {cfg.name!r}."
+        )
+    return data.open_array_record(directory, read_threads=cfg.read_threads)
+
+
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
-    """Loads ``config.data.name``, splits off validation and standardises with train statistics."""
+    """Loads ``config.data.name``, splits off validation and standardises with train statistics.
+
+    With ``data.format="array_record"`` the splits are streamed from ``data.array_record_dir``
+    (``sam_jax.data.open_array_record``): the validation split, the training subset and their
+    standardisation read nothing until batches are read, and hold the values the in-memory splits
+    would hold.
+    """
     cfg = config.data
-    data_dir = cfg.data_dir or None
-    full_train = data.load_dataset(cfg.name, "train", data_dir=data_dir)
-    test = data.load_dataset(cfg.name, "test", data_dir=data_dir)
+    if cfg.format == "array_record":
+        full_train, test = _open_streamed(cfg, "train"), _open_streamed(cfg, "test")
+    else:
+        data_dir = cfg.data_dir or None
+        full_train = data.load_dataset(cfg.name, "train", data_dir=data_dir)
+        test = data.load_dataset(cfg.name, "test", data_dir=data_dir)
     train, val = data.train_val_split(
         full_train, train_size=cfg.train_size or None, val_size=cfg.val_size, seed=cfg.split_seed
     )

@@ -33,10 +33,10 @@ from sam_jax.models import create_model
 from sam_jax.training.checkpoint import Checkpointer, all_finite
 from sam_jax.training.config import (
     chosen_hparams,
-    default_config,
     optimizer_hparams,
     run_batch_size,
     validate_config,
+    with_defaults,
 )
 from sam_jax.training.distributed import is_primary_process, sync_processes
 from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
@@ -44,7 +44,7 @@ from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
 from sam_jax.training.state import TrainState
-from sam_jax.training.steps import make_eval_step, make_train_step
+from sam_jax.training.steps import donating_train_step, make_eval_step, make_train_step
 from sam_jax.training.workdir import prepare_workdir
 from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
@@ -65,14 +65,39 @@ class TrainingDivergedError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-    """Calls ``fn(state) -> metrics`` every ``every_steps`` steps, after the last step, and at step 0
-    when ``config.eval_at_start``.
+    """Calls ``fn(state) -> metrics`` every ``every_steps`` steps, at ``at_steps``, after the last
+    step, and at step 0 when ``config.eval_at_start``.
 
     The returned metrics (a flat mapping, may be empty) go to ``metrics.jsonl`` under the step.
     """
 
     every_steps: int
     fn: Callable[[TrainState], Mapping[str, Any]]
+    at_steps: frozenset[int] = frozenset()
+
+    def due(self, step: int) -> bool:
+        """Whether the hook runs after ``step`` (the last step and step 0 are the loop's business)."""
+        return step % self.every_steps == 0 or step in self.at_steps
+
+
+def log_spaced_steps(points_per_decade: int, max_step: int) -> frozenset[int]:
+    """The steps ``round(10 ** (i / points_per_decade))``, ``i = 0, 1, ...``, up to ``max_step``.
+
+    Dense early and sparse late, so a trajectory that changes fast at the start and slowly later
+    (progressive sharpening, then a long approach to interpolation) is sampled evenly in log time;
+    empty when ``points_per_decade`` is 0.
+    """
+    if points_per_decade <= 0:
+        return frozenset()
+    count = int(np.ceil(np.log10(max(max_step, 1)) * points_per_decade)) + 1
+    steps = np.round(10.0 ** (np.arange(count) / points_per_decade)).astype(int)
+    return frozenset(int(s) for s in steps if s <= max_step)
+
+
+def early_stop_reached(config: ml_collections.ConfigDict, record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` (one step's metrics) meets ``config.early_stop``; never when it is off."""
+    metric = config.early_stop.metric
+    return bool(metric) and metric in record and record[metric] >= config.early_stop.at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +278,9 @@ def check_run_data(run_data: RunData) -> None:
     for split in ("train", "val", "test"):
         dataset = getattr(run_data, split)
         check_labels(dataset.labels, run_data.num_classes, where=f"the {split} split")
-        if not len(dataset.labels):
+        # Streamed splits are uint8 records standardised by a finite normalizer: finite by
+        # construction, and reading them all here would defeat streaming.
+        if not len(dataset.labels) or isinstance(dataset.images, data.StreamedImages):
             continue
         finite = np.isfinite(dataset.images).reshape(len(dataset.labels), -1).all(axis=1)
         if not finite.all():
@@ -262,19 +289,6 @@ def check_run_data(run_data: RunData) -> None:
                 f"the {split} split: image {index} contains NaN or inf "
                 f"({int((~finite).sum())} such images); fix the data or its normalisation."
             )
-
-
-def _with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A saved config with the blocks it predates (added to ``default_config`` later) at their defaults."""
-
-    def merge(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-        merged = dict(defaults)
-        for key, value in saved.items():
-            both_blocks = isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping)
-            merged[key] = merge(value, defaults[key]) if both_blocks else value
-        return merged
-
-    return ml_collections.ConfigDict(merge(saved, defaults))
 
 
 def load_trained(
@@ -291,7 +305,7 @@ def load_trained(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir!r} is not a sam_jax run directory.")
     with open(path) as f:
-        config = _with_defaults(json.load(f), default_config().to_dict())
+        config = ml_collections.ConfigDict(with_defaults(json.load(f)))
     run = build_run(config, run_data)
     checkpointer = Checkpointer(workdir)
     try:
@@ -385,7 +399,7 @@ def _curvature_hook(run: Run) -> Optional[Hook]:
     def track(state: TrainState) -> Mapping[str, Any]:
         return tracker(state.params, state.model_state, images, labels, jax.random.fold_in(key, state.step))
 
-    return Hook(config.curvature.every, track)
+    return Hook(config.curvature.every, track, log_spaced_steps(config.eval_points_per_decade, run.total_steps))
 
 
 def _end_of_epoch_loss_update(run: Run, state: TrainState) -> TrainState:
@@ -470,7 +484,7 @@ def train_and_evaluate(
     try:
         with PreemptionWatcher() as watcher:
             started = time.time()
-            start_step = _train(run, workdir, hooks, writer, checkpointer, watcher, resuming)
+            start_step, end_step = _train(run, workdir, hooks, writer, checkpointer, watcher, resuming)
     finally:
         checkpointer.close()
 
@@ -482,10 +496,12 @@ def train_and_evaluate(
             os.path.join(workdir, "sharpness.png"),
             learning_rate=float(learning_rate_schedule(config, run.total_steps)(0)),
         )
-    final = {k: v for r in records if r["step"] == run.total_steps for k, v in r.items()}
+    final = {k: v for r in records if r["step"] == end_step for k, v in r.items()}
     summary = {
         **final,
-        "total_steps": run.total_steps,
+        "total_steps": end_step,
+        "max_steps": run.total_steps,
+        "stopped_early": end_step < run.total_steps,
         "wall_time_s": time.time() - started,
         "resumed_from_step": start_step,
         "num_train": len(run.data.train.labels),
@@ -506,19 +522,24 @@ def _train(
     checkpointer: Checkpointer,
     watcher: PreemptionWatcher,
     resuming: bool,
-) -> int:
-    """The step loop of :func:`train_and_evaluate`; returns the step it started from."""
+) -> tuple[int, int]:
+    """The step loop of :func:`train_and_evaluate`; returns the steps it started from and ended at."""
     config = run.config
     state = run.init_state
     if resuming and checkpointer.all_steps():
         state = checkpointer.restore(state)
         logger.warning("Resumed from step %d in %s.", int(state.step), workdir)
+    # The step donates the state's buffers (docs/scaling.md); run.init_state stays readable.
+    train_step = donating_train_step(run.train_step) if config.donate_state else run.train_step
+    if config.donate_state and state is run.init_state:
+        state = jax.tree.map(jnp.copy, state)
     start_step = int(state.step)
     writer.reset(keep_up_to_step=start_step)
     writer.write_config(config)
 
     eval_every = config.eval_every_steps or run.steps_per_epoch
-    all_hooks = [Hook(eval_every, lambda s: evaluate(run, s)), *hooks]
+    log_steps = log_spaced_steps(config.eval_points_per_decade, run.total_steps)
+    all_hooks = [Hook(eval_every, lambda s: evaluate(run, s), log_steps), *hooks]
     curvature_hook = _curvature_hook(run)
     if curvature_hook is not None:
         all_hooks.append(curvature_hook)
@@ -532,7 +553,10 @@ def _train(
     batch_sharding = _batch_sharding(run.mesh, run.batch_size, train=True)
     rows = _process_rows(batch_sharding, run.batch_size)
     shuffle = not run.optimizer.full_batch
-    step, pending, window = start_step, None, []
+    step, pending, window, stopped = start_step, None, [], False
+    # A run interrupted after its early stop (checkpoint saved, summary not yet written) ends there.
+    if start_step > 0 and any(early_stop_reached(config, r) for r in read_metrics(workdir) if r["step"] == start_step):
+        return start_step, start_step
     progress = tqdm(
         total=run.total_steps,
         initial=start_step,
@@ -542,7 +566,7 @@ def _train(
         dynamic_ncols=True,
     )
     try:
-        while step < run.total_steps:
+        while step < run.total_steps and not stopped:
             epoch, start_batch = divmod(step, run.steps_per_epoch)
             batches = data.train_batches(
                 run.data.train,
@@ -555,7 +579,7 @@ def _train(
             )
             with data.prefetch_to_device(batches, sharding=batch_sharding) as device_batches:
                 for batch in device_batches:
-                    state, metrics = run.train_step(state, batch)
+                    state, metrics = train_step(state, batch)
                     if pending is not None:  # checked one step late so the host never stalls the device
                         window.append(_check_loss(step, pending, checkpointer))
                     pending, step = metrics, step + 1
@@ -564,7 +588,7 @@ def _train(
                         state = _end_of_epoch_loss_update(run, state)
                     preempted = watcher.should_stop(step)
                     last = step == run.total_steps
-                    due = [h for h in all_hooks if step % h.every_steps == 0 or last]
+                    due = [h for h in all_hooks if h.due(step) or last]
                     save = step % config.checkpoint_every_steps == 0 or last or preempted
                     log = step % config.log_every_steps == 0 or last or preempted
                     if due or save or log:
@@ -577,6 +601,12 @@ def _train(
                         window = []
                     for hook in due:
                         record.update(hook.fn(state))
+                    if early_stop_reached(config, record):
+                        # The stopping step is the run's last: every hook reports on it.
+                        for hook in all_hooks:
+                            if hook not in due:
+                                record.update(hook.fn(state))
+                        last = save = stopped = True
                     if record:
                         writer.write(step, record)
                     if save:
@@ -592,4 +622,4 @@ def _train(
                         break
     finally:
         progress.close()
-    return start_step
+    return start_step, step

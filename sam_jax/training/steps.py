@@ -35,6 +35,8 @@ _MIXING_STREAM = 0x6D6978
 # fold_in constant that separates the augmentation key from the dropout and mixing keys.
 _AUGMENT_STREAM = 0x617567
 LossFn = Callable[..., jax.Array]
+# ``train_step(state, batch) -> (state, metrics)``.
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict]]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 # The collection a model sows dataset-level penalties (KL terms) into.
 PENALTIES = "penalties"
@@ -108,8 +110,10 @@ def make_train_step(
     augment: Optional[Augment] = None,
     num_train: int = 0,
     mesh: Optional[Mesh] = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+) -> TrainStep:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
+
+    :func:`donating_train_step` jits it (or the loop's jitted step) with the state's buffers donated.
 
     Args:
       model: the Flax module.
@@ -234,6 +238,34 @@ def make_train_step(
         return TrainState(state.step + 1, params, model_state, opt_state, state.rng, loss_state), metrics
 
     return train_step
+
+
+def donating_train_step(train_step: TrainStep) -> TrainStep:
+    """``train_step`` jitted so that the state passed in gives its device buffers to the new state.
+
+    Without donation a step holds two train states at its peak (the one passed in and the new
+    one); with it, XLA writes the new parameters, optimizer and model state into the buffers of the
+    old ones (``jax.jit(..., donate_argnums=0)``), which saves one state's worth of device memory.
+    The result is bit-identical to ``train_step``'s (``tests/test_checkpoint_topology.py``).
+
+    ``train_step`` may be jitted already (``Run.train_step``, with the loop's output shardings):
+    the outer jit inlines it and keeps its shardings. Only the state is donated, never the batch.
+
+    The caller must own the state it passes: after the call, every array of that state is deleted
+    and reading one raises (except an array whose buffer something outside JAX still references,
+    such as a NumPy view of a CPU array: JAX does not donate it). So pass a copy of a state that
+    someone else keeps (``jax.tree.map(jnp.copy, run.init_state)``), and let nothing keep the state's arrays
+    past the next step (a hook that stores them must copy them). A checkpoint of the state is safe:
+    Orbax has the state on the host before ``Checkpointer.save`` returns
+    (``sam_jax.training.checkpoint``).
+
+    Args:
+      train_step: ``train_step(state, batch) -> (state, metrics)`` from :func:`make_train_step`.
+
+    Returns:
+      The jitted step with the same signature and results.
+    """
+    return jax.jit(train_step, donate_argnums=0)
 
 
 def make_eval_step(model: nn.Module) -> Callable[[Any, Any, jax.Array], jax.Array]:

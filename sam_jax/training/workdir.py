@@ -14,12 +14,23 @@ from typing import Any, Optional
 
 import ml_collections
 
+from sam_jax.training.config import with_defaults
 from sam_jax.training.writers import CONFIG_FILE
 
 # Fields (or whole blocks) that may differ between a run and its resumption: the length of training
 # (a run can be extended), how it is resumed, how it reports progress, and how its processes join
 # (each process of a distributed run has its own process_id, and a run may resume on other hosts).
-RESUMABLE_FIELDS = ("num_epochs", "num_steps", "resume", "overwrite", "progress_bar", "workdir", "distributed")
+RESUMABLE_FIELDS = (
+    "num_epochs",
+    "num_steps",
+    "resume",
+    "overwrite",
+    "progress_bar",
+    "workdir",
+    "distributed",
+    "data.read_threads",
+    "donate_state",
+)
 
 # Everything the loop writes into a run directory.
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints", "sharpness.png")
@@ -62,8 +73,12 @@ def _resumable(key: str) -> bool:
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """Fields (dotted names) whose values differ, ignoring :data:`RESUMABLE_FIELDS` and their sub-fields."""
-    old = _flatten(saved)
+    """Fields (dotted names) whose values differ, ignoring :data:`RESUMABLE_FIELDS` and their sub-fields.
+
+    Fields that ``saved`` predates count at their defaults, so a run saved before a field existed
+    resumes unless the field is set to something else.
+    """
+    old = _flatten(with_defaults(saved))
     new = _flatten(json.loads(config.to_json_best_effort()))
     return sorted(
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"

@@ -16,8 +16,11 @@ References:
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from jax.flatten_util import ravel_pytree
 
 from sam_jax.curvature import (
     batch_sharpness,
@@ -25,11 +28,19 @@ from sam_jax.curvature import (
     gauss_newton_operator,
     hessian_operator,
     hutchinson_trace,
+    ritz_pairs,
     stochastic_lanczos_quadrature,
 )
 from sam_jax.optim import ascent_perturbation
 
 QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")
+# The top-eigenvalue quantities: tolerance, warm starts and reference checks apply to them.
+TOP_EIGENVALUE_QUANTITIES = ("hessian", "gauss_newton")
+# A warm start is the previous Ritz vector plus this much (in norm) of a fresh random direction,
+# so that an eigenvalue overtaking the previous top one is still found.
+WARM_START_NOISE = 0.1
+# The reference estimate of ``reference_every`` runs this many times ``num_iters`` steps, cold.
+REFERENCE_ITERS_FACTOR = 3
 
 Params = Any
 Tracker = Callable[..., dict[str, float | list[float]]]
@@ -42,7 +53,17 @@ def default_curvature_config() -> ml_collections.ConfigDict:
       every: track every this many steps; 0 turns tracking off.
       quantities: comma-separated subset of ``QUANTITIES``.
       top_k: number of top Hessian / Gauss-Newton eigenvalues.
-      num_iters: Lanczos steps per eigenvalue computation.
+      num_iters: Lanczos steps per eigenvalue computation (the maximum when ``tolerance > 0``).
+      tolerance: relative accuracy at which the top-eigenvalue Lanczos runs stop early: the Ritz
+        residual norms, which bound the eigenvalue errors (``sam_jax.curvature.ritz_pairs``), below
+        ``tolerance`` times the values; 0 runs all ``num_iters`` steps.
+      warm_start: start each top-eigenvalue Lanczos run from the previous tracking point's top
+        Ritz vectors (their sum, plus ``WARM_START_NOISE`` of a random direction) instead of a
+        random vector; the spectrum moves little between tracking points, so with a tolerance
+        fewer steps are needed. A resumed run starts cold once.
+      reference_every: every this many tracking calls (0: never) also compute the top eigenvalue
+        cold with ``REFERENCE_ITERS_FACTOR * num_iters`` steps and no tolerance, logged as
+        ``<quantity>_top1_reference``: the check that the tracked estimate has converged.
       subset_size: training examples the loop feeds the tracker; 0 = the full training set.
       seed: seed with which the loop picks the subset.
       trace_probes: Rademacher probes of the Hutchinson trace.
@@ -54,6 +75,9 @@ def default_curvature_config() -> ml_collections.ConfigDict:
     config.quantities = "hessian,gauss_newton,batch_sharpness"
     config.top_k = 1
     config.num_iters = 30
+    config.tolerance = 0.0
+    config.warm_start = False
+    config.reference_every = 0
     config.subset_size = 1000
     config.seed = 0
     config.trace_probes = 10
@@ -90,6 +114,8 @@ def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, .
         "every": 0,
         "top_k": 1,
         "num_iters": 1,
+        "tolerance": 0.0,
+        "reference_every": 0,
         "subset_size": 0,
         "trace_probes": 2,
         "density_probes": 1,
@@ -131,8 +157,12 @@ def make_curvature_tracker(
 
     Metric keys (all under ``curvature/``):
       ``hessian_top{i}`` / ``gauss_newton_top{i}`` for ``i = 1..top_k``: top eigenvalues of the
-      Hessian / Gauss-Newton matrix of the subset loss; ``hessian_min``: smallest Hessian
-      eigenvalue; ``batch_sharpness``: Andreyev & Beneventano's ``E_B[g^T H g / g^T g]``;
+      Hessian / Gauss-Newton matrix of the subset loss, with ``hessian_lanczos_steps`` /
+      ``gauss_newton_lanczos_steps`` (matrix-vector products used) and ``..._relative_residual``
+      (the top Ritz pair's residual norm over its value: a bound on its relative error), and
+      every ``reference_every`` calls ``..._top1_reference`` (see ``default_curvature_config``);
+      ``hessian_min``: smallest Hessian eigenvalue; ``batch_sharpness``: Andreyev & Beneventano's
+      ``E_B[g^T H g / g^T g]``;
       ``hessian_trace`` and ``hessian_trace_stderr``: Hutchinson; ``density_nodes`` and
       ``density_weights``: SLQ nodes and weights of all probes concatenated, the weights divided
       by the number of probes so that they sum to 1. With ``perturbation_rho`` (SAM-family runs;
@@ -163,32 +193,51 @@ def make_curvature_tracker(
             f"{batch_size} (or 0 for the full training set)."
         )
     top_k, num_iters = config.top_k, config.num_iters
+    tracked_tops = [q for q in TOP_EIGENVALUE_QUANTITIES if q in quantities]
 
     def smallest_eigenvalue(matvec, params, key):
         return eigenvalues(matvec, params, k=1, num_iters=num_iters, which="smallest", key=key)[0][0]
 
-    def compute(params, model_state, images, labels, key):
-        def batch_loss(p, batch):
-            return loss_fn(model_apply(p, model_state, batch["image"]), batch["label"])
-
-        def apply_fn(p, x):
-            return model_apply(p, model_state, x)
-
+    def operators(params, model_state, images, labels):
+        """The subset loss and the Hessian and Gauss-Newton products at ``params``."""
         subset = {"image": images, "label": labels}
 
         def subset_loss(p):
-            return batch_loss(p, subset)
+            return loss_fn(model_apply(p, model_state, images), labels)
 
-        hessian = hessian_operator(subset_loss, params)
+        tops = {
+            "hessian": lambda: hessian_operator(subset_loss, params),
+            "gauss_newton": lambda: gauss_newton_operator(
+                lambda p, x: model_apply(p, model_state, x), loss_fn, params, subset
+            ),
+        }
+        return subset_loss, tops
+
+    def start_vector(previous, key):
+        """The warm start: ``previous`` plus a little of a random direction; random when it is zero."""
+        flat, unravel = ravel_pytree(previous)
+        noise = jax.random.normal(key, flat.shape, flat.dtype)
+        noise = noise / jnp.linalg.norm(noise)
+        return unravel(jnp.where(jnp.linalg.norm(flat) > 0, flat + WARM_START_NOISE * noise, noise))
+
+    def compute(params, model_state, images, labels, key, previous):
+        def batch_loss(p, batch):
+            return loss_fn(model_apply(p, model_state, batch["image"]), batch["label"])
+
+        subset_loss, tops = operators(params, model_state, images, labels)
+        hessian = tops["hessian"]()
+        tops["hessian"] = lambda: hessian  # one linearisation for every Hessian quantity
         keys = dict(zip(QUANTITIES + ("kappa",), jax.random.split(key, len(QUANTITIES) + 1)))
-        metrics = {}
-        if "hessian" in quantities:
-            values = eigenvalues(hessian, params, k=top_k, num_iters=num_iters, key=keys["hessian"])[0]
-            metrics.update({f"curvature/hessian_top{i + 1}": values[i] for i in range(top_k)})
-        if "gauss_newton" in quantities:
-            matvec = gauss_newton_operator(apply_fn, loss_fn, params, subset)
-            values = eigenvalues(matvec, params, k=top_k, num_iters=num_iters, key=keys["gauss_newton"])[0]
-            metrics.update({f"curvature/gauss_newton_top{i + 1}": values[i] for i in range(top_k)})
+        metrics, vectors = {}, {}
+        for name in tracked_tops:
+            v0 = start_vector(previous[name], keys[name]) if config.warm_start else None
+            pairs = ritz_pairs(
+                tops[name](), params, k=top_k, num_iters=num_iters, key=keys[name], v0=v0, tol=config.tolerance
+            )
+            metrics.update({f"curvature/{name}_top{i + 1}": pairs.values[i] for i in range(top_k)})
+            metrics[f"curvature/{name}_lanczos_steps"] = pairs.num_steps
+            metrics[f"curvature/{name}_relative_residual"] = pairs.residual_norms[0] / jnp.abs(pairs.values[0])
+            vectors[name] = jax.tree.map(lambda v: v.sum(axis=0), pairs.vectors)
         if "hessian_min" in quantities or perturbation_rho is not None:
             kappa_min = smallest_eigenvalue(hessian, params, keys["hessian_min"])
             if "hessian_min" in quantities:
@@ -214,12 +263,31 @@ def make_curvature_tracker(
             )
             metrics["curvature/density_nodes"] = nodes.ravel()
             metrics["curvature/density_weights"] = weights.ravel() / config.density_probes
-        return metrics
+        return metrics, vectors
 
-    compiled = jax.jit(compute)
+    def reference(params, model_state, images, labels, key):
+        _, tops = operators(params, model_state, images, labels)
+        return {
+            f"curvature/{name}_top1_reference": eigenvalues(
+                tops[name](), params, k=1, num_iters=REFERENCE_ITERS_FACTOR * num_iters, key=key
+            )[0][0]
+            for name in tracked_tops
+        }
+
+    compiled, compiled_reference = jax.jit(compute), jax.jit(reference)
+    previous: dict[str, Params] = {}
+    calls = [0]
 
     def tracker(params, model_state, images, labels, key) -> dict[str, float | list[float]]:
-        metrics = jax.device_get(compiled(params, model_state, images, labels, key))
+        if not previous:
+            previous.update({name: jax.tree.map(jnp.zeros_like, params) for name in tracked_tops})
+        metrics, vectors = compiled(params, model_state, images, labels, key, dict(previous))
+        if config.warm_start:
+            previous.update(vectors)
+        if config.reference_every and tracked_tops and calls[0] % config.reference_every == 0:
+            metrics.update(compiled_reference(params, model_state, images, labels, jax.random.fold_in(key, 1)))
+        calls[0] += 1
+        metrics = jax.device_get(metrics)
         return {name: value.tolist() if value.ndim else float(value) for name, value in metrics.items()}
 
     return tracker
