@@ -20,7 +20,7 @@ setup(
     extras_require={
         "cuda12": ["jax[cuda12]"],
         "streaming": ["grain>=0.2.18", "array-record>=0.8.1", "pillow"],  # docs/data.md, "Streaming from ArrayRecord"
-        "test": ["pytest>=7", "scikit-learn", "ruff>=0.6"],
+        "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "ruff>=0.6"],
         # Preparing a dataset with TFDS (docs/data.md): its builders parse the archives with
         # TensorFlow (the CPU-only wheel where there is one, so that it leaves the GPUs to JAX),
         # and TFDS imports importlib_resources without declaring it.
