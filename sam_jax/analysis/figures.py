@@ -77,6 +77,7 @@ def plot_dynamics(
         axes[-1, column].set_ylim(0, 1.3 * top if top > 0 else 1.0)
         if log_steps:
             axes[-1, column].set_xscale("symlog", linthresh=10)
+            axes[-1, column].set_xlim(left=0)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(
         f"{title}\nsharpness: GN top-1 (solid), batch sharpness (dotted)"
@@ -157,6 +158,7 @@ def plot_figure1(groups: Mapping[str, Mapping[float, Runs]], path: str, title: s
         axes[1, column].set_ylabel("GN sharpness")
         axes[1, column].set_xlabel("step")
         axes[1, column].set_xscale("symlog", linthresh=10)
+        axes[1, column].set_xlim(left=0)
         axes[0, column].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -192,6 +194,7 @@ def plot_confidence_gap(groups: Mapping[str, Mapping[float, Runs]], path: str, t
         axes[1, column].set_ylabel("train ECE")
         axes[1, column].set_xlabel("step")
         axes[1, column].set_xscale("symlog", linthresh=10)
+        axes[1, column].set_xlim(left=0)
         axes[0, column].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -14,6 +14,7 @@ from sam_jax.data.catalog import CIFAR10_CORRUPTIONS, DATASETS, NUM_CLASSES
 from sam_jax.data.dataset import ArrayDataset
 from sam_jax.data.debian import ensure_debian_fashion_mnist
 from sam_jax.data.image_folder import image_folder_classes, read_image_folder
+from sam_jax.data.padding import pad_to_size
 from sam_jax.data.normalization import Normalizer, fit_normalizer, normalize
 from sam_jax.data.pipeline import epoch_permutation, eval_batches, num_batches, train_batches
 from sam_jax.data.prefetch import prefetch_to_device
@@ -25,7 +26,7 @@ from sam_jax.data.readers import (
     read_svhn_mat,
 )
 from sam_jax.data.sources import DATA_DIR_ENV, load_dataset
-from sam_jax.data.splits import train_val_split
+from sam_jax.data.splits import subset, train_val_split
 from sam_jax.data.streamed import StreamedImages, open_array_record
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "image_folder_classes",
     "load_dataset",
     "normalize",
+    "pad_to_size",
     "num_batches",
     "open_array_record",
     "prefetch_to_device",
@@ -59,6 +61,7 @@ __all__ = [
     "read_idx",
     "read_idx_dataset",
     "read_svhn_mat",
+    "subset",
     "train_batches",
     "train_val_split",
     "write_array_record",

@@ -6,7 +6,7 @@ from sam_jax.data.dataset import ArrayDataset
 from sam_jax.data.streamed import StreamedImages
 
 
-def _subset(ds: ArrayDataset, indices: np.ndarray) -> ArrayDataset:
+def subset(ds: ArrayDataset, indices: np.ndarray) -> ArrayDataset:
     """The examples at ``indices``; a streamed split stays streamed (nothing is read)."""
     images = ds.images.take(indices) if isinstance(ds.images, StreamedImages) else ds.images[indices]
     return ArrayDataset(images, ds.labels[indices], ds.num_classes)
@@ -52,6 +52,6 @@ def train_val_split(
         )
     order = np.random.default_rng(seed).permutation(num_examples)
     return (
-        _subset(ds, order[:train_size]),
-        _subset(ds, order[train_size : train_size + val_size]),
+        subset(ds, order[:train_size]),
+        subset(ds, order[train_size : train_size + val_size]),
     )

@@ -68,6 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # "" = resolution order of sam_jax.data (SAM_JAX_DATA_DIR, TFDS, Debian)
     config.data.train_size = 0  # examples kept for training (0 = all that remain after validation)
     config.data.val_size = 5000  # held out from the train split (temperature scaling, validation metrics)
+    config.data.test_size = 0  # the first examples of the test split kept (0 = all; smoke runs)
+    config.data.pad_to = 0  # zero-pad images to pad_to x pad_to (e.g. 32: Fashion-MNIST for CIFAR models; 0 = off)
     config.data.split_seed = 0  # seeds the permutation that picks the train subset and validation split
     config.data.normalize = True  # per-channel standardisation with train-split statistics
     config.data.format = "in_memory"  # in_memory | array_record (stream a dataset larger than memory)
@@ -252,8 +254,10 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
             fail(f"optimizer.{opt.name}.m={m} must divide batch_size={config.batch_size}.")
     if config.num_epochs <= 0 and config.num_steps <= 0:
         fail("set num_epochs > 0 or num_steps > 0.")
-    if config.data.val_size < 0 or config.data.train_size < 0:
-        fail("data.train_size and data.val_size must be >= 0.")
+    if min(config.data.val_size, config.data.train_size, config.data.test_size, config.data.pad_to) < 0:
+        fail("data.train_size, data.val_size, data.test_size and data.pad_to must be >= 0.")
+    if config.data.pad_to and config.data.format != "in_memory":
+        fail("data.pad_to pads in-memory splits; pad the images when converting them for data.format='array_record'.")
     augment = config.data.augment
     for field in ("crop_padding", "cutout_size"):
         value = augment[field]

@@ -4,6 +4,7 @@ import os
 from typing import NamedTuple, Optional
 
 import ml_collections
+import numpy as np
 
 from sam_jax import data
 
@@ -58,6 +59,10 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
         data_dir = cfg.data_dir or None
         full_train = data.load_dataset(cfg.name, "train", data_dir=data_dir)
         test = data.load_dataset(cfg.name, "test", data_dir=data_dir)
+        if cfg.pad_to:
+            full_train, test = data.pad_to_size(full_train, cfg.pad_to), data.pad_to_size(test, cfg.pad_to)
+    if cfg.test_size:
+        test = data.subset(test, np.arange(min(cfg.test_size, len(test.labels))))
     train, val = data.train_val_split(
         full_train, train_size=cfg.train_size or None, val_size=cfg.val_size, seed=cfg.split_seed
     )
