@@ -13,13 +13,14 @@ import argparse
 import os
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from sam_jax.training import build_run, default_config, load_run_data
+from benchmarks.timing import time_steps
 
 ENSEMBLE_SIZE = 4
 DEEP_ENSEMBLE_SIZE = 5
@@ -55,14 +56,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def _time(step: Callable, state: Any, batch: dict, num_steps: int) -> tuple[float, Any]:
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / num_steps, state
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
@@ -91,7 +84,7 @@ def main() -> None:
     timings: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:
-            elapsed, states[name] = _time(steps[name], states[name], batch, args.steps)
+            elapsed, states[name] = time_steps(steps[name], states[name], batch, args.steps)
             timings[name].append(elapsed)
     medians = {name: statistics.median(values) for name, values in timings.items()}
     sgd = medians["sgd"]

@@ -8,7 +8,7 @@ Lanczos with full reorthogonalisation, with the share of run time spent outside 
 ("bookkeeping"), and (3) the overhead of tracking GN and Hessian sharpness every 100 steps of
 SGD. Prints Markdown tables.
 
-Usage: python benchmarks/curvature.py [--iters 10,20,30,50,80] [--steps 300]
+Usage: python -m benchmarks.curvature [--iters 10,20,30,50,80] [--steps 300]
 """
 
 import argparse
@@ -27,6 +27,7 @@ from sam_jax import curvature  # noqa: E402
 from sam_jax.losses import cross_entropy  # noqa: E402
 from sam_jax.models import MLP  # noqa: E402
 from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 
 MODEL = MLP(num_classes=10, widths=(128, 128), activation="tanh")
 
@@ -45,16 +46,6 @@ def apply_fn(params, x):
 
 def loss_fn(params, batch):
     return cross_entropy(apply_fn(params, batch["image"]), batch["label"])
-
-
-def median_time(fn, reps):
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def amortised(make_matvec, count):

@@ -46,6 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from sam_jax.data import ArrayDataset
 from sam_jax.training import Run, RunData, build_run, default_config
 from sam_jax.training.steps import donating_train_step
+from benchmarks.timing import time_steps
 
 CIFAR = ((32, 32, 3), 10)
 IMAGENET = ((224, 224, 3), 1000)
@@ -112,15 +113,6 @@ def _step_memory_mib(step: Callable, state: Any, batch: dict) -> float:
     return (total - stats.alias_size_in_bytes) / 2**20
 
 
-def _time(step: Callable, state: Any, batch: dict, num_steps: int) -> tuple[float, Any]:
-    """Seconds per step over ``num_steps`` steps, and the state reached."""
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / num_steps, state
-
-
 def measure_case(
     model: str,
     batch_size: int,
@@ -167,7 +159,7 @@ def measure_case(
     timings: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name in runs:
-            elapsed, states[name] = _time(steps[name], states[name], batch, num_steps)
+            elapsed, states[name] = time_steps(steps[name], states[name], batch, num_steps)
             timings[name].append(elapsed)
     sgd = statistics.median(timings["sgd"])
     for name, values in timings.items():

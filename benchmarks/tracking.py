@@ -35,16 +35,7 @@ from sam_jax.losses import get_loss
 from sam_jax.training import Hook, build_run, train_and_evaluate
 from sam_jax.training.hooks.curvature import REFERENCE_ITERS_FACTOR, WARM_START_NOISE
 from sam_jax.training.loop import log_spaced_steps
-
-
-def median_time(fn, reps: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+from benchmarks.timing import median_time
 
 
 def job_config(name: str, steps: int):

@@ -6,7 +6,7 @@ References:
 """
 
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -146,23 +146,14 @@ def plot_figure1(groups: Mapping[str, Mapping[float, Runs]], path: str, title: s
       title: figure title.
       dpi: resolution.
     """
-    fig = Figure(figsize=(4.2 * len(groups), 5.4))
-    axes = fig.subplots(2, len(groups), sharex="col", squeeze=False)
-    for column, (group, runs_by_lr) in enumerate(groups.items()):
+
+    def draw(top, bottom, runs_by_lr):
         for colour, (lr, runs) in zip(_colours(len(runs_by_lr)), sorted(runs_by_lr.items())):
-            axes[0, column].plot(*seed_mean(runs, "train/ece"), color=colour, label=f"lr=2/{2 / lr:.3g}")
-            axes[1, column].plot(*seed_mean(runs, GN_SHARPNESS), color=colour)
-            axes[1, column].axhline(2 / lr, color=colour, linestyle="--", linewidth=0.8)
-        axes[0, column].set_title(group)
-        axes[0, column].set_ylabel("train ECE")
-        axes[1, column].set_ylabel("GN sharpness")
-        axes[1, column].set_xlabel("step")
-        axes[1, column].set_xscale("symlog", linthresh=10)
-        axes[1, column].set_xlim(left=0)
-        axes[0, column].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, path, dpi)
+            top.plot(*seed_mean(runs, "train/ece"), color=colour, label=f"lr=2/{2 / lr:.3g}")
+            bottom.plot(*seed_mean(runs, GN_SHARPNESS), color=colour)
+            bottom.axhline(2 / lr, color=colour, linestyle="--", linewidth=0.8)
+
+    _two_rows_per_group(groups, draw, ("train ECE", "GN sharpness"), path, title, dpi)
 
 
 def plot_confidence_gap(groups: Mapping[str, Mapping[float, Runs]], path: str, title: str, dpi: int = 90) -> None:
@@ -178,24 +169,41 @@ def plot_confidence_gap(groups: Mapping[str, Mapping[float, Runs]], path: str, t
       title: figure title.
       dpi: resolution.
     """
-    fig = Figure(figsize=(4.2 * len(groups), 5.4))
-    axes = fig.subplots(2, len(groups), sharex="col", squeeze=False)
-    for column, (group, runs_by_lr) in enumerate(groups.items()):
+
+    def draw(top, bottom, runs_by_lr):
         for colour, (lr, runs) in zip(_colours(len(runs_by_lr)), sorted(runs_by_lr.items())):
             steps, confidence = seed_mean(runs, "train/mean_confidence")
             accuracy_steps, accuracy = seed_mean(runs, "train/accuracy")
             common = np.intersect1d(steps, accuracy_steps)
             gap = confidence[np.isin(steps, common)] - accuracy[np.isin(accuracy_steps, common)]
-            axes[0, column].plot(common, gap, color=colour, label=f"lr={lr:.3g}")
-            axes[1, column].plot(*seed_mean(runs, "train/ece"), color=colour)
-        axes[0, column].axhline(0.0, color="black", linewidth=0.6)
-        axes[0, column].set_title(group)
-        axes[0, column].set_ylabel("confidence - accuracy")
-        axes[1, column].set_ylabel("train ECE")
-        axes[1, column].set_xlabel("step")
-        axes[1, column].set_xscale("symlog", linthresh=10)
-        axes[1, column].set_xlim(left=0)
-        axes[0, column].legend(fontsize=7)
+            top.plot(common, gap, color=colour, label=f"lr={lr:.3g}")
+            bottom.plot(*seed_mean(runs, "train/ece"), color=colour)
+        top.axhline(0.0, color="black", linewidth=0.6)
+
+    _two_rows_per_group(groups, draw, ("confidence - accuracy", "train ECE"), path, title, dpi)
+
+
+def _two_rows_per_group(
+    groups: Mapping[str, Mapping[float, Runs]],
+    draw: Callable[[Any, Any, Mapping[float, Runs]], None],
+    labels: tuple[str, str],
+    path: str,
+    title: str,
+    dpi: int,
+) -> None:
+    """A figure of two rows and one column per group, sharing a symmetric-log step axis from 0."""
+    fig = Figure(figsize=(4.2 * len(groups), 5.4))
+    axes = fig.subplots(2, len(groups), sharex="col", squeeze=False)
+    for column, (group, runs_by_lr) in enumerate(groups.items()):
+        top, bottom = axes[:, column]
+        draw(top, bottom, runs_by_lr)
+        top.set_title(group)
+        top.set_ylabel(labels[0])
+        bottom.set_ylabel(labels[1])
+        bottom.set_xlabel("step")
+        bottom.set_xscale("symlog", linthresh=10)
+        bottom.set_xlim(left=0)
+        top.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path, dpi)
