@@ -28,6 +28,20 @@ def example_ids(batch) -> np.ndarray:
     return ids
 
 
+# ---------------------------------------------------------------- padding
+
+
+def test_pad_to_size_centres_the_image_in_zeros():
+    images = np.arange(2 * 28 * 27 * 3, dtype=np.uint8).reshape(2, 28, 27, 3) % 250 + 1
+    padded = data.pad_to_size(data.ArrayDataset(images, np.array([3, 4]), 10), 32)
+    assert padded.images.shape == (2, 32, 32, 3) and padded.images.dtype == np.uint8
+    np.testing.assert_array_equal(padded.images[:, 2:30, 2:29], images)  # 4 rows: 2 + 2; 5 columns: 2 + 3
+    assert padded.images.sum(dtype=np.int64) == images.sum(dtype=np.int64)
+    np.testing.assert_array_equal(padded.labels, [3, 4])
+    with pytest.raises(ValueError, match="pad_to=24"):
+        data.pad_to_size(data.ArrayDataset(images, np.array([3, 4]), 10), 24)
+
+
 # ---------------------------------------------------------------- train_val_split
 
 

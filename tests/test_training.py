@@ -178,6 +178,13 @@ def test_log_spaced_evaluation_and_early_stop_at_a_metric(tmp_path):
     assert again["total_steps"] == end and again["resumed_from_step"] == end
 
 
+def test_padding_and_test_size_reach_the_run(tmp_path):
+    run = build_run(digits_config(str(tmp_path), **{"data.pad_to": 10, "data.test_size": 50}))
+    assert run.data.train.images.shape[1:3] == (10, 10) and len(run.data.test.labels) == 50
+    with pytest.raises(ValueError, match="data.pad_to"):
+        validate_config(digits_config(str(tmp_path), **{"data.pad_to": -1}))
+
+
 def test_bad_early_stop_metric_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="early_stop.metric"):
         validate_config(digits_config(str(tmp_path), **{"early_stop.metric": "accuracy"}))
