@@ -324,8 +324,9 @@ def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[s
             "",
             "## Lanczos accuracy",
             "",
-            f"GN sharpness stops at an estimated relative error of {config.curvature.tolerance:g} "
-            f"(at most {config.curvature.num_iters} steps; warm start: {config.curvature.warm_start}). "
+            f"GN sharpness: Lanczos stops once the top Ritz residual, a bound on the eigenvalue's error, is "
+            f"below {config.curvature.tolerance:g} of the value (at most {config.curvature.num_iters} steps; warm "
+            f"start: {config.curvature.warm_start}). "
             f"{checks} tracked values were checked against a cold run with 3x the maximum steps: the "
             f"largest relative deviation is {max(deviations):.2e} (runs with a check: {len(deviations)}). "
             f"Lanczos steps per estimate: {sum(cold) / len(cold):.1f} at the first (cold) point, "
