@@ -37,12 +37,13 @@ from jax.experimental.compilation_cache import compilation_cache
 from tqdm.auto import tqdm
 
 from sam_jax.data import ensure_debian_fashion_mnist
-from sam_jax.training import Run, RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
+from sam_jax.training import Hook, Run, RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
 from sam_jax.training.writers import SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
 AfterJob = Callable[["Job", Run], None]
+JobHooks = Callable[["Job", Run], Sequence[Hook]]
 GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
 
 
@@ -81,7 +82,9 @@ def _set_nested(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
                 f"grid.optimizers.{where}.overrides names {key!r}, which the run config "
                 f"does not have; its fields are {sorted(config.keys())}."
             )
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and isinstance(config[key], ml_collections.ConfigDict) and not config[key]:
+            config[key] = ml_collections.ConfigDict(dict(value))  # a free-form block such as model.kwargs
+        elif isinstance(value, Mapping):
             _set_nested(config[key], value, f"{where}.{key}")
         else:
             config[key] = value
@@ -176,7 +179,12 @@ def data_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.data.to_dict(), sort_keys=True)
 
 
-def run_job(job: Job, run_data: Optional[RunData] = None, after_job: Optional[AfterJob] = None) -> dict[str, Any]:
+def run_job(
+    job: Job,
+    run_data: Optional[RunData] = None,
+    after_job: Optional[AfterJob] = None,
+    hooks: Optional[JobHooks] = None,
+) -> dict[str, Any]:
     """Trains one job (resuming from its checkpoint) unless its ``summary.json`` exists.
 
     A diverged run gets a summary ``{"diverged": true, ...}`` so that it is not retried; its
@@ -198,7 +206,7 @@ def run_job(job: Job, run_data: Optional[RunData] = None, after_job: Optional[Af
             return json.load(f)
     try:
         run = build_run(job.config, run_data)
-        summary = train_and_evaluate(job.config, job.workdir, run=run)
+        summary = train_and_evaluate(job.config, job.workdir, hooks=hooks(job, run) if hooks else (), run=run)
         if after_job is not None:
             after_job(job, run)
         return summary
@@ -237,6 +245,7 @@ def run_jobs(
     progress: bool = True,
     compilation_cache_dir: Optional[str] = None,
     after_job: Optional[AfterJob] = None,
+    hooks: Optional[JobHooks] = None,
 ) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
 
@@ -247,6 +256,7 @@ def run_jobs(
         share shapes, so the evaluation step and the curvature tracker compile once for all of
         them, in this process and in the other shards'.
       after_job: see :func:`run_job`.
+      hooks: see :func:`run_job`.
     """
     jobs = list(jobs)
     cache: dict[str, RunData] = {}
@@ -262,5 +272,5 @@ def run_jobs(
                     if job.config.data.name == "fashion_mnist" and not job.config.data.data_dir:
                         ensure_debian_fashion_mnist()
                     cache[key] = load_run_data(job.config)
-                run_job(job, cache[key], after_job)
+                run_job(job, cache[key], after_job, hooks)
             bar.update(1)

@@ -101,8 +101,10 @@ def test_batch_larger_than_dataset_fails(tmp_path):
 
 
 def test_csam_gamma_and_m_are_validated(tmp_path):
+    # gamma > 2 leaves Theorem 3 of Tan et al. (2025) but is inside their Figure S6 sweep (up to 3).
+    validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": 3.0}))
     with pytest.raises(ValueError, match="gamma"):
-        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": 3.0}))
+        validate_config(digits_config(str(tmp_path), **{"optimizer.name": "csam", "optimizer.csam.gamma": -0.5}))
     with pytest.raises(ValueError, match="divide"):
         validate_config(digits_config(str(tmp_path), **{"optimizer.name": "sam", "optimizer.sam.m": 7}))
 

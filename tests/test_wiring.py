@@ -569,7 +569,7 @@ BAD_VALUES = {  # field -> a value its rule rejects
     "m": 2.5,
     "base": "lion",
     "eta": -0.01,
-    "gamma": 2.5,
+    "gamma": -0.5,
     "theta": 0.0,
     "beta1": 1.0,
     "beta2": -0.1,

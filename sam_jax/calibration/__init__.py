@@ -27,7 +27,13 @@ from sam_jax.calibration.metrics import (
     mean_confidence,
     nll,
 )
-from sam_jax.calibration.ood import auroc, max_probability_score, misclassification_auroc, negative_entropy_score
+from sam_jax.calibration.ood import (
+    auroc,
+    max_probability_score,
+    misclassification_auroc,
+    negative_entropy_score,
+    one_vs_rest_auroc,
+)
 from sam_jax.calibration.predictive import member_average_log_probs, predictive_average
 from sam_jax.calibration.scaling import IsotonicCalibrator, fit_isotonic, fit_temperature, tce
 from sam_jax.calibration.summary import calibration_metrics
@@ -61,6 +67,7 @@ __all__ = [
     "mse_optimum_confidence",
     "negative_entropy_score",
     "nll",
+    "one_vs_rest_auroc",
     "predictive_average",
     "sam_entropy_coefficient",
     "sam_entropy_coefficient_bound",

@@ -3,7 +3,9 @@
 Tan et al. (2025), Tables 1-3 ("OOD AUROC", e.g. CIFAR-10 against SVHN) and Möllenhoff & Khan
 (2023), Sec. 5 (AUROC following Osawa et al. 2019) score each input by the model's
 confidence and report the area under the ROC curve that separates in- from out-of-distribution
-inputs; in-distribution inputs are the positive class.
+inputs; in-distribution inputs are the positive class. :func:`misclassification_auroc` separates
+right from wrong predictions, and :func:`one_vs_rest_auroc` is the multi-class (one-vs-rest,
+macro-averaged) AUROC of the predicted probabilities.
 
 References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
@@ -103,3 +105,39 @@ def misclassification_auroc(probs: jax.Array, labels: jax.Array, *, mask: Option
     area = auroc(confidence, confidence, mask_in=positives, mask_out=negatives)
     defined = (jnp.sum(positives) > 0) & (jnp.sum(negatives) > 0)
     return jnp.where(defined, area, jnp.nan)
+
+
+@_common.checked_jit()
+def one_vs_rest_auroc(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+    """Multi-class AUROC: macro average over classes of the one-vs-rest AUROC of ``p_k``.
+
+    For each class ``k`` the score ``p_ik`` separates the examples labelled ``k`` (positives) from
+    all others (negatives), as in :func:`auroc` (Mann-Whitney, ties one half, pairs weighted by
+    ``mask_i * mask_j``); the result is the unweighted mean over classes, i.e.
+    ``sklearn.metrics.roc_auc_score(labels, probs, multi_class="ovr", average="macro")``. A class
+    with no positive or no negative example of non-zero weight has no AUROC and is left out of the
+    mean (sklearn raises instead). We assume this is the "AUROC" column of Tan et al. (2025,
+    arXiv:2505.23866), Table 3: its values of 98-99% on CIFAR-10 exceed what a misclassification
+    AUROC (:func:`misclassification_auroc`) reaches. Costs one sort of each column of ``probs``.
+
+    Args:
+      probs: ``[N, K]`` predictive probabilities.
+      labels: ``[N]`` integer labels.
+      mask: optional ``[N]`` example weights (0 for padding).
+
+    Returns:
+      Scalar AUROC in ``[0, 1]``; NaN when no class has both a positive and a negative example.
+    """
+    _common.check_predictions("one_vs_rest_auroc", probs, labels, mask)
+    dtype = _common.float_dtype(probs)
+    probs = probs.astype(dtype)
+    weights = _common.example_weights(mask, labels.shape[0], dtype)
+    is_class = (labels[:, None] == jnp.arange(probs.shape[1])).astype(dtype)  # [N, K]
+    positives, negatives = weights[:, None] * is_class, weights[:, None] * (1 - is_class)
+    per_class = jax.vmap(lambda s, pos, neg: auroc(s, s, mask_in=pos, mask_out=neg), in_axes=1)(
+        probs, positives, negatives
+    )
+    defined = (jnp.sum(positives, axis=0) > 0) & (jnp.sum(negatives, axis=0) > 0)
+    num_defined = jnp.sum(defined)
+    mean = jnp.sum(jnp.where(defined, per_class, 0)) / jnp.maximum(num_defined, 1)
+    return jnp.where(num_defined > 0, mean, jnp.nan)

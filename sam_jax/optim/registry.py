@@ -17,6 +17,7 @@ in the user's own code before the config is validated); nothing in ``sam_jax.tra
 """
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
@@ -325,7 +326,12 @@ def _check_asam(hparams: Hparams) -> None:
 
 def _check_csam(hparams: Hparams) -> None:
     _check_sam(hparams)
-    _require(0 <= hparams["gamma"] <= 2, f"gamma={hparams['gamma']} must be in [0, 2] (eq. 4).")
+    gamma = hparams["gamma"]
+    _require(
+        math.isfinite(gamma) and gamma >= 0,
+        f"gamma={gamma} must be finite and >= 0 (eq. 4); Theorem 3 (the entropy-penalty bound) needs "
+        "gamma <= 2, and Figure S6 of Tan et al. 2025 sweeps gamma up to 3.",
+    )
 
 
 def _csam_descent_loss(hparams: Hparams) -> LossFn:
