@@ -139,3 +139,17 @@ def test_quick_preset_tunes_trains_evaluates_exports_and_reports(tmp_path):
     driver.main(copy, "report")
     assert (compact / "report" / "table3.csv").read_text() == (report / "table3.csv").read_text()
     assert (compact / "report" / "table1.csv").read_text() == (report / "table1.csv").read_text()
+
+
+def test_ood_images_take_the_model_input_size_and_channels():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, 8, 8, 1)).astype(np.uint8)
+    dataset = driver.data.ArrayDataset(images, np.arange(4, dtype=np.int32), 10)
+    gray = driver._as_model_input(dataset, (28, 28, 1))
+    assert gray.images.shape == (4, 28, 28, 1) and gray.images.dtype == np.uint8
+    assert np.array_equal(gray.labels, dataset.labels)
+    color = driver._as_model_input(dataset, (32, 32, 3))
+    assert color.images.shape == (4, 32, 32, 3)
+    assert np.array_equal(color.images[..., 0], color.images[..., 2])
+    same = driver._as_model_input(dataset, (8, 8, 1))
+    assert np.array_equal(same.images, images)
