@@ -495,6 +495,7 @@ def run_shard(config: ml_collections.ConfigDict, index: int, count: int, poll_s:
         time.sleep(poll_s)
         tuned = tuned_hparams(config)
     jobs = shard_jobs(method_jobs(config, tuned, groups), index, count)
+    evaluator.finished(jobs)  # trained before an interruption cut their evaluation short
     run_jobs(jobs, compilation_cache_dir=cache_dir, after_job=evaluator.after_job, hooks=geometry_hooks(config))
     evaluator.finished(jobs)
     evaluator.ensembles(config, method_jobs(config, tuned, groups))

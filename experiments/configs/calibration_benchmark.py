@@ -38,7 +38,7 @@ from sam_jax.training import default_config
 PRESETS = ("quick", "fmnist", "fmnist_resnet", "paper", "paper_cifar100")
 
 # The groups, in the order the grid runs them (an interrupted grid has whole tables first).
-GROUPS = ("tune", "main", "figure2", "variants", "losses", "combined", "ood", "rho_gamma")
+GROUPS = ("tune", "main", "figure2", "ood", "variants", "losses", "combined", "rho_gamma")
 
 # Display names (the paper's) of the methods, in the tables' row order.
 NAMES = {
