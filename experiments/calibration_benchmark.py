@@ -10,8 +10,8 @@ its part of the search first waits for the others), then every method of ``confi
 groups of ``benchmark.groups``, seeds first within a group, each run resumable. Every finished run is
 evaluated at once into ``<job>/benchmark_eval.json``: test accuracy, ECE, classwise ECE, adaptive
 ECE, TCE (ECE after temperature scaling on the validation set), ECE after isotonic regression,
-AUROC, reliability-diagram bins, the top Hessian eigenvalue kappa_max of the final model (Table
-S16), OOD AUROC on the OOD sets present and, for the dropout models of Table 1, the same under
+AUROC, reliability-diagram bins, for Table S16's methods the top Hessian eigenvalue kappa_max of
+the final model, OOD AUROC on the OOD sets present and, for the dropout models of Table 1, the same under
 MC-dropout. A group whose members are seeds of one ensemble (Table 1) gets ``ensemble_eval.json``.
 
 ``report`` writes ``<workdir>/report/``: the tables shaped like the paper's (Table 3 / S5, S11 / S12,
@@ -348,6 +348,26 @@ def sharpness(run: Run, state: TrainState, examples: int, num_iters: int) -> flo
     return float(metrics["curvature/hessian_top1"])
 
 
+def _sharpness_settings(bench: ml_collections.ConfigDict) -> dict[str, int]:
+    return {"examples": int(bench.sharpness_examples), "num_iters": int(bench.sharpness_iters)}
+
+
+def wants_sharpness(job: Job, bench: ml_collections.ConfigDict) -> bool:
+    """Whether kappa_max is measured for ``job``: only for ``benchmark.sharpness_methods`` (Table S16's),
+    since one estimate costs about as much as a few hundred training steps."""
+    return job.group in {m.strip() for m in bench.sharpness_methods.split(",")}
+
+
+def sharpness_entry(job: Job, run: Run, state: TrainState, bench: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``{"kappa_max", "kappa_max_settings"}`` of a job of ``benchmark.sharpness_methods``, else ``{}``."""
+    if not wants_sharpness(job, bench):
+        return {}
+    return {
+        "kappa_max": sharpness(run, state, bench.sharpness_examples, bench.sharpness_iters),
+        "kappa_max_settings": _sharpness_settings(bench),
+    }
+
+
 def evaluate_job(
     job: Job, run: Run, state: TrainState, bench: ml_collections.ConfigDict, ood_sets: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -362,7 +382,7 @@ def evaluate_job(
         "step": int(state.step),
         "predictive": "posterior" if run.optimizer.posterior_sample is not None else "point",
         **_evaluation(run, val_probs, test_probs, ood, num_bins),
-        "kappa_max": sharpness(run, state, bench.sharpness_examples, bench.sharpness_iters),
+        **sharpness_entry(job, run, state, bench),
     }
     if job.config.model.kwargs.get("dropout_rate", 0.0) > 0:
         mc = make_predictive([(run, state)], mc_dropout_samples=bench.mc_dropout_samples, seed=job.config.seed)
@@ -403,12 +423,29 @@ class Evaluator:
         return self.run_data[key]
 
     def finished(self, jobs: Sequence[Job]) -> None:
-        """Evaluates every trained job with a checkpoint and no evaluation yet."""
+        """Evaluates every trained job with a checkpoint and no evaluation yet, and re-measures the
+        kappa_max of evaluated ones whose kappa_max is missing or was measured with other settings."""
         for job in jobs:
-            if not _trained(job) or os.path.exists(os.path.join(job.workdir, EVAL_FILE)):
+            if not _trained(job):
                 continue
-            run, state = load_trained(job.workdir, run_data=self._data(job))
-            evaluate_job(job, run, state, self.bench, self._ood(job, run))
+            path = os.path.join(job.workdir, EVAL_FILE)
+            if not os.path.exists(path):
+                run, state = load_trained(job.workdir, run_data=self._data(job))
+                evaluate_job(job, run, state, self.bench, self._ood(job, run))
+                continue
+            with open(path) as f:
+                result = json.load(f)
+            stale = result.get("kappa_max_settings") != _sharpness_settings(self.bench)
+            if wants_sharpness(job, self.bench) and stale:
+                run, state = load_trained(job.workdir, run_data=self._data(job))
+                result.update(sharpness_entry(job, run, state, self.bench))
+            elif not wants_sharpness(job, self.bench) and "kappa_max" in result:
+                result.pop("kappa_max")
+                result.pop("kappa_max_settings", None)
+            else:
+                continue
+            with open(path, "w") as f:
+                json.dump(to_python(result), f, indent=2)
 
     def ensembles(self, config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> None:
         """Table 1's ensembles: the members (seeds) of each ``ood``-group method, once all are trained."""
@@ -772,7 +809,8 @@ def _run_rows(results: Results) -> list[dict[str, Any]]:
             row = {"method": label, "seed": run["seed"], "step": run["step"], "wall_time_s": run.get("wall_time_s")}
             row.update({f"test/{k}": v for k, v in run["test"].items()})
             row.update({f"val/{k}": v for k, v in run["val"].items()})
-            row["kappa_max"] = run.get("kappa_max")
+            if "kappa_max" in run:
+                row["kappa_max"] = run["kappa_max"]
             for name, ood in run.get("ood", {}).items():
                 if isinstance(ood, Mapping):
                     row[f"ood/{name}/auroc_max_prob"] = ood["auroc_max_prob"]

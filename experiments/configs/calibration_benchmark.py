@@ -198,11 +198,13 @@ def _benchmark_block(seeds: tuple[int, ...]) -> ml_collections.ConfigDict:
     block.posterior_samples = 32  # bSAM / VI predictive: the mean of this many posterior samples
     block.mc_dropout_samples = 5  # Table 1: "the size of MC-Dropout ... is 5"
     block.ood = "mnist,digits"  # OOD test sets (comma-separated); sets whose files are absent are skipped
-    block.sharpness_examples = 2000  # training examples of kappa_max (Table S16)
+    # kappa_max (Table S16) of these methods' final models, on this many training examples.
+    block.sharpness_methods = "ce,focal,label_smoothing,sam,csam_g05,csam_g10,csam_g20"
+    block.sharpness_examples = 512
     block.sharpness_iters = 20  # Lanczos steps of kappa_max
     # Figure 2's tracking (the sam_geometry method): every this many steps, on this many examples.
     block.geometry_every = 100
-    block.geometry_examples = 512
+    block.geometry_examples = 256
     block.geometry_iters = 20
     return block
 
