@@ -971,7 +971,7 @@ def _figure3(results: Results, out: str) -> None:
     if not labels:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    kinds = (("ece", "ECE"), ("tce", "temperature scaling"), ("ece_isotonic", "isotonic regression"))
+    kinds = (("ece", "raw"), ("tce", "temperature"), ("ece_isotonic", "isotonic"))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         stats = [results.stat(label, ("test", key)) for key, _ in kinds]
