@@ -138,17 +138,21 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(grid, "load_run_data", lambda config: "data")
     monkeypatch.setattr(grid, "build_run", lambda config, run_data: (config.workdir, run_data))
-    monkeypatch.setattr(grid, "train_and_evaluate", lambda config, workdir, run: trained.append((workdir, run)) or {})
+    monkeypatch.setattr(
+        grid,
+        "train_and_evaluate",
+        lambda config, workdir, hooks, run: trained.append((workdir, run, tuple(hooks))) or {},
+    )
     assert grid.run_job(done) == {"test/accuracy": 0.5}
     grid.run_jobs([done, todo], progress=False)
-    assert trained == [(todo.workdir, (todo.workdir, "data"))]
+    assert trained == [(todo.workdir, (todo.workdir, "data"), ())]  # no hooks unless a driver gives them
 
 
 def test_diverged_job_is_recorded_and_not_retried(tmp_path, monkeypatch):
     job = grid.expand_grid(_quick(tmp_path))[0]
     os.makedirs(job.workdir)
 
-    def diverge(config, workdir, run):
+    def diverge(config, workdir, hooks, run):
         raise grid.TrainingDivergedError("loss is nan")
 
     monkeypatch.setattr(grid, "build_run", lambda config, run_data: None)
