@@ -511,7 +511,7 @@ def geometry_hooks(config: ml_collections.ConfigDict):
 # Run and export.
 
 
-def all_jobs(config: ml_collections.ConfigDict, wait_s: float = 0.0) -> tuple[list[Job], list[Job]]:
+def all_jobs(config: ml_collections.ConfigDict) -> tuple[list[Job], list[Job]]:
     """``(tuning jobs, method jobs)``; the method jobs need the tuned values (empty until then)."""
     tuned = tuned_hparams(config)
     return tune_jobs(config), [] if tuned is None else method_jobs(config, tuned, selected_groups(config))
@@ -542,10 +542,9 @@ def export(config: ml_collections.ConfigDict) -> str:
     """Copies what the report reads to ``<workdir>/compact`` (laid out like the grid); returns it."""
     out = os.path.join(config.workdir, "compact")
     tuning, jobs = all_jobs(config)
-    for name in (TUNED_FILE,):
-        if os.path.exists(os.path.join(config.workdir, name)):
-            os.makedirs(out, exist_ok=True)
-            shutil.copyfile(os.path.join(config.workdir, name), os.path.join(out, name))
+    if os.path.exists(os.path.join(config.workdir, TUNED_FILE)):
+        os.makedirs(out, exist_ok=True)
+        shutil.copyfile(os.path.join(config.workdir, TUNED_FILE), os.path.join(out, TUNED_FILE))
     for job in tuning + jobs:
         if not job.done:
             continue
@@ -904,7 +903,7 @@ def _table1(
     rows = []
     for label in labels:
         runs = results.runs(label)
-        kinds = [("Vanilla", [r for r in runs]), ("MC-Dropout", [r["mc_dropout"] for r in runs if "mc_dropout" in r])]
+        kinds = [("Vanilla", list(runs)), ("MC-Dropout", [r["mc_dropout"] for r in runs if "mc_dropout" in r])]
         for kind, evals in kinds:
             cells = [NAMES[label], kind, f"{len(evals)} seeds (mean ± std)"]
             row: dict[str, Any] = {"method": label, "prediction": kind, "runs": len(evals)}
