@@ -19,6 +19,7 @@ Usage: python -m benchmarks.tracking [--job gd/cross_entropy/lr0.06667/seed0] [-
 """
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -102,38 +103,40 @@ def trajectory_iterations(config, steps: int) -> list[dict]:
     def operator(p):
         return gauss_newton_operator(lambda q, x: run.eval_step(q, state.model_state, x), loss, p, subset)
 
-    @jax.jit
-    def estimate(p, v0):
-        return ritz_pairs(operator(p), p, num_iters=curvature.num_iters, v0=v0, tol=curvature.tolerance)
+    guard = curvature.guard_vectors
+
+    @functools.partial(jax.jit, static_argnames="k")
+    def estimate(p, v0, k):
+        return ritz_pairs(operator(p), p, k=k, num_iters=curvature.num_iters, v0=v0, tol=curvature.tolerance)
 
     @jax.jit
     def reference(p):
         return ritz_pairs(operator(p), p, num_iters=REFERENCE_ITERS_FACTOR * curvature.num_iters).values[0]
 
     first = jax.tree.map(jnp.asarray, saved[min(saved)])
-    jax.block_until_ready(estimate(first, first))  # compiles once, so no timed call below includes it
-    rows, previous = [], None
+    for k in (1, 1 + guard):  # compiles once each, so no timed call below includes it
+        jax.block_until_ready(estimate(first, first, k))
+    # (start, pairs converged): cold from a random vector; warm from the previous top Ritz vector;
+    # guarded as the tracker does, from the previous top and guard vectors' sum.
+    starts = {"cold": 1, "warm": 1, "guarded": 1 + guard}
+    rows, previous = [], {}
     for index, step in enumerate(sorted(saved)):
         params = jax.tree.map(jnp.asarray, saved[step])
-        key = jax.random.PRNGKey(index)
-        noise = jax.random.normal(key, ravel_pytree(params)[0].shape)
-        unravel = ravel_pytree(params)[1]
-        cold_start = unravel(noise)
-        warm_start = (
-            cold_start if previous is None else unravel(previous + WARM_START_NOISE * noise / jnp.linalg.norm(noise))
-        )
-        timings = {}
-        for name, v0 in (("cold", cold_start), ("warm", warm_start)):
+        noise, unravel = ravel_pytree(jax.tree.map(jnp.zeros_like, params))
+        noise = jax.random.normal(jax.random.PRNGKey(index), noise.shape)
+        row = {"step": step, "reference": float(reference(params))}
+        for name, k in starts.items():
+            v0 = noise
+            if name in previous:
+                v0 = previous[name] + WARM_START_NOISE * noise / jnp.linalg.norm(noise)
             start = time.perf_counter()
-            pairs = jax.block_until_ready(estimate(params, v0))
-            timings[name] = (pairs, time.perf_counter() - start)
-        exact = float(reference(params))
-        previous = ravel_pytree(jax.tree.map(lambda v: v[0], timings["warm"][0].vectors))[0]
-        row = {"step": step, "reference": exact}
-        for name, (pairs, seconds) in timings.items():
+            pairs = jax.block_until_ready(estimate(params, unravel(v0), k))
+            seconds = time.perf_counter() - start
+            if name != "cold":
+                previous[name] = ravel_pytree(jax.tree.map(lambda v: v.sum(axis=0), pairs.vectors))[0]
             row[f"{name}_steps"] = int(pairs.num_steps)
             row[f"{name}_s"] = seconds
-            row[f"{name}_deviation"] = abs(float(pairs.values[0]) - exact) / abs(exact)
+            row[f"{name}_deviation"] = abs(float(pairs.values[0]) - row["reference"]) / abs(row["reference"])
         rows.append(row)
     return rows
 
@@ -171,20 +174,27 @@ def main() -> None:
     )
 
     rows = trajectory_iterations(config, args.steps)
+    labels = {
+        "cold": "cold (random)",
+        "warm": f"warm (previous top Ritz vector + {WARM_START_NOISE} noise)",
+        "guarded": f"warm with {config.curvature.guard_vectors} guard vector(s), as the tracker does",
+    }
+    table = []
+    for name, label in labels.items():
+        kept = rows if name == "cold" else rows[1:]  # the first point of a warm chain is cold
+        steps, seconds = np.mean([r[f"{name}_steps"] for r in kept]), np.mean([r[f"{name}_s"] for r in kept])
+        worst = max(r[f"{name}_deviation"] for r in rows)
+        table.append(f"| {label} | {steps:.1f} | {seconds:.3f} | {seconds / gradient_s:.1f} | {worst:.1e} |")
     cold = np.mean([r["cold_steps"] for r in rows])
-    warm = np.mean([r["warm_steps"] for r in rows[1:]])
-    cold_s = np.mean([r["cold_s"] for r in rows])
-    warm_s = np.mean([r["warm_s"] for r in rows[1:]])
-    worst = max(max(r["cold_deviation"], r["warm_deviation"]) for r in rows)
     print(
         f"\n## Lanczos on the real trajectory: {len(rows)} tracking points, tolerance "
         f"{config.curvature.tolerance:g}, at most {config.curvature.num_iters} steps\n\n"
-        "| start | mean Lanczos steps | mean s per estimate | mean estimate cost in gradients |\n|---|---|---|---|\n"
-        f"| cold (random) | {cold:.1f} | {cold_s:.3f} | {cold_s / gradient_s:.1f} |\n"
-        f"| warm (previous Ritz vector + {WARM_START_NOISE} noise) | {warm:.1f} | {warm_s:.3f} | "
-        f"{warm_s / gradient_s:.1f} |\n\n"
-        f"Largest relative deviation from the cold {REFERENCE_ITERS_FACTOR}x-longer run: {worst:.1e}. "
-        f"Warm / cold steps: {warm / cold:.2f}."
+        "| start | mean Lanczos steps | mean s per estimate | mean estimate cost in gradients | "
+        f"largest relative deviation from the cold {REFERENCE_ITERS_FACTOR}x-longer run |\n|---|---|---|---|---|\n"
+        + "\n".join(table)
+        + "\n\nWarm / cold steps: "
+        + ", ".join(f"{name} {np.mean([r[name + '_steps'] for r in rows[1:]]) / cold:.2f}" for name in labels)
+        + "."
     )
     plain, tracked = tracking_overhead(config)
     print(

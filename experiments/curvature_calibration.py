@@ -505,14 +505,16 @@ def initial_sharpness(run: Run, losses: Sequence[str] = ("cross_entropy",)) -> d
 
 
 def run_order(jobs: Sequence[Job]) -> list[Job]:
-    """Jobs in the order to train them: cross-entropy runs of every seed, then MSE, then BulkSGD (the
-    costliest: a Lanczos run every step), seed by seed within each, so an interrupted grid has whole
-    seeds of the main table first."""
+    """Jobs in the order to train them: the cross-entropy runs of every seed (Table 1), then the MSE
+    (App. D) and BulkSGD (Sec. 3.2, a Lanczos run every step: the costliest) runs seed by seed, so
+    an interrupted grid has whole seeds of the main table first and then one seed of every appendix
+    figure before the next."""
 
-    def tier(job: Job) -> int:
-        return 2 if job.config.optimizer.name == "bulk_sgd" else int(job.config.loss.name == "mse")
+    def key(job: Job) -> tuple[int, int, int]:
+        tier = 2 if job.config.optimizer.name == "bulk_sgd" else int(job.config.loss.name == "mse")
+        return (tier > 0, job.config.seed, tier)
 
-    return sorted(jobs, key=lambda job: (tier(job), job.config.seed))
+    return sorted(jobs, key=key)
 
 
 def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1") -> None:

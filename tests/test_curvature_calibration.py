@@ -15,6 +15,7 @@ from experiments import grid
 from experiments.configs.curvature_calibration import get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, validate_config
+from sam_jax.training.loop import log_spaced_steps
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -285,6 +286,26 @@ def test_report_table_matches_scipy(tmp_path):
     with open(os.path.join(out, "table1.md")) as f:
         text = f.read()
     assert "+0.84 ± 0.07" in text  # the paper's SGD train-ECE cell, beside ours
+
+
+def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_interpolation():
+    """Each faithful job's tracking schedule (log-spaced plus regular steps) has >= 40 points up to
+    the earliest step at which a committed run of its optimizer reached the interpolation accuracy."""
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "curvature_calibration_faithful")
+    with open(os.path.join(path, "report", "runs.csv")) as f:
+        runs = [row for row in csv.DictReader(f) if row["interpolated"] == "True" and row["loss"] == "cross_entropy"]
+    fastest = {}
+    for row in runs:
+        fastest[row["optimizer"]] = min(fastest.get(row["optimizer"], math.inf), int(row["last_step"]))
+    assert {"gd", "sgd", "sam", "adamw", "muon"} <= set(fastest)
+    for job in grid.expand_grid(get_config("faithful")):
+        config = job.config
+        if config.optimizer.name in fastest and config.loss.name == "cross_entropy":
+            last = fastest[config.optimizer.name]
+            points = log_spaced_steps(config.eval_points_per_decade, last) | set(
+                range(0, last + 1, config.eval_every_steps)
+            )
+            assert len(points) >= 40, (job.name, last, len(points))
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="needs the Debian Fashion-MNIST package")

@@ -115,6 +115,44 @@ def test_warm_started_tracking_converges_in_fewer_steps_and_matches_its_referenc
         assert f"curvature/{name}_top1_reference" not in warm  # every second call only
 
 
+def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
+    """Between two tracking points the runner-up eigenvalue overtakes the top one (a quadratic loss
+    with Hessian diag(10, 8, bulk), then diag(9.9, 10, bulk)). A warm start from the old top vector
+    alone converges, residual within tolerance, to the old top direction's 9.9; carrying the
+    converged guard vector into the start finds 10."""
+    size = 400
+    model = nn.Dense(1, use_bias=False)
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, size)))["params"]
+    bulk = np.linspace(4.0, 0.1, size - 2)
+
+    def images(top):  # X^T X / n = diag(top, bulk): the Hessian of the loss below
+        return np.diag(np.sqrt(size * np.concatenate([top, bulk]))).astype(np.float32)
+
+    def loss(logits, labels, mask=None):
+        return 0.5 * (logits**2).sum(axis=-1).mean()
+
+    labels = np.zeros((size,), np.int32)
+    found = {}
+    for guard_vectors in (0, 1):
+        config = default_curvature_config()
+        config.every = 1
+        config.quantities = "hessian"
+        config.num_iters = 40
+        config.tolerance = 1e-3
+        config.warm_start = True
+        config.guard_vectors = guard_vectors
+        tracker = make_curvature_tracker(
+            config, lambda p, state, x: model.apply({"params": p}, x), loss, batch_size=BATCH_SIZE
+        )
+        first = tracker(params, {}, images([10.0, 8.0]), labels, jax.random.PRNGKey(1))
+        np.testing.assert_allclose(first["curvature/hessian_top1"], 10.0, rtol=1e-3)
+        second = tracker(params, {}, images([9.9, 10.0]), labels, jax.random.PRNGKey(2))
+        assert second["curvature/hessian_relative_residual"] <= 1e-3
+        found[guard_vectors] = second["curvature/hessian_top1"]
+    np.testing.assert_allclose(found[0], 9.9, rtol=1e-3)  # the failure the guard is there for
+    np.testing.assert_allclose(found[1], 10.0, rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "field, value, match",
     [
@@ -125,6 +163,7 @@ def test_warm_started_tracking_converges_in_fewer_steps_and_matches_its_referenc
         ("every", -1, "every"),
         ("tolerance", -0.1, "tolerance"),
         ("reference_every", -1, "reference_every"),
+        ("guard_vectors", -1, "guard_vectors"),
     ],
 )
 def test_config_validation(field, value, match):
@@ -144,3 +183,9 @@ def test_config_rejects_unknown_field_and_small_subset():
     with pytest.raises(ValueError, match="subset_size"):
         make_curvature_tracker(config, None, cross_entropy, batch_size=BATCH_SIZE)
     assert validate_curvature_config(default_curvature_config()) == ("hessian", "gauss_newton", "batch_sharpness")
+    config = default_curvature_config()
+    config.num_iters, config.top_k, config.warm_start = 2, 2, True
+    with pytest.raises(ValueError, match="guard_vectors"):
+        validate_curvature_config(config)
+    config.warm_start = False  # the guard applies to warm starts only
+    validate_curvature_config(config)

@@ -36,8 +36,8 @@ from sam_jax.optim import ascent_perturbation
 QUANTITIES = ("hessian", "gauss_newton", "hessian_min", "batch_sharpness", "trace", "density")
 # The top-eigenvalue quantities: tolerance, warm starts and reference checks apply to them.
 TOP_EIGENVALUE_QUANTITIES = ("hessian", "gauss_newton")
-# A warm start is the previous Ritz vector plus this much (in norm) of a fresh random direction,
-# so that an eigenvalue overtaking the previous top one is still found.
+# A warm start is the sum of the previous Ritz vectors plus this much (in norm) of a fresh random
+# direction, so that the Krylov space has some of every direction from its first vector.
 WARM_START_NOISE = 0.1
 # The reference estimate of ``reference_every`` runs this many times ``num_iters`` steps, cold.
 REFERENCE_ITERS_FACTOR = 3
@@ -58,9 +58,15 @@ def default_curvature_config() -> ml_collections.ConfigDict:
         residual norms, which bound the eigenvalue errors (``sam_jax.curvature.ritz_pairs``), below
         ``tolerance`` times the values; 0 runs all ``num_iters`` steps.
       warm_start: start each top-eigenvalue Lanczos run from the previous tracking point's top
-        Ritz vectors (their sum, plus ``WARM_START_NOISE`` of a random direction) instead of a
-        random vector; the spectrum moves little between tracking points, so with a tolerance
-        fewer steps are needed. A resumed run starts cold once.
+        Ritz vectors (their sum, guard vectors included, plus ``WARM_START_NOISE`` of a random
+        direction) instead of a random vector; the spectrum moves little between tracking points,
+        so with a tolerance fewer steps are needed. A resumed run starts cold once.
+      guard_vectors: with ``warm_start``, this many Ritz pairs below the ``top_k`` ones are also
+        converged to ``tolerance`` and carried into the next start vector (the guard vectors of
+        block eigensolvers). A warm start from the old top vector alone has almost nothing of an
+        eigenvector that overtakes it between two points, and Lanczos then converges, residual
+        within tolerance, to the runner-up; carrying the runner-up's vector keeps the overtaking
+        direction in the start. 0 carries only the ``top_k`` vectors.
       reference_every: every this many tracking calls (0: never) also compute the top eigenvalue
         cold with ``REFERENCE_ITERS_FACTOR * num_iters`` steps and no tolerance, logged as
         ``<quantity>_top1_reference``: the check that the tracked estimate has converged.
@@ -77,6 +83,7 @@ def default_curvature_config() -> ml_collections.ConfigDict:
     config.num_iters = 30
     config.tolerance = 0.0
     config.warm_start = False
+    config.guard_vectors = 1
     config.reference_every = 0
     config.subset_size = 1000
     config.seed = 0
@@ -115,6 +122,7 @@ def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, .
         "top_k": 1,
         "num_iters": 1,
         "tolerance": 0.0,
+        "guard_vectors": 0,
         "reference_every": 0,
         "subset_size": 0,
         "trace_probes": 2,
@@ -128,6 +136,11 @@ def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, .
         raise ValueError(
             f"curvature.top_k={config.top_k} exceeds num_iters={config.num_iters}: Lanczos finds at "
             "most num_iters eigenvalues; raise num_iters (about 30 + 10 per eigenvalue)."
+        )
+    if config.warm_start and config.top_k + config.guard_vectors > config.num_iters:
+        raise ValueError(
+            f"curvature.top_k={config.top_k} plus guard_vectors={config.guard_vectors} exceeds "
+            f"num_iters={config.num_iters}: raise num_iters or lower guard_vectors."
         )
     return quantities
 
@@ -193,6 +206,7 @@ def make_curvature_tracker(
             f"{batch_size} (or 0 for the full training set)."
         )
     top_k, num_iters = config.top_k, config.num_iters
+    converged_pairs, tolerance = top_k + (config.guard_vectors if config.warm_start else 0), config.tolerance
     tracked_tops = [q for q in TOP_EIGENVALUE_QUANTITIES if q in quantities]
 
     def smallest_eigenvalue(matvec, params, key):
@@ -232,7 +246,7 @@ def make_curvature_tracker(
         for name in tracked_tops:
             v0 = start_vector(previous[name], keys[name]) if config.warm_start else None
             pairs = ritz_pairs(
-                tops[name](), params, k=top_k, num_iters=num_iters, key=keys[name], v0=v0, tol=config.tolerance
+                tops[name](), params, k=converged_pairs, num_iters=num_iters, key=keys[name], v0=v0, tol=tolerance
             )
             metrics.update({f"curvature/{name}_top{i + 1}": pairs.values[i] for i in range(top_k)})
             metrics[f"curvature/{name}_lanczos_steps"] = pairs.num_steps
