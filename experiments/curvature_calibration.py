@@ -247,6 +247,17 @@ def _value_at(records: Sequence[Mapping[str, Any]], key: str, step: int) -> floa
     return next((float(r[key]) for r in records if r["step"] == step and key in r), math.nan)
 
 
+def _guard_vectors(job: Job) -> int:
+    """The guard vectors the job was tracked with: from the config saved in its directory (a run
+    tracked before the field existed had none), or from the grid's config when none was saved."""
+    curvature = job.config.curvature.to_dict()
+    path = os.path.join(job.workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            curvature = json.load(f).get("curvature", {})
+    return int(curvature.get("guard_vectors", 0)) if curvature.get("warm_start") else 0
+
+
 def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list[dict[str, Any]]:
     """One row per job that ran: length, interpolation, tracking, lambda_0 and the Lanczos check."""
     rows = []
@@ -284,6 +295,7 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 "peak_gn_sharpness": max((r[GN_SHARPNESS] for r in tracked), default=math.nan),
                 "lanczos_steps_mean": float(sum(steps) / len(steps)) if steps else math.nan,
                 "lanczos_steps_first": steps[0] if steps else math.nan,
+                "guard_vectors": _guard_vectors(job),
                 "reference_checks": len(references),
                 "max_relative_deviation_from_reference": max(references, default=math.nan),
             }
@@ -332,6 +344,12 @@ def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[s
             f"Lanczos steps per estimate: {sum(cold) / len(cold):.1f} at the first (cold) point, "
             f"{sum(mean) / len(mean):.1f} on average over all points.",
         ]
+        for guard, group in sorted(_by([r for r in rows if r["reference_checks"]], ["guard_vectors"]).items()):
+            lines.append(
+                f"- tracked with {guard[0]} guard vector(s): {len(group)} runs, "
+                f"{sum(r['reference_checks'] for r in group)} checks, largest relative deviation "
+                f"{max(r['max_relative_deviation_from_reference'] for r in group):.2e}"
+            )
     return "\n".join(lines)
 
 
