@@ -90,16 +90,22 @@ def test_tracker_compiles_once(setup):
     assert traced > 0 and len(setup["traces"]) == traced
 
 
+def _warm_config(quantities: str, num_iters: int, tolerance: float, **fields):
+    """A tracking config with warm starts, a tolerance, and ``fields`` set."""
+    config = default_curvature_config()
+    config.every = 1
+    config.quantities = quantities
+    config.num_iters = num_iters
+    config.tolerance = tolerance
+    config.warm_start = True
+    config.update(fields)
+    return config
+
+
 def test_warm_started_tracking_converges_in_fewer_steps_and_matches_its_reference(setup):
     """A tolerance stops Lanczos early, a warm start from the previous point needs fewer steps,
     and the logged cold 3x-longer reference agrees with the tracked value to the tolerance."""
-    config = default_curvature_config()
-    config.every = 1
-    config.quantities = "hessian,gauss_newton"
-    config.num_iters = 30
-    config.tolerance = 1e-4
-    config.warm_start = True
-    config.reference_every = 2
+    config = _warm_config("hessian,gauss_newton", 30, 1e-4, reference_every=2)
     apply = lambda p, state, x: TinyBNConv().apply({"params": p, **state}, x)  # noqa: E731
     tracker = make_curvature_tracker(config, apply, cross_entropy, batch_size=BATCH_SIZE)
     args = (setup["state"], setup["images"], setup["labels"])
@@ -134,13 +140,7 @@ def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
     labels = np.zeros((size,), np.int32)
     found = {}
     for guard_vectors in (0, 1):
-        config = default_curvature_config()
-        config.every = 1
-        config.quantities = "hessian"
-        config.num_iters = 40
-        config.tolerance = 1e-3
-        config.warm_start = True
-        config.guard_vectors = guard_vectors
+        config = _warm_config("hessian", 40, 1e-3, guard_vectors=guard_vectors)
         tracker = make_curvature_tracker(
             config, lambda p, state, x: model.apply({"params": p}, x), loss, batch_size=BATCH_SIZE
         )
