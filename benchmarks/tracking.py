@@ -27,14 +27,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from experiments.configs.curvature_calibration import get_config
 from experiments.grid import expand_grid
 from sam_jax.curvature import gauss_newton_operator, gnvp, ritz_pairs
 from sam_jax.losses import get_loss
 from sam_jax.training import Hook, build_run, train_and_evaluate
-from sam_jax.training.hooks.curvature import REFERENCE_ITERS_FACTOR, WARM_START_NOISE
+from sam_jax.training.hooks.curvature import REFERENCE_ITERS_FACTOR, WARM_START_NOISE, warm_start_vector
 from sam_jax.training.loop import log_spaced_steps
 from benchmarks.timing import median_time
 
@@ -122,18 +121,15 @@ def trajectory_iterations(config, steps: int) -> list[dict]:
     rows, previous = [], {}
     for index, step in enumerate(sorted(saved)):
         params = jax.tree.map(jnp.asarray, saved[step])
-        noise, unravel = ravel_pytree(jax.tree.map(jnp.zeros_like, params))
-        noise = jax.random.normal(jax.random.PRNGKey(index), noise.shape)
+        cold = jax.tree.map(jnp.zeros_like, params)  # all zero: warm_start_vector draws a random start
         row = {"step": step, "reference": float(reference(params))}
         for name, k in starts.items():
-            v0 = noise
-            if name in previous:
-                v0 = previous[name] + WARM_START_NOISE * noise / jnp.linalg.norm(noise)
+            v0 = warm_start_vector(previous.get(name, cold), jax.random.PRNGKey(index))
             start = time.perf_counter()
-            pairs = jax.block_until_ready(estimate(params, unravel(v0), k))
+            pairs = jax.block_until_ready(estimate(params, v0, k))
             seconds = time.perf_counter() - start
             if name != "cold":
-                previous[name] = ravel_pytree(jax.tree.map(lambda v: v.sum(axis=0), pairs.vectors))[0]
+                previous[name] = jax.tree.map(lambda v: v.sum(axis=0), pairs.vectors)
             row[f"{name}_steps"] = int(pairs.num_steps)
             row[f"{name}_s"] = seconds
             row[f"{name}_deviation"] = abs(float(pairs.values[0]) - row["reference"]) / abs(row["reference"])

@@ -158,6 +158,16 @@ def _minibatches(images: jax.Array, labels: jax.Array, batch_size: int, key: jax
     return {"image": images[order].reshape(shape + images.shape[1:]), "label": labels[order].reshape(shape)}
 
 
+def warm_start_vector(previous: Params, key: jax.Array) -> Params:
+    """A Lanczos start: ``previous`` (e.g. the sum of the last tracking point's Ritz vectors) plus
+    ``WARM_START_NOISE`` (in norm) of a random unit direction; that random direction alone when
+    ``previous`` is all zero (a cold start)."""
+    flat, unravel = ravel_pytree(previous)
+    noise = jax.random.normal(key, flat.shape, flat.dtype)
+    noise = noise / jnp.linalg.norm(noise)
+    return unravel(jnp.where(jnp.linalg.norm(flat) > 0, flat + WARM_START_NOISE * noise, noise))
+
+
 def make_curvature_tracker(
     config: ml_collections.ConfigDict,
     model_apply: Callable[[Params, Any, jax.Array], jax.Array],
@@ -206,7 +216,7 @@ def make_curvature_tracker(
             f"{batch_size} (or 0 for the full training set)."
         )
     top_k, num_iters = config.top_k, config.num_iters
-    converged_pairs, tolerance = top_k + (config.guard_vectors if config.warm_start else 0), config.tolerance
+    converged_pairs = top_k + (config.guard_vectors if config.warm_start else 0)
     tracked_tops = [q for q in TOP_EIGENVALUE_QUANTITIES if q in quantities]
 
     def smallest_eigenvalue(matvec, params, key):
@@ -227,13 +237,6 @@ def make_curvature_tracker(
         }
         return subset_loss, tops
 
-    def start_vector(previous, key):
-        """The warm start: ``previous`` plus a little of a random direction; random when it is zero."""
-        flat, unravel = ravel_pytree(previous)
-        noise = jax.random.normal(key, flat.shape, flat.dtype)
-        noise = noise / jnp.linalg.norm(noise)
-        return unravel(jnp.where(jnp.linalg.norm(flat) > 0, flat + WARM_START_NOISE * noise, noise))
-
     def compute(params, model_state, images, labels, key, previous):
         def batch_loss(p, batch):
             return loss_fn(model_apply(p, model_state, batch["image"]), batch["label"])
@@ -244,9 +247,15 @@ def make_curvature_tracker(
         keys = dict(zip(QUANTITIES + ("kappa",), jax.random.split(key, len(QUANTITIES) + 1)))
         metrics, vectors = {}, {}
         for name in tracked_tops:
-            v0 = start_vector(previous[name], keys[name]) if config.warm_start else None
+            v0 = warm_start_vector(previous[name], keys[name]) if config.warm_start else None
             pairs = ritz_pairs(
-                tops[name](), params, k=converged_pairs, num_iters=num_iters, key=keys[name], v0=v0, tol=tolerance
+                tops[name](),
+                params,
+                k=converged_pairs,
+                num_iters=num_iters,
+                key=keys[name],
+                v0=v0,
+                tol=config.tolerance,
             )
             metrics.update({f"curvature/{name}_top{i + 1}": pairs.values[i] for i in range(top_k)})
             metrics[f"curvature/{name}_lanczos_steps"] = pairs.num_steps
