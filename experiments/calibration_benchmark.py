@@ -44,16 +44,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import cli  # noqa: E402
 from experiments.configs.calibration_benchmark import GROUPS, NAMES  # noqa: E402
-from experiments.grid import Job, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
+from experiments.grid import Job, RunDataCache, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
 from sam_jax import calibration, data, optim  # noqa: E402
 from sam_jax.losses import get_loss  # noqa: E402
 from sam_jax.training import (  # noqa: E402
     Checkpointer,
     Hook,
     Run,
-    RunData,
     TrainState,
-    load_run_data,
     load_trained,
     make_predictive,
     optimizer_hparams,
@@ -397,10 +395,10 @@ def evaluate_job(
 class Evaluator:
     """Evaluates finished jobs (as the grid's ``after_job`` and afterwards), caching the OOD sets."""
 
-    def __init__(self, bench: ml_collections.ConfigDict):
+    def __init__(self, bench: ml_collections.ConfigDict, run_data: Optional[RunDataCache] = None):
         self.bench = bench
         self.ood_sets: dict[str, dict[str, Any]] = {}
-        self.run_data: dict[str, RunData] = {}
+        self.run_data = run_data or RunDataCache()
 
     def _ood(self, job: Job, run: Run) -> Mapping[str, Any]:
         key = data_key(job.config)
@@ -416,12 +414,6 @@ class Evaluator:
             checkpointer.close()
         evaluate_job(job, run, state, self.bench, self._ood(job, run))
 
-    def _data(self, job: Job) -> RunData:
-        key = data_key(job.config)
-        if key not in self.run_data:
-            self.run_data[key] = load_run_data(job.config)
-        return self.run_data[key]
-
     def finished(self, jobs: Sequence[Job]) -> None:
         """Evaluates every trained job with a checkpoint and no evaluation yet, and re-measures the
         kappa_max of evaluated ones whose kappa_max is missing or was measured with other settings."""
@@ -430,14 +422,14 @@ class Evaluator:
                 continue
             path = os.path.join(job.workdir, EVAL_FILE)
             if not os.path.exists(path):
-                run, state = load_trained(job.workdir, run_data=self._data(job))
+                run, state = load_trained(job.workdir, run_data=self.run_data(job.config))
                 evaluate_job(job, run, state, self.bench, self._ood(job, run))
                 continue
             with open(path) as f:
                 result = json.load(f)
             stale = result.get("kappa_max_settings") != _sharpness_settings(self.bench)
             if wants_sharpness(job, self.bench) and stale:
-                run, state = load_trained(job.workdir, run_data=self._data(job))
+                run, state = load_trained(job.workdir, run_data=self.run_data(job.config))
                 result.update(sharpness_entry(job, run, state, self.bench))
             elif not wants_sharpness(job, self.bench) and "kappa_max" in result:
                 result.pop("kappa_max")
@@ -457,7 +449,7 @@ class Evaluator:
             path = os.path.join(config.workdir, label, ENSEMBLE_FILE)
             if os.path.exists(path) or not all(_trained(job) for job in members):
                 continue
-            trained = [load_trained(job.workdir, run_data=self._data(job)) for job in members]
+            trained = [load_trained(job.workdir, run_data=self.run_data(job.config)) for job in members]
             run = trained[0][0]
             predict = make_predictive(trained)
             result = {
@@ -521,19 +513,26 @@ def run_shard(config: ml_collections.ConfigDict, index: int, count: int, poll_s:
     """Trains and evaluates shard ``index`` of ``count``: its tuning jobs, then (once the search is
     complete, waiting for the other shards' part) its method jobs."""
     groups = selected_groups(config)
-    evaluator = Evaluator(config.benchmark)
+    run_data = RunDataCache()
+    evaluator = Evaluator(config.benchmark, run_data)
     cache_dir = os.path.join(config.workdir, "jax_cache")
     tuning = (
         tune_jobs(config) if "tune" in groups or not os.path.exists(os.path.join(config.workdir, TUNED_FILE)) else []
     )
-    run_jobs(shard_jobs(tuning, index, count), compilation_cache_dir=cache_dir)
+    run_jobs(shard_jobs(tuning, index, count), compilation_cache_dir=cache_dir, run_data=run_data)
     tuned = tuned_hparams(config)
     while tuned is None:
         time.sleep(poll_s)
         tuned = tuned_hparams(config)
     jobs = shard_jobs(method_jobs(config, tuned, groups), index, count)
     evaluator.finished(jobs)  # trained before an interruption cut their evaluation short
-    run_jobs(jobs, compilation_cache_dir=cache_dir, after_job=evaluator.after_job, hooks=geometry_hooks(config))
+    run_jobs(
+        jobs,
+        compilation_cache_dir=cache_dir,
+        after_job=evaluator.after_job,
+        hooks=geometry_hooks(config),
+        run_data=run_data,
+    )
     evaluator.finished(jobs)
     evaluator.ensembles(config, method_jobs(config, tuned, groups))
 

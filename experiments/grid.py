@@ -179,6 +179,23 @@ def data_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.data.to_dict(), sort_keys=True)
 
 
+class RunDataCache:
+    """Loaded datasets by :func:`data_key`: the jobs of a grid, and whatever evaluates them after
+    training, share one ``RunData`` per distinct data config."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, RunData] = {}
+
+    def __call__(self, config: ml_collections.ConfigDict) -> RunData:
+        """The data of ``config``, loaded on first use (Fashion-MNIST from the Debian package)."""
+        key = data_key(config)
+        if key not in self._loaded:
+            if config.data.name == "fashion_mnist" and not config.data.data_dir:
+                ensure_debian_fashion_mnist()
+            self._loaded[key] = load_run_data(config)
+        return self._loaded[key]
+
+
 def run_job(
     job: Job,
     run_data: Optional[RunData] = None,
@@ -246,6 +263,7 @@ def run_jobs(
     compilation_cache_dir: Optional[str] = None,
     after_job: Optional[AfterJob] = None,
     hooks: Optional[JobHooks] = None,
+    run_data: Optional[RunDataCache] = None,
 ) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
 
@@ -257,9 +275,11 @@ def run_jobs(
         them, in this process and in the other shards'.
       after_job: see :func:`run_job`.
       hooks: see :func:`run_job`.
+      run_data: the loaded datasets to use and add to (a fresh cache when None); pass the one
+        that ``after_job`` reads to load each dataset once in all.
     """
     jobs = list(jobs)
-    cache: dict[str, RunData] = {}
+    run_data = run_data or RunDataCache()
     with (
         _compilation_cache(compilation_cache_dir),
         tqdm(total=len(jobs), disable=not progress, desc="jobs", unit="job") as bar,
@@ -267,10 +287,5 @@ def run_jobs(
         for job in jobs:
             bar.set_postfix_str(job.name)
             if not job.done:
-                key = data_key(job.config)
-                if key not in cache:
-                    if job.config.data.name == "fashion_mnist" and not job.config.data.data_dir:
-                        ensure_debian_fashion_mnist()
-                    cache[key] = load_run_data(job.config)
-                run_job(job, cache[key], after_job, hooks)
+                run_job(job, run_data(job.config), after_job, hooks)
             bar.update(1)

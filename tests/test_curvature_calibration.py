@@ -149,6 +149,21 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     assert trained == [(todo.workdir, (todo.workdir, "data"), ())]  # no hooks unless a driver gives them
 
 
+def test_run_data_cache_loads_each_data_config_once_for_the_grid_and_its_caller(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(grid, "ensure_debian_fashion_mnist", lambda: None)
+    monkeypatch.setattr(grid, "load_run_data", lambda config: loaded.append(config.data.train_size) or object())
+    monkeypatch.setattr(grid, "run_job", lambda job, run_data, after_job, hooks: None)
+    config = _quick(tmp_path)
+    other = _quick(tmp_path)
+    other.data.train_size = 500
+    cache = grid.RunDataCache()
+    grid.run_jobs(grid.expand_grid(config)[:3], progress=False, run_data=cache)
+    assert loaded == [1000]
+    assert cache(config) is cache(get_config("quick")) and cache(other) is not cache(config)
+    assert loaded == [1000, 500]
+
+
 def test_diverged_job_is_recorded_and_not_retried(tmp_path, monkeypatch):
     job = grid.expand_grid(_quick(tmp_path))[0]
     os.makedirs(job.workdir)

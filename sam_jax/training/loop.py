@@ -208,14 +208,17 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     tx = make_optimizer(config, total_steps, num_train)
     sample = np.asarray(run_data.train.images[:1])  # a constant of the traced init, not one process's array
 
-    def init_state(key: jax.Array) -> TrainState:
+    def init_variables(key: jax.Array) -> tuple[dict, jax.Array]:
         init_key, dropout_key, step_key = jax.random.split(key, 3)
-        variables = model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)
-        params = variables.pop("params")
+        return dict(model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)), step_key
+
+    def init_state(variables: dict, step_key: jax.Array) -> TrainState:
+        model_state = dict(variables)
+        params = model_state.pop("params")
         return TrainState(
             jnp.zeros((), jnp.int32),
             params,
-            dict(variables),
+            model_state,
             tx.init(params),
             step_key,
             loss.init(num_train, run_data.num_classes),
@@ -225,7 +228,11 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     _batch_sharding(mesh, batch_size, train=True)  # fails now, before anything is compiled
     # The state is replicated on every device (data parallelism), so every process can read it.
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+    # Two programs: the model's initialisation depends on the model and the data's shape only, so
+    # runs that differ in their optimizer or loss share its (slow to compile) executable through
+    # JAX's persistent compilation cache.
+    variables, step_key = jax.jit(init_variables, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+    state = jax.jit(init_state, out_shardings=replicated)(variables, step_key)
 
     m = spec.sub_batch_size(hparams)
     train_step = make_train_step(
