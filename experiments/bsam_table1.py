@@ -16,7 +16,6 @@ of posterior samples, and a histogram of bSAM's posterior precision. ``all`` (de
 """
 
 import collections
-import csv
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import cli  # noqa: E402
 from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
 from experiments.grid import AfterJob, Job, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
+from experiments.tables import markdown_row, markdown_table, write_csv  # noqa: E402
 from sam_jax import calibration, optim  # noqa: E402
 from sam_jax.optim.states import find_state  # noqa: E402
 from sam_jax.training import (  # noqa: E402
@@ -194,8 +194,8 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         raise ValueError(f"No job under {config.workdir} has {EVAL_FILE}; run --mode=run first.")
 
     rows, lines = [], []
-    header = " | ".join(f"{m} (ours) | {m} (paper)" for m in ("Accuracy % ↑", "NLL ↓", "ECE ↓", "AUROC ↑"))
-    lines += [f"| method | seeds | {header} |", "|---|---|" + "---|" * 8]
+    header = [c for m in ("Accuracy % ↑", "NLL ↓", "ECE ↓", "AUROC ↑") for c in (f"{m} (ours)", f"{m} (paper)")]
+    lines += markdown_table(["method", "seeds"] + header)
     for label, name in METHOD_NAMES.items():
         runs = evaluations.get(label, [])
         row: dict[str, Any] = {"method": name, "seeds": len(runs)}
@@ -206,7 +206,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_paper": paper[0]})
             cells += [_cell(metric, mean, std), _cell(metric, *paper)]
         rows.append(row)
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(markdown_row([name, str(len(runs))] + cells))
     steps = sorted({r["step"] for runs in evaluations.values() for r in runs})
     budget = f"{config.num_steps} steps" if config.num_steps else f"{config.num_epochs} epochs"
     notes = [
@@ -219,10 +219,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         notes.append("Not evaluated yet (left out): " + ", ".join(missing))
     with open(os.path.join(out, "table1.md"), "w") as f:
         f.write("\n\n".join(notes + ["\n".join(lines)]) + "\n")
-    with open(os.path.join(out, "table1.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(os.path.join(out, "table1.csv"), rows)
     bsam_runs = evaluations.get("bsam", [])
     if bsam_runs:
         _sample_curve(bsam_runs, out)
@@ -252,10 +249,7 @@ def _sample_curve(runs: Sequence[dict[str, Any]], out: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bsam_posterior_samples.png"), dpi=120)
     plt.close(fig)
-    with open(os.path.join(out, "bsam_posterior_samples.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(curve_rows[0]))
-        writer.writeheader()
-        writer.writerows(curve_rows)
+    write_csv(os.path.join(out, "bsam_posterior_samples.csv"), curve_rows)
 
 
 def _precision_histogram(runs: Sequence[dict[str, Any]], out: str) -> None:

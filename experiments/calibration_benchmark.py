@@ -25,7 +25,6 @@ report from it. ``all`` (default) runs, then reports.
 """
 
 import collections
-import csv
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import cli  # noqa: E402
 from experiments.configs.calibration_benchmark import GROUPS, NAMES  # noqa: E402
 from experiments.grid import Job, RunDataCache, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
+from experiments.tables import markdown_row, markdown_table, write_csv  # noqa: E402
 from sam_jax import calibration, data, optim  # noqa: E402
 from sam_jax.losses import get_loss  # noqa: E402
 from sam_jax.training import (  # noqa: E402
@@ -657,7 +657,7 @@ def _table(
     lines = [f"### {title}", ""]
     if paper:
         lines += [paper_caption, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += markdown_table(header)
     rows = []
     for label in labels:
         runs = results.runs(label)
@@ -672,18 +672,8 @@ def _table(
             if paper:
                 cells.append(_paper_cell((paper.get(label) or [None] * len(columns))[i]))
         rows.append(row)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     return lines + [""], rows
-
-
-def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    if not rows:
-        return
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _present(results: Results, labels: Sequence[str]) -> list[str]:
@@ -785,14 +775,14 @@ def report(config: ml_collections.ConfigDict) -> str:
             continue
         table_lines, rows = _table(results, title, present, columns, paper.get(name), caption.get(name, ""))
         lines += table_lines
-        _write_csv(os.path.join(out, f"{name}.csv"), rows)
+        write_csv(os.path.join(out, f"{name}.csv"), rows)
     lines += _rho_gamma_table(results, out)
     lines += _table1(results, config, out, paper.get("table1"), caption.get("table1", ""))
     if results.missing:
         lines += ["Not evaluated yet (left out): " + ", ".join(results.missing), ""]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
-    _write_csv(os.path.join(out, "runs.csv"), _run_rows(results))
+    write_csv(os.path.join(out, "runs.csv"), _run_rows(results))
     _figure3(results, out)
     _reliability(results, config.num_bins, out)
     _figure2(results, out)
@@ -842,8 +832,7 @@ def _rho_gamma_table(results: Results, out: str) -> list[str]:
     lines = ["### Table S4: rho x gamma (gamma 0 is SAM)", ""]
     rows = []
     for metric, title in (("accuracy", "Test Acc"), ("ece", "ECE")):
-        lines += [f"{title} (%):", "", "| rho | " + " | ".join(f"gamma = {g:g}" for g in gammas) + " |"]
-        lines.append("|---|" + "---|" * len(gammas))
+        lines += [f"{title} (%):", ""] + markdown_table(["rho"] + [f"gamma = {g:g}" for g in gammas])
         for rho in (0.05, 0.1):
             cells = []
             for gamma in gammas:
@@ -852,9 +841,9 @@ def _rho_gamma_table(results: Results, out: str) -> list[str]:
                 cells.append(_pct(mean, std))
                 if label:
                     rows.append({"rho": rho, "gamma": gamma, "metric": metric, "mean": mean, "std": std})
-            lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
+            lines.append(markdown_row([f"{rho:g}"] + cells))
         lines.append("")
-    _write_csv(os.path.join(out, "table_s4.csv"), rows)
+    write_csv(os.path.join(out, "table_s4.csv"), rows)
     return lines
 
 
@@ -898,7 +887,7 @@ def _table1(
         lines += ["OOD sets absent here: " + "; ".join(absent), ""]
     if paper:
         lines += [caption, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += markdown_table(header)
     rows = []
     for label in labels:
         runs = results.runs(label)
@@ -917,7 +906,7 @@ def _table1(
                 cells.append(_pct(mean, std))
                 row[f"ood_{name}"], row[f"ood_{name}_std"] = mean, std
             rows.append(row)
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(markdown_row(cells))
         ensemble = results.ensembles.get(label)
         if ensemble:
             cells = [NAMES[label], "Ensemble", f"1 ensemble of {len(ensemble['members'])}"]
@@ -930,16 +919,14 @@ def _table1(
                 cells.append(f"{100 * value['auroc_max_prob']:.2f}" if isinstance(value, Mapping) else "n/a")
                 row[f"ood_{name}"] = value["auroc_max_prob"] if isinstance(value, Mapping) else None
             rows.append(row)
-            lines.append("| " + " | ".join(cells) + " |")
-    _write_csv(os.path.join(out, "table1.csv"), rows)
+            lines.append(markdown_row(cells))
+    write_csv(os.path.join(out, "table1.csv"), rows)
     if paper:
         lines += ["", "Paper (ResNet-18, CIFAR-10; OOD: SVHN / CIFAR-10-C / CIFAR-100-C):", ""]
-        lines += [
-            "| method | prediction | Test Acc | ECE | SVHN | CIFAR10-C | CIFAR100-C |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for (method, kind), values in paper.items():
-            lines.append(f"| {method} | {kind} | " + " | ".join(_paper_cell(v) for v in values) + " |")
+        lines += markdown_table(
+            ["method", "prediction", "Test Acc", "ECE", "SVHN", "CIFAR10-C", "CIFAR100-C"],
+            ([method, kind] + [_paper_cell(v) for v in values] for (method, kind), values in paper.items()),
+        )
     return lines + [""]
 
 

@@ -18,7 +18,6 @@ enough to commit: ``report`` on that copy rebuilds the report, and ``run`` on it
 """
 
 import collections
-import csv
 import json
 import math
 import os
@@ -31,6 +30,7 @@ import ml_collections
 
 from experiments import cli
 from experiments.grid import Job, expand_grid, parse_shard, run_jobs, shard_jobs
+from experiments.tables import markdown_table, write_csv
 from sam_jax.analysis import (
     mean_std_over_learning_rates,
     plot_confidence_gap,
@@ -203,19 +203,12 @@ def _markdown_table(rows: list[dict[str, Any]], with_paper: bool = False) -> str
             c for g in groups for c in ([(g, False), (g, True)] if g in PAPER_TABLE1[TABLE_ROWS[0]] else [(g, False)])
         ]
     header = [f"{g} (paper, CIFAR-10)" if paper else g for g, paper in columns]
-    lines = ["| split | metric | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(columns)]
-    for split, metric in TABLE_ROWS:
-        label = "train" if split == "train" else "validation (held out)"
-        values = [_paper(g, split, metric) if paper else cells.get((g, split, metric), "n/a") for g, paper in columns]
-        lines.append(f"| {label} | {metric.upper()} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
-def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    body = [
+        ["train" if split == "train" else "validation (held out)", metric.upper()]
+        + [_paper(g, split, metric) if paper else cells.get((g, split, metric), "n/a") for g, paper in columns]
+        for split, metric in TABLE_ROWS
+    ]
+    return "\n".join(markdown_table(["split", "metric"] + header, body))
 
 
 def _mse_rows(jobs: Sequence[Job], records: dict[str, list]) -> list[dict[str, Any]]:
@@ -434,10 +427,10 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         notes.append("Not run yet (left out): " + ", ".join(missing))
     with open(os.path.join(out, "table1.md"), "w") as f:
         f.write("\n\n".join(notes + sections) + "\n")
-    _write_csv(os.path.join(out, "table1.csv"), table_rows)
+    write_csv(os.path.join(out, "table1.csv"), table_rows)
 
     run_rows = _run_rows(jobs, loaded)
-    _write_csv(os.path.join(out, "runs.csv"), run_rows)
+    write_csv(os.path.join(out, "runs.csv"), run_rows)
     with open(os.path.join(out, "protocol.md"), "w") as f:
         f.write(_protocol_report(config, run_rows) + "\n")
 
@@ -472,7 +465,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
 
     mse_rows = _mse_rows(jobs, records)
     if mse_rows:
-        _write_csv(os.path.join(out, "mse_confidence.csv"), mse_rows)
+        write_csv(os.path.join(out, "mse_confidence.csv"), mse_rows)
         lines = [
             "| optimizer | lr | seed | step | train acc | train conf | train ECE | val acc | val conf | e/(e+K-1) |",
             "|---" * 10 + "|",

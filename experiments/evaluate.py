@@ -11,7 +11,6 @@ it (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5: 32 samples); a multi-memb
 to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 """
 
-import csv
 import json
 import os
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from experiments import cli
+from experiments.tables import write_csv
 from sam_jax import calibration, data
 from sam_jax.training import Run, load_trained, make_predictive, predictive_kind
 from sam_jax.training.hooks import reliability_diagram
@@ -135,11 +135,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if config.corruptions == "auto" and run.config.data.name == "cifar10":
         rows = _corruptions(predict, run, val_probs, config)
         results["corruptions"] = rows or "no CIFAR-10-C files found"
-        if rows:
-            with open(os.path.join(output_dir, "corruptions.csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+        write_csv(os.path.join(output_dir, "corruptions.csv"), rows)
     with open(os.path.join(output_dir, "evaluation.json"), "w") as f:
         json.dump(to_python(results), f, indent=2)
     return results
