@@ -187,6 +187,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     config.table1.seed = 0  # PRNG seed of the posterior samples
     if preset == "quick":
         config.data.train_size = 1024
+        config.data.test_size = 1000
         config.num_steps = 8
         config.eval_every_steps = 8
         config.eval_at_start = False
