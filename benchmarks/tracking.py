@@ -10,12 +10,14 @@ what they are:
    (``gauss_newton_operator``, amortised over many products), in units of that gradient;
 2. on the real trajectory (the job's own steps, parameters saved at its tracking schedule): the
    Lanczos steps needed to reach the preset's tolerance from a random start (cold) and from the
-   previous point's Ritz vector (warm, as the tracker does), the wall time of each, and the
-   deviation of both from a cold run with 3x the maximum steps;
+   previous point's Ritz vector (warm), from that and the guard vectors' sum (guarded, as the
+   tracker does), and the same with the guard vectors converged to a looser tolerance
+   (``curvature.guard_tolerance``); the wall time of each, and the deviation of each from a cold
+   run with 3x the maximum steps;
 3. the overhead of the tracker on the job: wall time of the loop with curvature tracking against
    the same loop without it (evaluation on in both), as a fraction of the untracked time.
 
-Usage: python -m benchmarks.tracking [--job gd/cross_entropy/lr0.06667/seed0] [--steps 600]
+Usage: python -m benchmarks.tracking [--job gd/cross_entropy/lr0.06667/seed0] [--steps 600] [--guard-tolerance 1e-2]
 """
 
 import argparse
@@ -79,7 +81,7 @@ def product_costs(run, reps: int) -> tuple[float, float, float]:
     return gradient_s, scratch_s / gradient_s, amortised_s / gradient_s
 
 
-def trajectory_iterations(config, steps: int) -> list[dict]:
+def trajectory_iterations(config, steps: int, guard_tolerance: float) -> list[dict]:
     """Cold and warm Lanczos on the parameters of the job's own trajectory, at its tracking steps."""
     schedule = sorted(
         log_spaced_steps(config.eval_points_per_decade, steps) | set(range(0, steps + 1, config.eval_every_steps))
@@ -102,31 +104,37 @@ def trajectory_iterations(config, steps: int) -> list[dict]:
     def operator(p):
         return gauss_newton_operator(lambda q, x: run.eval_step(q, state.model_state, x), loss, p, subset)
 
-    guard = curvature.guard_vectors
+    guard, tol = curvature.guard_vectors, curvature.tolerance
 
-    @functools.partial(jax.jit, static_argnames="k")
-    def estimate(p, v0, k):
-        return ritz_pairs(operator(p), p, k=k, num_iters=curvature.num_iters, v0=v0, tol=curvature.tolerance)
+    @functools.partial(jax.jit, static_argnames="tolerances")
+    def estimate(p, v0, tolerances):
+        return ritz_pairs(operator(p), p, k=len(tolerances), num_iters=curvature.num_iters, v0=v0, tol=tolerances)
 
     @jax.jit
     def reference(p):
         return ritz_pairs(operator(p), p, num_iters=REFERENCE_ITERS_FACTOR * curvature.num_iters).values[0]
 
+    # The tolerance of each converged pair: cold from a random vector and warm from the previous
+    # top Ritz vector converge the top pair; guarded, as the tracker does, also the guard pairs
+    # (to the same tolerance, or to guard_tolerance), and starts from their vectors' sum.
+    starts = {
+        "cold": (tol,),
+        "warm": (tol,),
+        "guarded": (tol,) * (1 + guard),
+        "guarded_loose": (tol,) + (guard_tolerance,) * guard,
+    }
     first = jax.tree.map(jnp.asarray, saved[min(saved)])
-    for k in (1, 1 + guard):  # compiles once each, so no timed call below includes it
-        jax.block_until_ready(estimate(first, first, k))
-    # (start, pairs converged): cold from a random vector; warm from the previous top Ritz vector;
-    # guarded as the tracker does, from the previous top and guard vectors' sum.
-    starts = {"cold": 1, "warm": 1, "guarded": 1 + guard}
+    for tolerances in set(starts.values()):  # compiles once each, so no timed call below includes it
+        jax.block_until_ready(estimate(first, first, tolerances))
     rows, previous = [], {}
     for index, step in enumerate(sorted(saved)):
         params = jax.tree.map(jnp.asarray, saved[step])
         cold = jax.tree.map(jnp.zeros_like, params)  # all zero: warm_start_vector draws a random start
         row = {"step": step, "reference": float(reference(params))}
-        for name, k in starts.items():
+        for name, tolerances in starts.items():
             v0 = warm_start_vector(previous.get(name, cold), jax.random.PRNGKey(index))
             start = time.perf_counter()
-            pairs = jax.block_until_ready(estimate(params, v0, k))
+            pairs = jax.block_until_ready(estimate(params, v0, tolerances))
             seconds = time.perf_counter() - start
             if name != "cold":
                 previous[name] = jax.tree.map(lambda v: v.sum(axis=0), pairs.vectors)
@@ -157,6 +165,7 @@ def main() -> None:
     parser.add_argument("--job", default="gd/cross_entropy/lr0.06667/seed0", help="a job name of the faithful grid")
     parser.add_argument("--steps", type=int, default=600, help="trajectory length (no early stop)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--guard-tolerance", type=float, default=1e-2, help="the looser guard's tolerance")
     args = parser.parse_args()
     print(f"# jax {jax.__version__}, devices {jax.devices()}; job {args.job}, {args.steps} steps")
     config = job_config(args.job, args.steps)
@@ -169,11 +178,12 @@ def main() -> None:
         f"|---|---|---|\n| {1e3 * gradient_s:.1f} | {scratch:.2f} | {amortised:.2f} |"
     )
 
-    rows = trajectory_iterations(config, args.steps)
+    rows = trajectory_iterations(config, args.steps, args.guard_tolerance)
     labels = {
         "cold": "cold (random)",
         "warm": f"warm (previous top Ritz vector + {WARM_START_NOISE} noise)",
         "guarded": f"warm with {config.curvature.guard_vectors} guard vector(s), as the tracker does",
+        "guarded_loose": f"the same, guard vector(s) converged to {args.guard_tolerance:g}",
     }
     table = []
     for name, label in labels.items():

@@ -169,6 +169,22 @@ def test_tolerance_stops_early_with_bounding_residual_norms(problem, which):
     np.testing.assert_allclose(full.values, reference, rtol=1e-9)
 
 
+def test_per_pair_tolerances_stop_when_each_pair_meets_its_own(problem):
+    hessian = problem["hessian"]
+    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])  # noqa: E731
+
+    def run(tol):
+        return jax.jit(lambda p: curvature.ritz_pairs(matvec, p, k=2, num_iters=60, tol=tol))(problem["params"])
+
+    strict, loose_second, loose = run(1e-7), run((1e-7, 1e-2)), run(1e-2)
+    # The second pair's looser tolerance saves steps; the first one's strict one still costs some.
+    assert int(loose.num_steps) <= int(loose_second.num_steps) < int(strict.num_steps) < 60
+    values, bounds = np.asarray(loose_second.values), np.asarray(loose_second.residual_norms)
+    assert bounds[0] <= 1e-7 * abs(values[0]) and bounds[1] <= 1e-2 * abs(values[1])
+    reference = np.linalg.eigvalsh(hessian)[::-1][:2]
+    assert np.all(np.abs(values - reference) <= bounds * (1 + 1e-6) + 1e-12)
+
+
 def test_warm_start_from_a_nearby_operator_takes_fewer_steps(problem):
     hessian = problem["hessian"]
     rng = np.random.default_rng(3)
@@ -331,3 +347,7 @@ def test_eigenvalues_rejects_bad_arguments(problem):
         curvature.eigenvalues(matvec, problem["params"], which="middle")
     with pytest.raises(ValueError, match="tol"):
         curvature.ritz_pairs(matvec, problem["params"], tol=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        curvature.ritz_pairs(matvec, problem["params"], k=2, tol=(1e-3, -1e-3))
+    with pytest.raises(ValueError, match="for k=1"):
+        curvature.ritz_pairs(matvec, problem["params"], tol=(1e-3, 1e-3))

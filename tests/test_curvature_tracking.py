@@ -125,7 +125,7 @@ def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
     """Between two tracking points the runner-up eigenvalue overtakes the top one (a quadratic loss
     with Hessian diag(10, 8, bulk), then diag(9.9, 10, bulk)). A warm start from the old top vector
     alone converges, residual within tolerance, to the old top direction's 9.9; carrying the
-    converged guard vector into the start finds 10."""
+    guard vector into the start finds 10, converged to the tracking tolerance or a 10x looser one."""
     size = 400
     model = nn.Dense(1, use_bias=False)
     params = model.init(jax.random.PRNGKey(0), np.zeros((1, size)))["params"]
@@ -138,9 +138,9 @@ def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
         return 0.5 * (logits**2).sum(axis=-1).mean()
 
     labels = np.zeros((size,), np.int32)
-    found = {}
-    for guard_vectors in (0, 1):
-        config = _warm_config("hessian", 40, 1e-3, guard_vectors=guard_vectors)
+    found, steps = {}, {}
+    for guard_vectors, guard_tolerance in ((0, 0.0), (1, 0.0), (1, 1e-2)):
+        config = _warm_config("hessian", 40, 1e-3, guard_vectors=guard_vectors, guard_tolerance=guard_tolerance)
         tracker = make_curvature_tracker(
             config, lambda p, state, x: model.apply({"params": p}, x), loss, batch_size=BATCH_SIZE
         )
@@ -148,9 +148,12 @@ def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
         np.testing.assert_allclose(first["curvature/hessian_top1"], 10.0, rtol=1e-3)
         second = tracker(params, {}, images([9.9, 10.0]), labels, jax.random.PRNGKey(2))
         assert second["curvature/hessian_relative_residual"] <= 1e-3
-        found[guard_vectors] = second["curvature/hessian_top1"]
-    np.testing.assert_allclose(found[0], 9.9, rtol=1e-3)  # the failure the guard is there for
-    np.testing.assert_allclose(found[1], 10.0, rtol=1e-3)
+        found[guard_vectors, guard_tolerance] = second["curvature/hessian_top1"]
+        steps[guard_vectors, guard_tolerance] = first["curvature/hessian_lanczos_steps"]
+    np.testing.assert_allclose(found[0, 0.0], 9.9, rtol=1e-3)  # the failure the guard is there for
+    np.testing.assert_allclose(found[1, 0.0], 10.0, rtol=1e-3)
+    np.testing.assert_allclose(found[1, 1e-2], 10.0, rtol=1e-3)
+    assert steps[1, 1e-2] < steps[1, 0.0]  # the looser guard stops the first (cold) run sooner
 
 
 @pytest.mark.parametrize(
@@ -164,6 +167,7 @@ def test_guard_vector_finds_an_eigenvalue_that_overtakes_the_top_one():
         ("tolerance", -0.1, "tolerance"),
         ("reference_every", -1, "reference_every"),
         ("guard_vectors", -1, "guard_vectors"),
+        ("guard_tolerance", -1e-3, "guard_tolerance"),
     ],
 )
 def test_config_validation(field, value, match):

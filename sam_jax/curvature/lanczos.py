@@ -10,10 +10,11 @@ once per pass, is what keeps this bookkeeping small next to the matrix-vector pr
 bases (matfree instead runs two classical passes over the whole preallocated basis each step).
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from sam_jax.curvature.products import hessian_operator
@@ -128,8 +129,24 @@ def _orthogonalise(w: jax.Array, blocks: jax.Array, num_blocks: jax.Array) -> ja
     return jax.lax.fori_loop(0, num_blocks, body, w)
 
 
+def _tolerances(tol: float | Sequence[float], k: int) -> np.ndarray:
+    """``tol`` as ``k`` per-value tolerances; raises ``ValueError`` on a negative one or a wrong length."""
+    tolerances = np.asarray(tol, np.float64)
+    if tolerances.ndim == 1 and tolerances.size != k:
+        raise ValueError(f"tol={tol!r} gives {tolerances.size} tolerances for k={k} Ritz values; give one or k.")
+    if tolerances.ndim > 1 or (tolerances < 0).any():
+        raise ValueError(f"tol={tol!r} must be >= 0 (0 runs all num_iters steps), one value or one per Ritz value.")
+    return np.broadcast_to(tolerances, (k,))
+
+
 def lanczos(
-    matvec: Matvec, v0: Params, num_iters: int, *, tol: float = 0.0, k: int = 1, which: str = "largest"
+    matvec: Matvec,
+    v0: Params,
+    num_iters: int,
+    *,
+    tol: float | Sequence[float] = 0.0,
+    k: int = 1,
+    which: str = "largest",
 ) -> LanczosResult:
     """Runs up to ``num_iters`` Lanczos steps on a symmetric operator (Lanczos 1950; Golub & Van Loan, Alg. 10.1.1).
 
@@ -141,14 +158,16 @@ def lanczos(
     ``jit``; ``num_iters`` must be static and at most the number of parameters.
 
     With ``tol > 0`` the iteration stops as soon as the ``k`` extreme Ritz values (``which``) all
-    have residual norms (``RitzPairs.residual_norms``) below ``tol`` times their magnitude;
+    have residual norms (``RitzPairs.residual_norms``) below ``tol`` times their magnitude (a
+    sequence gives each of the ``k`` its own tolerance, the most extreme first);
     arrays keep their size ``num_iters`` and ``num_steps`` says how many steps were taken.
 
     Args:
       matvec: symmetric linear map from a params-shaped pytree to one.
       v0: nonzero starting pytree (normalised here).
       num_iters: maximum number of steps ``m``, i.e. of matrix-vector products.
-      tol: relative accuracy at which to stop early; 0 runs all ``num_iters`` steps.
+      tol: relative accuracy at which to stop early, one for all ``k`` values or one per value;
+        0 runs all ``num_iters`` steps.
       k: number of extreme Ritz values the stopping test watches.
       which: ``"largest"`` or ``"smallest"``: which end of the spectrum the stopping test watches.
 
@@ -159,6 +178,8 @@ def lanczos(
         raise ValueError(f"which={which!r} is not supported; use one of {_WHICH}.")
     flat_v0, unravel = ravel_pytree(v0)
     size, dtype = flat_v0.size, flat_v0.dtype
+    watched = min(k, num_iters)
+    tolerances = _tolerances(tol, watched)
     num_blocks = -(-(num_iters + 1) // _BLOCK_ROWS)
     breakdown_tol = jnp.sqrt(jnp.finfo(dtype).eps)
 
@@ -194,9 +215,9 @@ def lanczos(
         blocks = blocks.at[(j + 1) // _BLOCK_ROWS, (j + 1) % _BLOCK_ROWS].set(q_next)
         alphas, betas = alphas.at[j].set(alpha), betas.at[j].set(beta)
         converged = jnp.zeros((), bool)
-        if tol > 0:
-            values, _, errors = _extreme_ritz(alphas, betas[:-1], j + 1, beta, min(k, num_iters), which)
-            converged = (j + 1 >= k) & jnp.all(errors <= tol * jnp.abs(values))
+        if tolerances.any():
+            values, _, errors = _extreme_ritz(alphas, betas[:-1], j + 1, beta, watched, which)
+            converged = (j + 1 >= k) & jnp.all(errors <= jnp.asarray(tolerances, dtype) * jnp.abs(values))
         return j + 1, blocks, alphas, betas, converged
 
     def not_done(carry):
@@ -225,7 +246,7 @@ def ritz_pairs(
     which: str = "largest",
     key: jax.Array | None = None,
     v0: Params | None = None,
-    tol: float = 0.0,
+    tol: float | Sequence[float] = 0.0,
 ) -> RitzPairs:
     """Extreme eigenpairs of a symmetric operator by Lanczos and Rayleigh-Ritz on ``T``, with accuracy.
 
@@ -242,7 +263,8 @@ def ritz_pairs(
       v0: starting vector instead of a random one, e.g. the Ritz vector of a nearby operator (a
         warm start: the previous tracking point of a training run); an all-zero ``v0`` falls
         back to the random one, so a first call and later warm calls share one compilation.
-      tol: stop once every residual norm is below ``tol`` times its value (see ``lanczos``).
+      tol: stop once every residual norm is below ``tol`` times its value; a sequence of ``k``
+        gives each pair its own (see ``lanczos``).
 
     Returns:
       A ``RitzPairs``: values sorted from the most extreme inward (descending for "largest",
@@ -250,8 +272,6 @@ def ritz_pairs(
     """
     if which not in _WHICH:
         raise ValueError(f"which={which!r} is not supported; use one of {_WHICH}.")
-    if tol < 0:
-        raise ValueError(f"tol={tol} must be >= 0 (0 runs all num_iters steps).")
     flat, unravel = ravel_pytree(params)
     if flat.size > 1 and getattr(jax.eval_shape(matvec, params), "shape", None) == ():
         matvec = hessian_operator(matvec, params)
@@ -283,7 +303,7 @@ def eigenvalues(
     which: str = "largest",
     key: jax.Array | None = None,
     v0: Params | None = None,
-    tol: float = 0.0,
+    tol: float | Sequence[float] = 0.0,
 ) -> tuple[jax.Array, Params]:
     """Extreme eigenpairs ``(values, vectors)`` of a symmetric operator: ``ritz_pairs`` without its diagnostics.
 

@@ -67,6 +67,8 @@ def default_curvature_config() -> ml_collections.ConfigDict:
         eigenvector that overtakes it between two points, and Lanczos then converges, residual
         within tolerance, to the runner-up; carrying the runner-up's vector keeps the overtaking
         direction in the start. 0 carries only the ``top_k`` vectors.
+      guard_tolerance: the relative accuracy to which the guard vectors are converged; 0 means
+        ``tolerance``. A looser one costs fewer steps and still carries the runner-up's direction.
       reference_every: every this many tracking calls (0: never) also compute the top eigenvalue
         cold with ``REFERENCE_ITERS_FACTOR * num_iters`` steps and no tolerance, logged as
         ``<quantity>_top1_reference``: the check that the tracked estimate has converged.
@@ -84,6 +86,7 @@ def default_curvature_config() -> ml_collections.ConfigDict:
     config.tolerance = 0.0
     config.warm_start = False
     config.guard_vectors = 1
+    config.guard_tolerance = 0.0
     config.reference_every = 0
     config.subset_size = 1000
     config.seed = 0
@@ -123,6 +126,7 @@ def validate_curvature_config(config: ml_collections.ConfigDict) -> tuple[str, .
         "num_iters": 1,
         "tolerance": 0.0,
         "guard_vectors": 0,
+        "guard_tolerance": 0.0,
         "reference_every": 0,
         "subset_size": 0,
         "trace_probes": 2,
@@ -216,7 +220,10 @@ def make_curvature_tracker(
             f"{batch_size} (or 0 for the full training set)."
         )
     top_k, num_iters = config.top_k, config.num_iters
-    converged_pairs = top_k + (config.guard_vectors if config.warm_start else 0)
+    guards = config.guard_vectors if config.warm_start else 0
+    converged_pairs = top_k + guards
+    # Every tracked pair to ``tolerance``, the guard pairs below them to their own.
+    tolerances = (config.tolerance,) * top_k + (config.guard_tolerance or config.tolerance,) * guards
     tracked_tops = [q for q in TOP_EIGENVALUE_QUANTITIES if q in quantities]
 
     def smallest_eigenvalue(matvec, params, key):
@@ -255,7 +262,7 @@ def make_curvature_tracker(
                 num_iters=num_iters,
                 key=keys[name],
                 v0=v0,
-                tol=config.tolerance,
+                tol=tolerances,
             )
             metrics.update({f"curvature/{name}_top{i + 1}": pairs.values[i] for i in range(top_k)})
             metrics[f"curvature/{name}_lanczos_steps"] = pairs.num_steps
