@@ -221,8 +221,8 @@ def make_curvature_tracker(
         )
     top_k, num_iters = config.top_k, config.num_iters
     guards = config.guard_vectors if config.warm_start else 0
-    converged_pairs = top_k + guards
-    # Every tracked pair to ``tolerance``, the guard pairs below them to their own.
+    # One tolerance per converged pair: every tracked pair to ``tolerance``, the guard pairs below
+    # them to their own.
     tolerances = (config.tolerance,) * top_k + (config.guard_tolerance or config.tolerance,) * guards
     tracked_tops = [q for q in TOP_EIGENVALUE_QUANTITIES if q in quantities]
 
@@ -258,7 +258,7 @@ def make_curvature_tracker(
             pairs = ritz_pairs(
                 tops[name](),
                 params,
-                k=converged_pairs,
+                k=len(tolerances),
                 num_iters=num_iters,
                 key=keys[name],
                 v0=v0,
