@@ -534,7 +534,8 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     Args:
       config: the grid config (a preset of ``experiments/configs/curvature_calibration.py``).
       mode: one of ``MODES``.
-      shard: ``"i/n"``: train only jobs ``i, i + n, ...`` of the grid.
+      shard: ``"i/n"``: train only jobs ``i, i + n, ...`` of the grid. Processes started with the
+        same shard share its jobs as a queue: each trains the next job that no other one holds.
     """
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
@@ -542,7 +543,9 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     if mode in ("run", "all"):
         index, count = parse_shard(shard)
         run_jobs(
-            shard_jobs(run_order(jobs), index, count), compilation_cache_dir=os.path.join(config.workdir, "jax_cache")
+            shard_jobs(run_order(jobs), index, count),
+            compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
+            exclusive=True,
         )
     if mode == "export":
         print(f"Compact copy of the finished runs: {export(config, jobs)}")

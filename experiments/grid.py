@@ -20,16 +20,18 @@ of its ``base``; see ``sam_jax.training.validate_config``). Per-optimizer settin
 and the same for ``sam`` (whose ``base`` is ``sgd``); ``losses`` sets ``loss.name``.
 
 Each job trains in its own directory ``<workdir>/<optimizer>[_k<k>]/<loss>/lr<lr>/seed<seed>``, so
-jobs can run in any order, in several processes (``shard_jobs``), and be interrupted: a job restarts
-from the loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists is skipped.
+jobs can run in any order, in several processes (``shard_jobs``, or ``run_jobs(exclusive=True)``: each
+process trains the next job that no other one holds), and be interrupted: a job restarts from the
+loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists is skipped.
 """
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 AfterJob = Callable[["Job", Run], None]
 JobHooks = Callable[["Job", Run], Sequence[Hook]]
+LOCK_FILE = ".lock"
 GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
 
 
@@ -257,6 +260,27 @@ def _compilation_cache(directory: Optional[str]):
         compilation_cache.reset_cache()
 
 
+@contextlib.contextmanager
+def claim_job(job: Job) -> Iterator[bool]:
+    """Holds an exclusive lock on ``job`` for the duration; yields whether this process got it.
+
+    The lock is an ``flock`` on ``<job dir>/.lock``: the operating system drops it when the holder
+    exits, killed or not, so an interrupted job is free for the next process that comes to it.
+    It works between processes on one machine (and on file systems that support ``flock``).
+    """
+    os.makedirs(job.workdir, exist_ok=True)
+    with open(os.path.join(job.workdir, LOCK_FILE), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_jobs(
     jobs: Iterable[Job],
     progress: bool = True,
@@ -264,6 +288,7 @@ def run_jobs(
     after_job: Optional[AfterJob] = None,
     hooks: Optional[JobHooks] = None,
     run_data: Optional[RunDataCache] = None,
+    exclusive: bool = False,
 ) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.
 
@@ -277,6 +302,10 @@ def run_jobs(
       hooks: see :func:`run_job`.
       run_data: the loaded datasets to use and add to (a fresh cache when None); pass the one
         that ``after_job`` reads to load each dataset once in all.
+      exclusive: train a job only under :func:`claim_job`, skipping jobs that another process is
+        training. Several single-host processes given the same list then share it as a queue, each
+        taking the next free job, which balances jobs of very different lengths better than
+        ``shard_jobs``. Not for multi-host runs, where every process trains the same job.
     """
     jobs = list(jobs)
     run_data = run_data or RunDataCache()
@@ -287,5 +316,9 @@ def run_jobs(
         for job in jobs:
             bar.set_postfix_str(job.name)
             if not job.done:
-                run_job(job, run_data(job.config), after_job, hooks)
+                with claim_job(job) if exclusive else contextlib.nullcontext(True) as mine:
+                    if not mine:
+                        logger.info("%s is being trained by another process; skipped.", job.name)
+                    elif not job.done:
+                        run_job(job, run_data(job.config), after_job, hooks)
             bar.update(1)

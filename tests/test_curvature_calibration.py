@@ -4,6 +4,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -147,6 +149,38 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     assert grid.run_job(done) == {"test/accuracy": 0.5}
     grid.run_jobs([done, todo], progress=False)
     assert trained == [(todo.workdir, (todo.workdir, "data"), ())]  # no hooks unless a driver gives them
+
+
+def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_path, monkeypatch):
+    held, free = grid.expand_grid(_quick(tmp_path))[:2]
+    os.makedirs(held.workdir)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True);"
+            " time.sleep(60)",
+            os.path.join(held.workdir, grid.LOCK_FILE),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    trained = []
+    monkeypatch.setattr(grid, "ensure_debian_fashion_mnist", lambda: None)
+    monkeypatch.setattr(grid, "load_run_data", lambda config: "data")
+    monkeypatch.setattr(grid, "run_job", lambda job, run_data, after_job, hooks: trained.append(job.name))
+    try:
+        assert holder.stdout.readline() == b"1\n"
+        grid.run_jobs([held, free], progress=False, exclusive=True)
+        assert trained == [free.name]
+        grid.run_jobs([held], progress=False)  # without exclusive, locks are not consulted
+        assert trained == [free.name, held.name]
+    finally:
+        holder.kill()
+        holder.wait()
+    grid.run_jobs([held], progress=False, exclusive=True)  # the killed holder's lock is gone
+    assert trained == [free.name, held.name, held.name]
+    with grid.claim_job(free) as mine, grid.claim_job(free) as other:
+        assert mine and not other
 
 
 def test_run_data_cache_loads_each_data_config_once_for_the_grid_and_its_caller(tmp_path, monkeypatch):
