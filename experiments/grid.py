@@ -275,10 +275,7 @@ def claim_job(job: Job) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield True  # closing the file releases the lock
 
 
 def run_jobs(
