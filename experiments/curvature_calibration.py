@@ -88,6 +88,9 @@ PAPER_TABLE1 = {
 PRE_INTERPOLATION_ACCURACY = 0.95
 # Fraction of a run's steps that variant after_first_5pct drops.
 EARLY_FRACTION = 0.05
+# A run "dips" when, after first reaching PRE_INTERPOLATION_ACCURACY on the train subset, its train
+# accuracy falls below this at a later tracked point (BulkSGD's late instability).
+LATE_DIP_ACCURACY = 0.8
 # The report's Table 1 variants: (description, sharpness key, window).
 Window = Callable[[Sequence[Mapping[str, Any]]], Optional[Callable[[Mapping[str, Any]], bool]]]
 
@@ -240,6 +243,19 @@ def _value_at(records: Sequence[Mapping[str, Any]], key: str, step: int) -> floa
     return next((float(r[key]) for r in records if r["step"] == step and key in r), math.nan)
 
 
+def _after_reaching(records: Sequence[Mapping[str, Any]], accuracy: float) -> tuple[float, float, float]:
+    """The first step with train accuracy >= ``accuracy``, then the lowest train accuracy and the
+    highest train ECE at the records after it (NaN where the run never got there)."""
+    evaluated = [r for r in records if "train/accuracy" in r]
+    first = next((r["step"] for r in evaluated if r["train/accuracy"] >= accuracy), None)
+    later = [r for r in evaluated if first is not None and r["step"] > first]
+    return (
+        math.nan if first is None else float(first),
+        min((float(r["train/accuracy"]) for r in later), default=math.nan),
+        max((float(r["train/ece"]) for r in later if "train/ece" in r), default=math.nan),
+    )
+
+
 def _guard_vectors(job: Job) -> int:
     """The guard vectors the job was tracked with: from the config saved in its directory (a run
     tracked before the field existed had none), or from the grid's config when none was saved."""
@@ -269,6 +285,7 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
             r["curvature/gauss_newton_lanczos_steps"] for r in tracked if "curvature/gauss_newton_lanczos_steps" in r
         ]
         accuracy = _value_at(records, "train/accuracy", last)
+        reached, lowest_after, highest_ece_after = _after_reaching(records, PRE_INTERPOLATION_ACCURACY)
         target = job.config.early_stop.at_least if job.config.early_stop.metric else math.nan
         rows.append(
             {
@@ -283,6 +300,10 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 "max_steps": job.config.num_steps,
                 "final_train_accuracy": accuracy,
                 "interpolated": accuracy >= target,
+                "final_train_ece": _value_at(records, "train/ece", last),
+                f"first_step_at_train_accuracy_{PRE_INTERPOLATION_ACCURACY:g}": reached,
+                f"lowest_train_accuracy_after_{PRE_INTERPOLATION_ACCURACY:g}": lowest_after,
+                f"highest_train_ece_after_{PRE_INTERPOLATION_ACCURACY:g}": highest_ece_after,
                 "tracked_points": len(tracked),
                 "lambda_0": _value_at(records, GN_SHARPNESS, 0),
                 "peak_gn_sharpness": max((r[GN_SHARPNESS] for r in tracked), default=math.nan),
@@ -311,15 +332,19 @@ def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[s
             lines.append(f"| {loss} | {seed} | {lambda_0:.3f} | {top:.4g} | {2 / top:.4g} | {2 / top > lambda_0} |")
     lines += ["", "## Runs: steps, interpolation, tracked points", ""]
     lines += [
-        "| optimizer | loss | lr | seeds run | finished | interpolated | last step (per seed) | tracked points (min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| optimizer | loss | lr | seeds run | finished | interpolated | last step (per seed) | tracked points (min) "
+        "| peak GN sharpness (per seed) | final train ECE (per seed) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (optimizer, loss, lr), group in _by(rows, ("optimizer", "loss", "learning_rate")).items():
         lines.append(
             f"| {optimizer} | {loss} | {lr:.4g} | {len(group)} | {sum(r['finished'] for r in group)} | "
             f"{sum(bool(r['interpolated']) for r in group)} | {', '.join(str(r['last_step']) for r in group)} | "
-            f"{min(r['tracked_points'] for r in group)} |"
+            f"{min(r['tracked_points'] for r in group)} | "
+            f"{', '.join(format(r['peak_gn_sharpness'], '.4g') for r in group)} | "
+            f"{', '.join(format(r['final_train_ece'], '.3f') for r in group)} |"
         )
+    lines += ["", _final_ece_and_dips(rows)]
     deviations = [r["max_relative_deviation_from_reference"] for r in rows if r["reference_checks"]]
     checks = sum(r["reference_checks"] for r in rows)
     if checks:
@@ -343,6 +368,34 @@ def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[s
                 f"{sum(r['reference_checks'] for r in group)} checks, largest relative deviation "
                 f"{max(r['max_relative_deviation_from_reference'] for r in group):.2e}"
             )
+    return "\n".join(lines)
+
+
+def _final_ece_and_dips(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: final train ECE per optimizer and loss, and the runs that lost train accuracy late."""
+    reached = f"{PRE_INTERPOLATION_ACCURACY:g}"
+    lines = [
+        "## Final train ECE and late dips",
+        "",
+        f"A run dips when its train accuracy, after first reaching {reached}, falls below "
+        f"{LATE_DIP_ACCURACY:g} at a later tracked point; lowest accuracy and highest train ECE are "
+        "taken over the tracked points after that first step.",
+        "",
+        "| optimizer | loss | runs | final train ECE: mean (min-max) | runs that dip | lowest train accuracy "
+        "after dipping (min-max) | highest train ECE after dipping (min-max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (optimizer, loss), group in _by(rows, ("optimizer", "loss")).items():
+        final = [r["final_train_ece"] for r in group if not math.isnan(r["final_train_ece"])]
+        dips = [r for r in group if r[f"lowest_train_accuracy_after_{reached}"] < LATE_DIP_ACCURACY]
+        lowest = [r[f"lowest_train_accuracy_after_{reached}"] for r in dips]
+        highest = [r[f"highest_train_ece_after_{reached}"] for r in dips]
+        lines.append(
+            f"| {optimizer} | {loss} | {len(group)} | "
+            + (f"{sum(final) / len(final):.3f} ({min(final):.3f}-{max(final):.3f})" if final else "-")
+            + f" | {len(dips)} | "
+            + (f"{min(lowest):.3f}-{max(lowest):.3f} | {min(highest):.3f}-{max(highest):.3f} |" if dips else "- | - |")
+        )
     return "\n".join(lines)
 
 

@@ -337,6 +337,39 @@ def test_report_table_matches_scipy(tmp_path):
     assert "+0.84 ± 0.07" in text  # the paper's SGD train-ECE cell, beside ours
 
 
+def test_report_final_ece_and_late_dips(tmp_path):
+    """runs.csv and protocol.md: final train ECE, the first step at 0.95 train accuracy, and the
+    lowest accuracy / highest ECE after it, by hand on two runs, one of which dips late."""
+    config = _quick(tmp_path)
+    config.grid.seeds = (0,)
+    config.grid.optimizers.sgd.learning_rates = (0.05, 0.1)
+    jobs = [job for job in grid.expand_grid(config) if job.group == "sgd" and job.config.loss.name == "cross_entropy"]
+    accuracy = {0.05: [0.1, 0.9, 0.96, 0.97, 0.99], 0.1: [0.1, 0.96, 0.7, 0.85, 0.99]}
+    ece = {0.05: [0.04, 0.3, 0.05, 0.04, 0.03], 0.1: [0.04, 0.1, 0.25, 0.12, 0.02]}
+    for job in jobs:
+        lr = job.config.optimizer.learning_rate
+        os.makedirs(job.workdir)
+        with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
+            for i, (a, e) in enumerate(zip(accuracy[lr], ece[lr])):
+                record = {"step": 10 * i, "train/accuracy": a, "train/ece": e, "curvature/gauss_newton_top1": 5.0 + i}
+                f.write(json.dumps(record) + "\n")
+    out = driver.report(config, jobs)
+    with open(os.path.join(out, "runs.csv")) as f:
+        runs = {float(r["learning_rate"]): r for r in csv.DictReader(f)}
+    assert set(runs) == {0.05, 0.1}
+    assert float(runs[0.05]["final_train_ece"]) == pytest.approx(0.03)
+    assert float(runs[0.05]["first_step_at_train_accuracy_0.95"]) == 20
+    assert float(runs[0.05]["lowest_train_accuracy_after_0.95"]) == pytest.approx(0.97)
+    assert float(runs[0.05]["highest_train_ece_after_0.95"]) == pytest.approx(0.04)
+    assert float(runs[0.1]["first_step_at_train_accuracy_0.95"]) == 10
+    assert float(runs[0.1]["lowest_train_accuracy_after_0.95"]) == pytest.approx(0.7)
+    assert float(runs[0.1]["highest_train_ece_after_0.95"]) == pytest.approx(0.25)
+    assert float(runs[0.1]["peak_gn_sharpness"]) == 9.0
+    with open(os.path.join(out, "protocol.md")) as f:
+        text = f.read()
+    assert "| sgd | cross_entropy | 2 | 0.025 (0.020-0.030) | 1 | 0.700-0.700 | 0.250-0.250 |" in text
+
+
 def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_interpolation():
     """Each faithful job's tracking schedule (log-spaced plus regular steps) has >= 40 points up to
     the earliest step at which a committed run of its optimizer reached the interpolation accuracy."""
