@@ -91,6 +91,10 @@ EARLY_FRACTION = 0.05
 # A run "dips" when, after first reaching PRE_INTERPOLATION_ACCURACY on the train subset, its train
 # accuracy falls below this at a later tracked point (BulkSGD's late instability).
 LATE_DIP_ACCURACY = 0.8
+# runs.csv columns of the late-dip check.
+FIRST_STEP_REACHED = f"first_step_at_train_accuracy_{PRE_INTERPOLATION_ACCURACY:g}"
+LOWEST_ACCURACY_AFTER = f"lowest_train_accuracy_after_{PRE_INTERPOLATION_ACCURACY:g}"
+HIGHEST_ECE_AFTER = f"highest_train_ece_after_{PRE_INTERPOLATION_ACCURACY:g}"
 # The report's Table 1 variants: (description, sharpness key, window).
 Window = Callable[[Sequence[Mapping[str, Any]]], Optional[Callable[[Mapping[str, Any]], bool]]]
 
@@ -248,9 +252,11 @@ def _after_reaching(records: Sequence[Mapping[str, Any]], accuracy: float) -> tu
     highest train ECE at the records after it (NaN where the run never got there)."""
     evaluated = [r for r in records if "train/accuracy" in r]
     first = next((r["step"] for r in evaluated if r["train/accuracy"] >= accuracy), None)
-    later = [r for r in evaluated if first is not None and r["step"] > first]
+    if first is None:
+        return math.nan, math.nan, math.nan
+    later = [r for r in evaluated if r["step"] > first]
     return (
-        math.nan if first is None else float(first),
+        float(first),
         min((float(r["train/accuracy"]) for r in later), default=math.nan),
         max((float(r["train/ece"]) for r in later if "train/ece" in r), default=math.nan),
     )
@@ -301,9 +307,9 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 "final_train_accuracy": accuracy,
                 "interpolated": accuracy >= target,
                 "final_train_ece": _value_at(records, "train/ece", last),
-                f"first_step_at_train_accuracy_{PRE_INTERPOLATION_ACCURACY:g}": reached,
-                f"lowest_train_accuracy_after_{PRE_INTERPOLATION_ACCURACY:g}": lowest_after,
-                f"highest_train_ece_after_{PRE_INTERPOLATION_ACCURACY:g}": highest_ece_after,
+                FIRST_STEP_REACHED: reached,
+                LOWEST_ACCURACY_AFTER: lowest_after,
+                HIGHEST_ECE_AFTER: highest_ece_after,
                 "tracked_points": len(tracked),
                 "lambda_0": _value_at(records, GN_SHARPNESS, 0),
                 "peak_gn_sharpness": max((r[GN_SHARPNESS] for r in tracked), default=math.nan),
@@ -373,11 +379,10 @@ def _protocol_report(config: ml_collections.ConfigDict, rows: Sequence[Mapping[s
 
 def _final_ece_and_dips(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: final train ECE per optimizer and loss, and the runs that lost train accuracy late."""
-    reached = f"{PRE_INTERPOLATION_ACCURACY:g}"
     lines = [
         "## Final train ECE and late dips",
         "",
-        f"A run dips when its train accuracy, after first reaching {reached}, falls below "
+        f"A run dips when its train accuracy, after first reaching {PRE_INTERPOLATION_ACCURACY:g}, falls below "
         f"{LATE_DIP_ACCURACY:g} at a later tracked point; lowest accuracy and highest train ECE are "
         "taken over the tracked points after that first step.",
         "",
@@ -387,9 +392,9 @@ def _final_ece_and_dips(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for (optimizer, loss), group in _by(rows, ("optimizer", "loss")).items():
         final = [r["final_train_ece"] for r in group if not math.isnan(r["final_train_ece"])]
-        dips = [r for r in group if r[f"lowest_train_accuracy_after_{reached}"] < LATE_DIP_ACCURACY]
-        lowest = [r[f"lowest_train_accuracy_after_{reached}"] for r in dips]
-        highest = [r[f"highest_train_ece_after_{reached}"] for r in dips]
+        dips = [r for r in group if r[LOWEST_ACCURACY_AFTER] < LATE_DIP_ACCURACY]
+        lowest = [r[LOWEST_ACCURACY_AFTER] for r in dips]
+        highest = [r[HIGHEST_ECE_AFTER] for r in dips]
         lines.append(
             f"| {optimizer} | {loss} | {len(group)} | "
             + (f"{sum(final) / len(final):.3f} ({min(final):.3f}-{max(final):.3f})" if final else "-")
