@@ -573,15 +573,18 @@ def initial_sharpness(run: Run, losses: Sequence[str] = ("cross_entropy",)) -> d
     return {loss: float(value) for loss, value in top(state.params).items()}
 
 
-def run_order(jobs: Sequence[Job]) -> list[Job]:
-    """Jobs in the order to train them: the cross-entropy runs of every seed (Table 1), then the MSE
-    (App. D) and BulkSGD (Sec. 3.2, a Lanczos run every step: the costliest) runs seed by seed, so
-    an interrupted grid has whole seeds of the main table first and then one seed of every appendix
-    figure before the next."""
+def run_order(jobs: Sequence[Job], priority: Sequence[str] = ()) -> list[Job]:
+    """Jobs in the order to train them: the cross-entropy runs of the ``priority`` groups (the
+    grid's ``grid.priority``; Table 1's main rows) seed by seed, then the other cross-entropy runs
+    and the other losses (App. D), seed by seed, one seed of each before the next, so an interrupted
+    grid has whole seeds of the main table first and then one seed of every other row and figure.
+    Within a seed, the priority groups train in their listed order."""
 
-    def key(job: Job) -> tuple[int, int, int]:
-        tier = 2 if job.config.optimizer.name == "bulk_sgd" else int(job.config.loss.name == "mse")
-        return (tier > 0, job.config.seed, tier)
+    def key(job: Job) -> tuple[bool, int, int, int]:
+        cross_entropy = job.config.loss.name == "cross_entropy"
+        tier = 0 if cross_entropy and job.group in priority else 1 if cross_entropy else 2
+        rank = priority.index(job.group) if job.group in priority else len(priority)
+        return (tier > 0, job.config.seed, tier, rank)
 
     return sorted(jobs, key=key)
 
@@ -601,7 +604,7 @@ def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1
     if mode in ("run", "all"):
         index, count = parse_shard(shard)
         run_jobs(
-            shard_jobs(run_order(jobs), index, count),
+            shard_jobs(run_order(jobs, tuple(config.grid.get("priority", ()))), index, count),
             compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
             exclusive=True,
         )

@@ -1,6 +1,7 @@
 """The shared train loop: config errors, determinism, hooks, BN state, every optimizer (see also test_reliability)."""
 
 import json
+import math
 import os
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ from sam_jax import models
 from sam_jax.training import Hook, build_run, default_config, read_metrics, train_and_evaluate, validate_config
 from sam_jax.training.checkpoint import Checkpointer
 from sam_jax.training.loop import log_spaced_steps
+from sam_jax.training.stopping import EarlyStop
 
 
 def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
@@ -178,6 +180,75 @@ def test_log_spaced_evaluation_and_early_stop_at_a_metric(tmp_path):
     os.remove(tmp_path / "summary.json")  # as if interrupted before the summary was written
     again = train_and_evaluate(digits_config(str(tmp_path), **overrides))
     assert again["total_steps"] == end and again["resumed_from_step"] == end
+
+
+def test_early_stop_horizon_goes_past_the_target_and_resumes_to_the_same_end(tmp_path):
+    """With horizon_factor 3 the run goes on past the first evaluation that meets the target, to
+    ceil(3 x that step), where every hook reports; killed before its summary, it ends there again,
+    and a resume from a checkpoint before the end stops at the same step (the target step is
+    rebuilt from metrics.jsonl)."""
+    calls = []
+
+    def hook(state):
+        calls.append(int(state.step))
+        return {}
+
+    overrides = {
+        "num_steps": 600,
+        "eval_every_steps": 10,
+        "checkpoint_every_steps": 20,
+        "early_stop.metric": "train/accuracy",
+        "early_stop.at_least": 0.9,
+        "early_stop.horizon_factor": 3.0,
+    }
+    summary = train_and_evaluate(digits_config(str(tmp_path / "a"), **overrides), hooks=[Hook(1000, hook)])
+    records = [r for r in read_metrics(str(tmp_path / "a")) if "train/accuracy" in r]
+    target = next(r["step"] for r in records if r["train/accuracy"] >= 0.9)
+    end = summary["total_steps"]
+    assert 0 < target < end == math.ceil(3 * target) < 600 and summary["stopped_early"]
+    assert calls == [0, end] and records[-1]["step"] == end
+
+    # Interrupted half-way (a checkpoint past the target step, before the end): it resumes to the same end.
+    resumed = tmp_path / "b"
+    first = train_and_evaluate(digits_config(str(resumed), **dict(overrides, **{"early_stop.horizon_factor": 0.0})))
+    assert first["total_steps"] == target
+    # Same run (same config apart from the rule), continued with the horizon rule from its checkpoint.
+    config = digits_config(str(resumed), **overrides)
+    with open(resumed / "config.json") as f:
+        saved = json.load(f)
+    saved["early_stop"]["horizon_factor"] = 3.0
+    with open(resumed / "config.json", "w") as f:
+        json.dump(saved, f)
+    os.remove(resumed / "summary.json")
+    again = train_and_evaluate(config)
+    assert again["resumed_from_step"] == target and again["total_steps"] == end
+
+
+def test_early_stop_floor_ends_the_run_below_a_loss():
+    rule = EarlyStop(metric="train/accuracy", at_least=0.99, horizon_factor=3.0, below_metric="train/loss", below=1e-3)
+    assert not rule.update(10, {"train/accuracy": 0.5, "train/loss": 0.7})
+    assert not rule.update(20, {"train_step/loss": 0.1})  # a log-only record meets nothing
+    assert not rule.update(40, {"train/accuracy": 0.995, "train/loss": 0.01}) and rule.target_step == 40
+    assert rule.horizon_end == 120
+    assert not rule.update(80, {"train/accuracy": 0.98, "train/loss": 0.002})  # the target step stays 40
+    assert rule.update(90, {"train/accuracy": 1.0, "train/loss": 9e-4})  # the floor comes first
+    late = EarlyStop(metric="train/accuracy", at_least=0.99, horizon_factor=3.0)
+    assert late.replay([{"step": 0, "train/accuracy": 0.1}, {"step": 7, "train/accuracy": 0.99}]) is False
+    assert late.update(21, {}) and late.horizon_end == 21
+    assert EarlyStop(below_metric="val/nll", below=0.5).update(3, {"val/nll": 0.4})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"early_stop.horizon_factor": 0.5, "early_stop.metric": "train/accuracy"}, "horizon_factor"),
+        ({"early_stop.horizon_factor": 2.0}, "no target to follow"),
+        ({"early_stop.below_metric": "loss"}, "early_stop.below_metric"),
+    ],
+)
+def test_bad_early_stop_rules_are_clear_errors(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(digits_config(str(tmp_path), **overrides))
 
 
 def test_padding_and_test_size_reach_the_run(tmp_path):

@@ -10,9 +10,16 @@ streamed from them (:func:`open_array_record`; the ``streaming`` extra).
 from sam_jax.data.array_record_format import ArrayRecordMetadata, read_metadata as read_array_record_metadata
 from sam_jax.data.array_record_writer import write_array_record
 from sam_jax.data.augment import augment_batch, cutout, random_crop, random_crop_and_flip, random_flip
-from sam_jax.data.catalog import CIFAR10_CORRUPTIONS, DATASETS, NUM_CLASSES
+from sam_jax.data.catalog import CIFAR10_CORRUPTIONS, DATASETS, DISPLAY_NAMES, NUM_CLASSES
 from sam_jax.data.dataset import ArrayDataset
 from sam_jax.data.debian import ensure_debian_fashion_mnist
+from sam_jax.data.image_archive import (
+    ARCHIVES,
+    ArchiveSpec,
+    decode_image_archive,
+    default_cache_dir,
+    read_image_archive,
+)
 from sam_jax.data.image_folder import image_folder_classes, read_image_folder
 from sam_jax.data.padding import pad_to_size
 from sam_jax.data.normalization import Normalizer, fit_normalizer, normalize
@@ -30,16 +37,21 @@ from sam_jax.data.splits import subset, train_val_split
 from sam_jax.data.streamed import StreamedImages, open_array_record
 
 __all__ = [
+    "ARCHIVES",
+    "ArchiveSpec",
     "ArrayDataset",
     "ArrayRecordMetadata",
     "CIFAR10_CORRUPTIONS",
     "DATASETS",
     "DATA_DIR_ENV",
+    "DISPLAY_NAMES",
     "NUM_CLASSES",
     "Normalizer",
     "StreamedImages",
     "augment_batch",
     "cutout",
+    "decode_image_archive",
+    "default_cache_dir",
     "ensure_debian_fashion_mnist",
     "epoch_permutation",
     "eval_batches",
@@ -57,6 +69,7 @@ __all__ = [
     "read_array_record_metadata",
     "read_cifar10_corrupted",
     "read_cifar_pickle_dir",
+    "read_image_archive",
     "read_image_folder",
     "read_idx",
     "read_idx_dataset",

@@ -6,6 +6,7 @@ DATASETS: tuple[str, ...] = (
     "mnist",
     "fashion_mnist",
     "cifar10",
+    "cifar10_jpeg",
     "cifar100",
     "svhn",
     "digits",
@@ -16,10 +17,24 @@ NUM_CLASSES: dict[str, int] = {
     "mnist": 10,
     "fashion_mnist": 10,
     "cifar10": 10,
+    "cifar10_jpeg": 10,
     "cifar100": 100,
     "svhn": 10,
     "digits": 10,
     "cifar10_corrupted": 10,
+}
+
+# How results on each dataset are labelled in reports and figure titles. CIFAR-10 re-encoded as JPEG
+# (quality 75) is not CIFAR-10: its results are never labelled plain "CIFAR-10".
+DISPLAY_NAMES: dict[str, str] = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "cifar10_jpeg": "CIFAR-10 (JPEG q75)",
+    "cifar100": "CIFAR-100",
+    "svhn": "SVHN",
+    "digits": "digits (scikit-learn)",
+    "cifar10_corrupted": "CIFAR-10-C",
 }
 
 # File stems of the CIFAR-10-C release (Hendrycks & Dietterich, 2019): 15 benchmark

@@ -16,6 +16,7 @@ from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing, loss_hparam_de
 from sam_jax.models import MODELS
 from sam_jax.training.distributed import default_distributed_config, validate_distributed_config
 from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
+from sam_jax.training.stopping import validate_early_stop
 
 SCHEDULES = ("constant", "cosine", "step")
 # in_memory: load_dataset(data.name) into arrays; array_record: stream from data.array_record_dir (docs/data.md).
@@ -66,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "fashion_mnist"
     config.data.data_dir = ""  # "" = resolution order of sam_jax.data (SAM_JAX_DATA_DIR, TFDS, Debian)
+    config.data.cache_dir = ""  # decoded image-folder archives ("" = $SAM_JAX_CACHE_DIR, else ~/.cache/sam_jax)
     config.data.train_size = 0  # examples kept for training (0 = all that remain after validation)
     config.data.val_size = 5000  # held out from the train split (temperature scaling, validation metrics)
     config.data.test_size = 0  # the first examples of the test split kept (0 = all; smoke runs)
@@ -96,9 +98,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0 = at the end of every epoch
     # Also evaluate (and track curvature) at steps round(10 ** (i / n)), i = 0, 1, ... (0 = off).
     config.eval_points_per_decade = 0
-    # Stop at the first evaluation where `metric` (a metrics.jsonl key, e.g. "train/accuracy")
-    # is >= `at_least`; num_steps / num_epochs is then the cap. "" = off.
-    config.early_stop = ml_collections.ConfigDict({"metric": "", "at_least": 0.0})
+    # Early stop (sam_jax.training.stopping; num_steps / num_epochs is then the cap; "" = off): end at the
+    # first evaluation where `metric` (a metrics.jsonl key, e.g. "train/accuracy") is >= `at_least`, or,
+    # with horizon_factor >= 1, at ceil(horizon_factor x that step); also end at the first evaluation
+    # where `below_metric` (e.g. "train/loss") is < `below`.
+    config.early_stop = ml_collections.ConfigDict(
+        {"metric": "", "at_least": 0.0, "horizon_factor": 0.0, "below_metric": "", "below": 0.0}
+    )
     config.eval_at_start = True  # evaluation, curvature and user hooks also run on the initial parameters
     config.eval_batch_size = 1000
     config.eval_train_size = 5000  # train examples in the train-set evaluation (0 = all)
@@ -270,13 +276,8 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
             fail(f"{field}={config[field]} must be > 0.")
     if config.eval_every_steps < 0 or config.eval_train_size < 0 or config.eval_points_per_decade < 0:
         fail("eval_every_steps, eval_points_per_decade and eval_train_size must be >= 0.")
-    if set(config.early_stop.keys()) != {"metric", "at_least"} or not isinstance(config.early_stop.metric, str):
-        fail(f"early_stop={config.early_stop.to_dict()} must have exactly a string 'metric' and a number 'at_least'.")
-    if config.early_stop.metric and "/" not in config.early_stop.metric:
-        fail(
-            f"early_stop.metric={config.early_stop.metric!r} is not an evaluation metric; use a "
-            "metrics.jsonl key such as 'train/accuracy' or 'val/nll'."
-        )
+    for problem in validate_early_stop(config.early_stop):
+        fail(problem)
     for field in ("resume", "overwrite", "donate_state"):
         if not isinstance(config[field], bool):
             fail(f"{field}={config[field]!r} must be True or False.")

@@ -56,9 +56,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
     if cfg.format == "array_record":
         full_train, test = _open_streamed(cfg, "train"), _open_streamed(cfg, "test")
     else:
-        data_dir = cfg.data_dir or None
-        full_train = data.load_dataset(cfg.name, "train", data_dir=data_dir)
-        test = data.load_dataset(cfg.name, "test", data_dir=data_dir)
+        where = {"data_dir": cfg.data_dir or None, "cache_dir": cfg.cache_dir or None}
+        full_train = data.load_dataset(cfg.name, "train", **where)
+        test = data.load_dataset(cfg.name, "test", **where)
         if cfg.pad_to:
             full_train, test = data.pad_to_size(full_train, cfg.pad_to), data.pad_to_size(test, cfg.pad_to)
     if cfg.test_size:

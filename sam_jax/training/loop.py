@@ -45,6 +45,7 @@ from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import donating_train_step, make_eval_step, make_train_step
+from sam_jax.training.stopping import EarlyStop
 from sam_jax.training.workdir import prepare_workdir
 from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
@@ -92,12 +93,6 @@ def log_spaced_steps(points_per_decade: int, max_step: int) -> frozenset[int]:
     count = int(np.ceil(np.log10(max(max_step, 1)) * points_per_decade)) + 1
     steps = np.round(10.0 ** (np.arange(count) / points_per_decade)).astype(int)
     return frozenset(int(s) for s in steps if s <= max_step)
-
-
-def early_stop_reached(config: ml_collections.ConfigDict, record: Mapping[str, Any]) -> bool:
-    """Whether ``record`` (one step's metrics) meets ``config.early_stop``; never when it is off."""
-    metric = config.early_stop.metric
-    return bool(metric) and metric in record and record[metric] >= config.early_stop.at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,8 +556,9 @@ def _train(
     rows = _process_rows(batch_sharding, run.batch_size)
     shuffle = not run.optimizer.full_batch
     step, pending, window, stopped = start_step, None, [], False
+    early_stop = EarlyStop.from_config(config.early_stop)
     # A run interrupted after its early stop (checkpoint saved, summary not yet written) ends there.
-    if start_step > 0 and any(early_stop_reached(config, r) for r in read_metrics(workdir) if r["step"] == start_step):
+    if start_step > 0 and early_stop.replay(r for r in read_metrics(workdir) if r["step"] <= start_step):
         return start_step, start_step
     progress = tqdm(
         total=run.total_steps,
@@ -594,7 +590,7 @@ def _train(
                     if run.loss.epoch_split is not None and step % run.steps_per_epoch == 0:
                         state = _end_of_epoch_loss_update(run, state)
                     preempted = watcher.should_stop(step)
-                    last = step == run.total_steps
+                    last = step == run.total_steps or step == early_stop.horizon_end
                     due = [h for h in all_hooks if h.due(step) or last]
                     save = step % config.checkpoint_every_steps == 0 or last or preempted
                     log = step % config.log_every_steps == 0 or last or preempted
@@ -608,7 +604,7 @@ def _train(
                         window = []
                     for hook in due:
                         record.update(hook.fn(state))
-                    if early_stop_reached(config, record):
+                    if early_stop.update(step, record):
                         # The stopping step is the run's last: every hook reports on it.
                         for hook in all_hooks:
                             if hook not in due:
