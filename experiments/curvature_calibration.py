@@ -40,7 +40,7 @@ from sam_jax.analysis import (
     trajectory_correlation,
 )
 from sam_jax.calibration import mse_optimum_confidence
-from sam_jax.data import NUM_CLASSES
+from sam_jax.data import DISPLAY_NAMES, NUM_CLASSES
 from sam_jax.curvature import gauss_newton_operator, ritz_pairs
 from sam_jax.losses import get_loss
 from sam_jax.training import Run, read_metrics
@@ -84,6 +84,8 @@ PAPER_TABLE1 = {
         "sam": (0.98, 0.01),
     },
 }
+# Train accuracy that counts as interpolating the train subset (variants before_99 and from_99).
+INTERPOLATION_ACCURACY = 0.99
 # Train accuracy below which a step is "well before convergence" (variant pre_interpolation).
 PRE_INTERPOLATION_ACCURACY = 0.95
 # Fraction of a run's steps that variant after_first_5pct drops.
@@ -95,25 +97,90 @@ LATE_DIP_ACCURACY = 0.8
 FIRST_STEP_REACHED = f"first_step_at_train_accuracy_{PRE_INTERPOLATION_ACCURACY:g}"
 LOWEST_ACCURACY_AFTER = f"lowest_train_accuracy_after_{PRE_INTERPOLATION_ACCURACY:g}"
 HIGHEST_ECE_AFTER = f"highest_train_ece_after_{PRE_INTERPOLATION_ACCURACY:g}"
-# The report's Table 1 variants: (description, sharpness key, window).
-Window = Callable[[Sequence[Mapping[str, Any]]], Optional[Callable[[Mapping[str, Any]], bool]]]
+# The report's Table 1 variants: (description, sharpness key, window). A window takes a run's records
+# and its config and returns the filter of the records it keeps (None = all).
+RecordFilter = Optional[Callable[[Mapping[str, Any]], bool]]
+Window = Callable[[Sequence[Mapping[str, Any]], ml_collections.ConfigDict], RecordFilter]
 
 
-def _whole(records: Sequence[Mapping[str, Any]]) -> None:
+def _whole(records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict) -> None:
     return None
 
 
-def _after_early_steps(records: Sequence[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], bool]:
+def _after_early_steps(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
     last = max(r["step"] for r in records)
     return lambda r: r["step"] >= EARLY_FRACTION * last
 
 
-def _before_interpolation(records: Sequence[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], bool]:
+def _before_interpolation(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
     return lambda r: r.get("train/accuracy", 1.0) < PRE_INTERPOLATION_ACCURACY
+
+
+def _regular(config: ml_collections.ConfigDict) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a record is at one of the run's evenly spaced evaluation steps (multiples of
+    ``eval_every_steps``), as opposed to its log-spaced early points."""
+    every = config.eval_every_steps
+    return lambda r: every > 0 and r["step"] % every == 0
+
+
+def _evenly_spaced(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
+    return _regular(config)
+
+
+def _log_spaced_only(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
+    regular = _regular(config)
+    return lambda r: not regular(r)
+
+
+def first_step_at(records: Sequence[Mapping[str, Any]], accuracy: float) -> Optional[int]:
+    """The first evaluated step whose train accuracy is >= ``accuracy`` (None if none)."""
+    return next((int(r["step"]) for r in records if r.get("train/accuracy", -1.0) >= accuracy), None)
+
+
+def _before_target(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
+    first = first_step_at(records, INTERPOLATION_ACCURACY)
+    return lambda r: first is None or r["step"] < first
+
+
+def _from_target(
+    records: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict
+) -> Callable[[Mapping[str, Any]], bool]:
+    first = first_step_at(records, INTERPOLATION_ACCURACY)
+    return lambda r: first is not None and r["step"] >= first
 
 
 VARIANTS: dict[str, tuple[str, str, Window]] = {
     "full": ("the whole trajectory", GN_SHARPNESS, _whole),
+    "evenly_spaced": (
+        "evenly spaced steps only (every eval_every_steps; the log-spaced early points left out)",
+        GN_SHARPNESS,
+        _evenly_spaced,
+    ),
+    "log_spaced_points": (
+        "the log-spaced early points only (the evenly spaced steps left out)",
+        GN_SHARPNESS,
+        _log_spaced_only,
+    ),
+    "before_99": (
+        f"before the step that first reached train accuracy {INTERPOLATION_ACCURACY}",
+        GN_SHARPNESS,
+        _before_target,
+    ),
+    "from_99": (
+        f"from the step that first reached train accuracy {INTERPOLATION_ACCURACY} on (runs that never did: none)",
+        GN_SHARPNESS,
+        _from_target,
+    ),
     "after_first_5pct": (
         f"without the first {EARLY_FRACTION:.0%} of each run's steps",
         GN_SHARPNESS,
@@ -144,15 +211,33 @@ REPORT_KEYS = (
 )
 
 
+def _summary(job: Job) -> dict[str, Any]:
+    """The job's ``summary.json`` ({} while it has none)."""
+    path = os.path.join(job.workdir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def _load(job: Job) -> tuple[list[dict[str, Any]], bool]:
     """The job's metric records and whether it diverged; no records when it never started."""
     if not os.path.exists(os.path.join(job.workdir, METRICS_FILE)):
         return [], False
-    diverged = False
-    if os.path.exists(os.path.join(job.workdir, SUMMARY_FILE)):
-        with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
-            diverged = bool(json.load(f).get("diverged", False))
-    return read_metrics(job.workdir), diverged
+    return read_metrics(job.workdir), bool(_summary(job).get("diverged", False))
+
+
+def _stop_reason(config: ml_collections.ConfigDict, records: Sequence[Mapping[str, Any]], last: int) -> str:
+    """Why a finished run ended at step ``last``: its early-stop rule (target, horizon, loss floor) or the cap."""
+    rule = config.early_stop
+    final = next((r for r in reversed(records) if r["step"] == last and rule.below_metric in r), {})
+    if rule.below_metric and final.get(rule.below_metric, math.inf) < rule.below:
+        return f"{rule.below_metric} < {rule.below:g}"
+    if last >= config.num_steps:
+        return "step cap"
+    if rule.metric and rule.get("horizon_factor", 0):
+        return f"{rule.horizon_factor:g} x first step at {rule.metric} >= {rule.at_least:g}"
+    return f"{rule.metric} >= {rule.at_least:g}" if rule.metric else "step cap"
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -176,12 +261,21 @@ def _group_runs(jobs: Sequence[Job], records: dict[str, list], loss: str) -> dic
 def _table(jobs: Sequence[Job], records: dict[str, list], loss: str, variant: str = "full") -> list[dict[str, Any]]:
     """Table 1 cells for one loss and variant: one row per (group, split, metric)."""
     _, sharpness, window = VARIANTS[variant]
+    by_group: dict[str, dict[float, list[Job]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for job in jobs:
+        if job.config.loss.name == loss and records[job.name]:
+            by_group[job.group][job.config.optimizer.learning_rate].append(job)
     rows = []
-    for group, runs_by_lr in _group_runs(jobs, records, loss).items():
+    for group, jobs_by_lr in by_group.items():
         for split, metric in TABLE_ROWS:
             correlations = {
-                lr: [trajectory_correlation(r, f"{split}/{metric}", sharpness, window(r)) for r in runs]
-                for lr, runs in runs_by_lr.items()
+                lr: [
+                    trajectory_correlation(
+                        records[j.name], f"{split}/{metric}", sharpness, window(records[j.name], j.config)
+                    )
+                    for j in runs
+                ]
+                for lr, runs in jobs_by_lr.items()
             }
             mean, std, n = mean_std_over_learning_rates(correlations)
             rows.append(
@@ -194,7 +288,7 @@ def _table(jobs: Sequence[Job], records: dict[str, list], loss: str, variant: st
                     "mean": mean,
                     "std": std,
                     "num_learning_rates": n,
-                    "seeds": max(len(runs) for runs in runs_by_lr.values()),
+                    "seeds": max(len(runs) for runs in jobs_by_lr.values()),
                 }
             )
     return rows
@@ -251,7 +345,7 @@ def _after_reaching(records: Sequence[Mapping[str, Any]], accuracy: float) -> tu
     """The first step with train accuracy >= ``accuracy``, then the lowest train accuracy and the
     highest train ECE at the records after it (NaN where the run never got there)."""
     evaluated = [r for r in records if "train/accuracy" in r]
-    first = next((r["step"] for r in evaluated if r["train/accuracy"] >= accuracy), None)
+    first = first_step_at(evaluated, accuracy)
     if first is None:
         return math.nan, math.nan, math.nan
     later = [r for r in evaluated if r["step"] > first]
@@ -292,6 +386,8 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
         ]
         accuracy = _value_at(records, "train/accuracy", last)
         reached, lowest_after, highest_ece_after = _after_reaching(records, PRE_INTERPOLATION_ACCURACY)
+        interpolated_at = first_step_at(records, INTERPOLATION_ACCURACY)
+        summary = _summary(job)
         target = job.config.early_stop.at_least if job.config.early_stop.metric else math.nan
         rows.append(
             {
@@ -307,6 +403,12 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 "final_train_accuracy": accuracy,
                 "interpolated": accuracy >= target,
                 "final_train_ece": _value_at(records, "train/ece", last),
+                "final_train_loss": _value_at(records, "train/loss", last),
+                f"first_step_at_train_accuracy_{INTERPOLATION_ACCURACY:g}": (
+                    math.nan if interpolated_at is None else interpolated_at
+                ),
+                "stop_reason": _stop_reason(job.config, records, last) if job.done and not diverged else "",
+                "wall_time_s": summary.get("wall_time_s", math.nan),
                 FIRST_STEP_REACHED: reached,
                 LOWEST_ACCURACY_AFTER: lowest_after,
                 HIGHEST_ECE_AFTER: highest_ece_after,
@@ -462,7 +564,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     clean = {name: ([] if bad else records) for name, (records, bad) in loaded.items()}
     records = {name: records for name, (records, _) in loaded.items()}
 
-    dataset = config.data.name
+    dataset = DISPLAY_NAMES[config.data.name]
     losses = list(dict.fromkeys(job.config.loss.name for job in jobs))
     table_rows, sections = [], []
     for variant, (description, _, _) in VARIANTS.items():
@@ -477,7 +579,8 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         f"Pearson correlation of ECE / KCE with GN sharpness over each training trajectory, "
         f"mean ± std (ddof=0) over learning rates (seeds averaged first); {dataset}, "
         f"MLP 2x200 tanh, {config.data.train_size} train / {config.data.val_size} validation. "
-        "The paper's columns are its Table 1 (CIFAR-10, whole trajectory); 'validation' is its 'Test'."
+        "The paper's columns are its Table 1 (CIFAR-10, the original, whole trajectory); 'validation' is its "
+        "'Test'."
     ]
     if diverged:
         notes.append("Diverged (left out of the table, partial curves in the figures): " + ", ".join(diverged))

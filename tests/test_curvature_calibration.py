@@ -14,12 +14,13 @@ import scipy.stats
 
 from experiments import curvature_calibration as driver
 from experiments import grid
-from experiments.configs.curvature_calibration import get_config
+from experiments.configs.curvature_calibration import CIFAR10_EOS_LEARNING_RATES, get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, validate_config
 from sam_jax.training.loop import log_spaced_steps
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def _quick(workdir) -> ml_collections.ConfigDict:
@@ -228,7 +229,7 @@ def _synthetic_records(rng, steps, ece_scale, noise):
                 "val/ece": float(rng.normal()),
                 "val/kce": float(rng.normal()),
                 "train/loss": 1.0,
-                "train/accuracy": float(step / steps[-1]),
+                "train/accuracy": float(min(1.0, 0.5 + step / (1.4 * steps[-1]))),
                 "train/mean_margin": 0.1,
                 "val/loss": 1.0,
                 "val/accuracy": 0.5,
@@ -287,10 +288,19 @@ def test_mean_std_over_learning_rates():
     assert all(math.isnan(v) for v in mean_std_over_learning_rates({0.1: [float("nan")]})[:2])
 
 
-def _expected_correlation(records, variant, split_metric):
+def _expected_correlation(records, variant, split_metric, eval_every):
     """Table 1 entry of one run by hand: the variant's window and sharpness, then scipy's Pearson."""
     rows = [r for r in records if split_metric in r]
     last = max(r["step"] for r in records)
+    first_99 = min(r["step"] for r in rows if r["train/accuracy"] >= 0.99)
+    if variant == "evenly_spaced":
+        rows = [r for r in rows if r["step"] % eval_every == 0]
+    if variant == "log_spaced_points":
+        rows = [r for r in rows if r["step"] % eval_every != 0]
+    if variant == "before_99":
+        rows = [r for r in rows if r["step"] < first_99]
+    if variant == "from_99":
+        rows = [r for r in rows if r["step"] >= first_99]
     if variant == "after_first_5pct":
         rows = [r for r in rows if r["step"] >= 0.05 * last]
     if variant == "pre_interpolation":
@@ -303,6 +313,7 @@ def test_report_table_matches_scipy(tmp_path):
     config = _quick(tmp_path)
     config.grid.seeds = (0, 1)
     config.grid.optimizers.sgd.learning_rates = (0.05, 0.1)
+    config.eval_every_steps = 10  # records every 5 steps: the odd multiples play the log-spaced points
     jobs = grid.expand_grid(config)
     rng = np.random.default_rng(2)
     expected = {}
@@ -312,17 +323,17 @@ def test_report_table_matches_scipy(tmp_path):
         with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         for variant in driver.VARIANTS:
-            key = (variant, job.config.loss.name, job.group)
-            value = _expected_correlation(records, variant, "train/ece")
-            expected.setdefault(key, {}).setdefault(job.config.optimizer.learning_rate, []).append(value)
+            for split, metric in driver.TABLE_ROWS:
+                key = (variant, job.config.loss.name, job.group, split, metric)
+                value = _expected_correlation(records, variant, f"{split}/{metric}", config.eval_every_steps)
+                expected.setdefault(key, {}).setdefault(job.config.optimizer.learning_rate, []).append(value)
     out = driver.report(config, jobs)
     with open(os.path.join(out, "table1.csv")) as f:
         table = list(csv.DictReader(f))
     checked = 0
     for row in table:
-        if (row["split"], row["metric"]) != ("train", "ece"):
-            continue
-        per_rate = np.array([np.mean(v) for v in expected[(row["variant"], row["loss"], row["optimizer"])].values()])
+        key = (row["variant"], row["loss"], row["optimizer"], row["split"], row["metric"])
+        per_rate = np.array([np.mean(v) for v in expected[key].values()])
         assert float(row["mean"]) == pytest.approx(per_rate.mean(), abs=1e-9)
         assert float(row["std"]) == pytest.approx(per_rate.std(), abs=1e-9)
         checked += 1
@@ -390,11 +401,21 @@ def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_
             assert len(points) >= 40, (job.name, last, len(points))
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="needs the Debian Fashion-MNIST package")
-def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisation():
-    """2/lr > lambda_0 for every plain-gradient learning rate of the faithful preset, with lambda_0
+@pytest.mark.parametrize(
+    "preset, data_present, seeds",
+    [
+        ("faithful", os.path.isdir(FASHION_MNIST_DIR), (0, 1, 2)),
+        # One seed in the suite (a CIFAR-10 (JPEG) lambda_0 costs about 30 s here); docs give all three.
+        ("faithful_cifar10", os.path.isfile(os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")), (0,)),
+    ],
+)
+def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisation(preset, data_present, seeds):
+    """2/lr > lambda_0 for every plain-gradient learning rate of a faithful preset, with lambda_0
     the GN sharpness of each seed's own initialisation on its whole training subset, per loss."""
-    config = get_config("faithful")
+    if not data_present:
+        pytest.skip(f"needs the data of preset {preset}")
+    config = get_config(preset)
+    config.data.data_dir = SHARED_DATA
     jobs = grid.expand_grid(config)
     assert {job.config.curvature.subset_size for job in jobs} == {0}  # tracked on the whole subset
     largest = {}
@@ -404,12 +425,33 @@ def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisati
             largest[key] = max(largest.get(key, 0.0), job.config.optimizer.learning_rate)
     assert {seed for _, seed in largest} == {0, 1, 2} and {loss for loss, _ in largest} == {"cross_entropy", "mse"}
     run_data = load_run_data(jobs[0].config)
-    for seed in (0, 1, 2):
+    for seed in seeds:
         job = next(j for j in jobs if j.config.seed == seed)
         measured = driver.initial_sharpness(build_run(job.config, run_data), ("cross_entropy", "mse"))
         for loss, lambda_0 in measured.items():
             assert 2 / largest[(loss, seed)] > lambda_0, (loss, seed, lambda_0)
             assert lambda_0 > (10 if loss == "cross_entropy" else 100)  # a real measurement, not 0
+
+
+def test_run_order_puts_whole_seeds_of_the_priority_groups_first(tmp_path):
+    """faithful_cifar10's order: every (optimizer, rate) of SGD, SAM, GD at seed 0 (in that order),
+    then seed 1, then seed 2, then the other cross-entropy groups seed by seed, then MSE."""
+    config = get_config("faithful_cifar10")
+    config.workdir = str(tmp_path)
+    order = driver.run_order(grid.expand_grid(config), config.grid.priority)
+    head = order[: 3 * 3 * 4]
+    assert [(j.config.seed, j.group) for j in head[:12]] == [(0, g) for g in ("sgd", "sam", "gd") for _ in range(4)]
+    assert [j.config.seed for j in head] == [0] * 12 + [1] * 12 + [2] * 12
+    assert {j.config.loss.name for j in head} == {"cross_entropy"}
+    assert {j.config.optimizer.learning_rate for j in head} == set(CIFAR10_EOS_LEARNING_RATES)
+    # Then seed by seed: within a seed, the other cross-entropy groups (AdamW, Muon, BulkSGD) before MSE.
+    rest = [(j.config.seed, j.config.loss.name != "cross_entropy") for j in order[len(head) :]]
+    assert rest == sorted(rest)
+    assert {j.group for j in order[len(head) :] if j.config.seed == 0 and j.config.loss.name == "cross_entropy"} >= {
+        "adamw",
+        "muon",
+        "bulk_sgd_k1",
+    }
 
 
 # --- end to end on real data --------------------------------------------------------------------------
@@ -474,3 +516,42 @@ def test_quick_preset_end_to_end(tmp_path):
         (mse,) = list(csv.DictReader(f))
     assert float(mse["optimum_confidence"]) == pytest.approx(math.e / (math.e + 9))
     assert 0 < float(mse["train_confidence"]) <= 1
+
+
+def test_runs_csv_says_why_each_run_stopped(tmp_path):
+    """runs.csv under the horizon rule: final train loss, the first step at 0.99 train accuracy, the
+    stop reason (loss floor, horizon, step cap) and the wall time, by hand on three finished runs."""
+    config = _quick(tmp_path)
+    config.num_steps = 100
+    config.early_stop.metric = "train/accuracy"
+    config.early_stop.at_least = 0.99
+    config.early_stop.horizon_factor = 3.0
+    config.early_stop.below_metric = "train/loss"
+    config.early_stop.below = 1e-3
+    config.grid.seeds = (0,)
+    config.grid.optimizers.sgd.learning_rates = (0.05, 0.1, 0.2)
+    jobs = [job for job in grid.expand_grid(config) if job.group == "sgd" and job.config.loss.name == "cross_entropy"]
+    runs = {  # learning rate: (steps, accuracies, losses, wall time)
+        0.05: ((0, 10, 20, 30), (0.5, 0.99, 1.0, 1.0), (1.0, 0.1, 0.01, 0.005), 12.5),
+        0.1: ((0, 10, 20), (0.5, 0.995, 1.0), (1.0, 0.01, 5e-4), 7.0),
+        0.2: ((0, 50, 100), (0.5, 0.9, 0.98), (1.0, 0.5, 0.2), 30.0),
+    }
+    for job in jobs:
+        steps, accuracies, losses, wall = runs[job.config.optimizer.learning_rate]
+        os.makedirs(job.workdir)
+        with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
+            for step, accuracy, loss in zip(steps, accuracies, losses):
+                record = {"step": step, "train/accuracy": accuracy, "train/loss": loss, "train/ece": 0.1}
+                f.write(json.dumps({**record, "curvature/gauss_newton_top1": 5.0 + step}) + "\n")
+        with open(os.path.join(job.workdir, "summary.json"), "w") as f:
+            json.dump({"total_steps": steps[-1], "wall_time_s": wall}, f)
+    out = driver.report(config, jobs)
+    with open(os.path.join(out, "runs.csv")) as f:
+        rows = {float(r["learning_rate"]): r for r in csv.DictReader(f)}
+    assert rows[0.05]["stop_reason"] == "3 x first step at train/accuracy >= 0.99"
+    assert float(rows[0.05]["first_step_at_train_accuracy_0.99"]) == 10
+    assert float(rows[0.05]["final_train_loss"]) == pytest.approx(0.005)
+    assert float(rows[0.05]["wall_time_s"]) == 12.5
+    assert rows[0.1]["stop_reason"] == "train/loss < 0.001"
+    assert rows[0.2]["stop_reason"] == "step cap"
+    assert math.isnan(float(rows[0.2]["first_step_at_train_accuracy_0.99"]))
