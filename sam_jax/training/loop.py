@@ -511,6 +511,8 @@ def train_and_evaluate(
         "num_test": len(run.data.test.labels),
         "num_devices": run.mesh.size,
         "num_processes": jax.process_count(),
+        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
+        "host_cpu_count": os.cpu_count(),
     }
     writer.write_summary(summary)
     return summary
