@@ -409,6 +409,7 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 ),
                 "stop_reason": _stop_reason(job.config, records, last) if job.done and not diverged else "",
                 "wall_time_s": summary.get("wall_time_s", math.nan),
+                "device": summary.get("device", ""),
                 FIRST_STEP_REACHED: reached,
                 LOWEST_ACCURACY_AFTER: lowest_after,
                 HIGHEST_ECE_AFTER: highest_ece_after,
