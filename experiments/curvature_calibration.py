@@ -410,6 +410,8 @@ def _run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list
                 "stop_reason": _stop_reason(job.config, records, last) if job.done and not diverged else "",
                 "wall_time_s": summary.get("wall_time_s", math.nan),
                 "device": summary.get("device", ""),
+                # wall_time_s is the last process's: a job resumed at step > 0 ran longer in all.
+                "resumed_from_step": summary.get("resumed_from_step", math.nan),
                 FIRST_STEP_REACHED: reached,
                 LOWEST_ACCURACY_AFTER: lowest_after,
                 HIGHEST_ECE_AFTER: highest_ece_after,
