@@ -563,8 +563,10 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     if len(missing) == len(jobs):
         raise ValueError(f"No job of the grid has metrics under {config.workdir}; run --mode=run first.")
     diverged = [name for name, (_, bad) in loaded.items() if bad]
-    # Diverged runs stay in the figures (up to divergence) but not in the correlations.
-    clean = {name: ([] if bad else records) for name, (records, bad) in loaded.items()}
+    in_progress = [job.name for job in jobs if loaded[job.name][0] and not job.done]
+    # Diverged and unfinished runs stay in the figures (as far as they got) but not in the correlations.
+    left_out = set(diverged) | set(in_progress)
+    clean = {name: ([] if name in left_out else records) for name, (records, _) in loaded.items()}
     records = {name: records for name, (records, _) in loaded.items()}
 
     dataset = DISPLAY_NAMES[config.data.name]
@@ -587,6 +589,8 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     ]
     if diverged:
         notes.append("Diverged (left out of the table, partial curves in the figures): " + ", ".join(diverged))
+    if in_progress:
+        notes.append("Still training (left out of the table, partial curves in the figures): " + ", ".join(in_progress))
     if missing:
         notes.append("Not run yet (left out): " + ", ".join(missing))
     with open(os.path.join(out, "table1.md"), "w") as f:

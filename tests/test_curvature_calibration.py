@@ -322,6 +322,8 @@ def test_report_table_matches_scipy(tmp_path):
         os.makedirs(job.workdir)
         with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
+        with open(os.path.join(job.workdir, "summary.json"), "w") as f:
+            json.dump({"total_steps": records[-1]["step"]}, f)
         for variant in driver.VARIANTS:
             for split, metric in driver.TABLE_ROWS:
                 key = (variant, job.config.loss.name, job.group, split, metric)
@@ -529,9 +531,10 @@ def test_runs_csv_says_why_each_run_stopped(tmp_path):
     config.early_stop.below_metric = "train/loss"
     config.early_stop.below = 1e-3
     config.grid.seeds = (0,)
-    config.grid.optimizers.sgd.learning_rates = (0.05, 0.1, 0.2)
+    config.grid.optimizers.sgd.learning_rates = (0.05, 0.1, 0.2, 0.4)
     jobs = [job for job in grid.expand_grid(config) if job.group == "sgd" and job.config.loss.name == "cross_entropy"]
-    runs = {  # learning rate: (steps, accuracies, losses, wall time)
+    runs = {  # learning rate: (steps, accuracies, losses, wall time; None: still training)
+        0.4: ((0, 10, 20), (0.5, 0.6, 0.7), (1.0, 0.9, 0.8), None),
         0.05: ((0, 10, 20, 30), (0.5, 0.99, 1.0, 1.0), (1.0, 0.1, 0.01, 0.005), 12.5),
         0.1: ((0, 10, 20), (0.5, 0.995, 1.0), (1.0, 0.01, 5e-4), 7.0),
         0.2: ((0, 50, 100), (0.5, 0.9, 0.98), (1.0, 0.5, 0.2), 30.0),
@@ -541,11 +544,17 @@ def test_runs_csv_says_why_each_run_stopped(tmp_path):
         os.makedirs(job.workdir)
         with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
             for step, accuracy, loss in zip(steps, accuracies, losses):
-                record = {"step": step, "train/accuracy": accuracy, "train/loss": loss, "train/ece": 0.1}
+                record = {"step": step, "train/accuracy": accuracy, "train/loss": loss, "train/ece": 1 - accuracy}
                 f.write(json.dumps({**record, "curvature/gauss_newton_top1": 5.0 + step}) + "\n")
-        with open(os.path.join(job.workdir, "summary.json"), "w") as f:
-            json.dump({"total_steps": steps[-1], "wall_time_s": wall}, f)
+        if wall is not None:
+            with open(os.path.join(job.workdir, "summary.json"), "w") as f:
+                json.dump({"total_steps": steps[-1], "wall_time_s": wall}, f)
     out = driver.report(config, jobs)
+    with open(os.path.join(out, "table1.md")) as f:
+        assert "Still training (left out of the table, partial curves in the figures): " + jobs[-1].name in f.read()
+    with open(os.path.join(out, "table1.csv")) as f:
+        cells = {(r["variant"], r["optimizer"], r["split"], r["metric"]): r for r in csv.DictReader(f)}
+    assert int(cells[("full", "sgd", "train", "ece")]["num_learning_rates"]) == 3
     with open(os.path.join(out, "runs.csv")) as f:
         rows = {float(r["learning_rate"]): r for r in csv.DictReader(f)}
     assert rows[0.05]["stop_reason"] == "3 x first step at train/accuracy >= 0.99"
@@ -555,3 +564,4 @@ def test_runs_csv_says_why_each_run_stopped(tmp_path):
     assert rows[0.1]["stop_reason"] == "train/loss < 0.001"
     assert rows[0.2]["stop_reason"] == "step cap"
     assert math.isnan(float(rows[0.2]["first_step_at_train_accuracy_0.99"]))
+    assert rows[0.4]["stop_reason"] == "" and rows[0.4]["finished"] == "False"
