@@ -144,3 +144,13 @@ class GSAMTest(chex.TestCase):
             optim.gsam_rho_schedule(schedule, 0.1, 0.2, lr_max=0.1, lr_min=0.0)
         with self.assertRaisesRegex(ValueError, "lr_max"):
             optim.gsam_rho_schedule(schedule, 0.2, 0.1, lr_max=0.0, lr_min=0.1)
+
+
+def test_registry_radius_schedule_needs_the_run_length():
+    blocks = optim.hparam_blocks({"gsam": {"rho": 0.1, "rho_min": 0.02}})
+    context = optim.BuildContext(optax.cosine_decay_schedule(0.1, 10), 64, 0, blocks, 16)  # total_steps unknown
+    with pytest.raises(ValueError, match="needs the run's total_steps"):
+        optim.build_optimizer("gsam", context)
+    optim.build_optimizer("gsam", context._replace(total_steps=10))
+    constant = optim.hparam_blocks({"gsam": {"rho": 0.1, "rho_min": 0.1}})
+    optim.build_optimizer("gsam", context._replace(blocks=constant))  # a constant radius needs no range
