@@ -30,6 +30,10 @@ from sam_jax.optim import (
     OPTIMIZERS,
     OptimizerSpec,
     bsam,
+    gsam,
+    gsam_rho_schedule,
+    ivon,
+    looksam,
     m_sharpness_sam,
     mean_field_vi,
     project_out_top_hessian_directions,
@@ -350,6 +354,59 @@ CASES = [
         clean_gradient=False,
     ),
 ]
+
+
+def _gsam_reference(b, lr, n, s):
+    # Algorithm 1, step 0, over the run's learning rates (steps 0 .. NUM_STEPS - 1).
+    rates = [float(lr(t)) for t in range(NUM_STEPS)]
+    h = b["gsam"]
+    rho = gsam_rho_schedule(lr, h["rho"], h["rho_min"], lr_max=max(rates), lr_min=min(rates))
+    return gsam(_sgd(b["sgd"], lr), rho, alpha=h["alpha"])
+
+
+def _ivon_reference(b, lr, n, s):
+    h = b["ivon"]  # ess 0 is N, clip_radius 0 is none (the block's conventions)
+    return ivon(
+        lr,
+        h["ess"] or n,
+        hess_init=h["hess_init"],
+        beta1=h["beta1"],
+        beta2=h["beta2"],
+        weight_decay=h["weight_decay"],
+        clip_radius=h["clip_radius"] or math.inf,
+        seed=s,
+    )
+
+
+CASES += [
+    Case("gsam", "gsam", {"gsam": {"rho": 0.2, "rho_min": 0.02, "alpha": 0.4}, "sgd": SGD_CHANGED}, _gsam_reference),
+    Case(
+        "looksam",
+        "looksam",
+        {"looksam": {"rho": 0.2, "k": 2, "alpha": 0.4}, "sgd": SGD_CHANGED},
+        lambda b, lr, n, s: looksam(
+            _sgd(b["sgd"], lr), b["looksam"]["rho"], k=b["looksam"]["k"], alpha=b["looksam"]["alpha"]
+        ),
+    ),
+    Case(
+        "ivon",
+        "ivon",
+        # h0 and delta are exact in float32 and ess (h0 + delta) = 64, so the loop's float32 initial
+        # state (h0, sigma = 1/8, promoted to float64) equals the reference's float64 one.
+        {
+            "ivon": {
+                "ess": 128.0,
+                "hess_init": 0.484375,
+                "beta1": 0.8,
+                "beta2": 0.9,
+                "weight_decay": 0.015625,
+                "clip_radius": 0.5,
+            }
+        },
+        _ivon_reference,
+        clean_gradient=False,
+    ),
+]
 CASES_BY_NAME = {name: [c for c in CASES if c.name == name] for name in {c.name for c in CASES}}
 # Every registered optimizer (collected at import, so a new built-in one needs a case here).
 REGISTERED_CASES = [case for name in sorted(OPTIMIZERS) for case in CASES_BY_NAME.get(name, [name])]
@@ -472,7 +529,7 @@ def test_every_changed_field_matters(case):
         for field in values
         if not (block == case.name and field == "base")
     ]  # base changes which blocks are read
-    if case.name in ("bsam", "bulk_sgd", "vi"):  # the optimizers that draw noise from the run's seed
+    if case.name in ("bsam", "bulk_sgd", "vi", "ivon"):  # the optimizers that draw noise from the run's seed
         variants.append((None, "seed"))
     for block, field in variants:
         if block is None:
@@ -580,6 +637,11 @@ BAD_VALUES = {  # field -> a value its rule rejects
     "k": 0,
     "nesterov": "yes",
     "num_iters": 0,
+    "rho_min": -0.1,
+    "alpha": -0.1,
+    "ess": -1.0,
+    "hess_init": 0.0,
+    "clip_radius": -1.0,
 }
 
 

@@ -14,6 +14,14 @@
   updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
   with SGD.
 - ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
+- ``gsam(base, rho, *, alpha)``: GSAM, SAM's perturbed gradient minus ``alpha`` times the clean
+  gradient's part orthogonal to it; ``gsam_rho_schedule(learning_rate, rho_max, rho_min, ...)`` ties
+  its radius to the learning rate.
+- ``looksam(base, rho, *, k, alpha)``: LookSAM, the SAM gradient every ``k`` steps and the clean
+  gradient plus the stored orthogonal part in between (one gradient pass).
+- ``ivon(learning_rate, ess, ...)``: IVON, the improved variational online Newton step
+  (``scale_by_ivon`` chained with the learning rate); ``ivon_sample(params, state, key)`` draws from
+  its Gaussian posterior.
 - ``bayes_by_backprop(base, num_data, *, prior_precision, init_std)``: mean-field Gaussian VI around any
   optax optimizer; ``mean_field_vi(learning_rate, num_data, ...)`` is it with Adam;
   ``mean_field_vi_sample(params, state, key, num_data)`` draws from its posterior;
@@ -28,6 +36,9 @@ hyper-parameters and what the train step must give it; ``build_optimizer(name, c
 from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample, scale_by_bsam
 from sam_jax.optim.bulk_sgd import HessianProjectionState, bulk_sgd, project_out_top_hessian_directions
 from sam_jax.optim.device_sharpness import DATA_AXIS, PER_DEVICE, device_vmap, per_device_sam_gradient
+from sam_jax.optim.gsam import gsam, gsam_rho_schedule
+from sam_jax.optim.ivon import IVONState, ivon, ivon_sample, scale_by_ivon
+from sam_jax.optim.looksam import LookSAMState, looksam
 from sam_jax.optim.m_sharpness import m_sharpness_sam, split_into_sub_batches
 from sam_jax.optim.registry import (
     DEFAULT_OPTIMIZER,
@@ -41,7 +52,7 @@ from sam_jax.optim.registry import (
     register,
     validate_hparams,
 )
-from sam_jax.optim.sam import SAMState, ascent_perturbation, global_norm, match_norm, sam
+from sam_jax.optim.sam import SAMState, ascent_perturbation, global_norm, match_norm, orthogonal_component, sam
 from sam_jax.optim.variational import (
     MeanFieldVIState,
     bayes_by_backprop,
@@ -87,4 +98,13 @@ __all__ = [
     "scale_by_bsam",
     "split_into_sub_batches",
     "vasso",
+    "IVONState",
+    "LookSAMState",
+    "gsam",
+    "gsam_rho_schedule",
+    "ivon",
+    "ivon_sample",
+    "looksam",
+    "orthogonal_component",
+    "scale_by_ivon",
 ]

@@ -22,12 +22,17 @@ import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sam_jax.losses import csam_loss
 from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
 from sam_jax.optim.device_sharpness import PER_DEVICE
+from sam_jax.optim.gsam import gsam, gsam_rho_schedule
+from sam_jax.optim.ivon import ivon, ivon_sample
+from sam_jax.optim.looksam import looksam
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
 from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
@@ -48,6 +53,8 @@ class BuildContext(NamedTuple):
         (a SAM-family ``base``).
       batch_size: examples per training step (the number of m-sharpness sub-batches is
         ``batch_size // m``).
+      total_steps: optimizer steps of the run, over which ``learning_rate`` is evaluated by
+        optimizers that follow its range (GSAM's radius); 0 when unknown.
     """
 
     learning_rate: optax.Schedule
@@ -55,6 +62,7 @@ class BuildContext(NamedTuple):
     seed: int
     blocks: Mapping[str, Hparams]
     batch_size: int
+    total_steps: int = 0
 
 
 def _nothing(hparams: Hparams) -> None:
@@ -421,6 +429,79 @@ register(
 )
 
 
+def _learning_rate_range(context: BuildContext) -> tuple[float, float]:
+    """The largest and smallest learning rate of the run's steps ``0 .. total_steps - 1``."""
+    if context.total_steps < 1:
+        raise ValueError(
+            "GSAM's radius schedule (rho_min < rho) needs the run's total_steps in the BuildContext, "
+            "to find the learning rate's range; set gsam.rho_min = gsam.rho for a constant radius."
+        )
+    values = np.asarray(jax.vmap(context.learning_rate)(jnp.arange(context.total_steps)))
+    return float(values.max()), float(values.min())
+
+
+def _gsam(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+    rho = hparams["rho"]
+    if hparams["rho_min"] != rho:
+        lr_max, lr_min = _learning_rate_range(context)
+        rho = gsam_rho_schedule(context.learning_rate, rho, hparams["rho_min"], lr_max=lr_max, lr_min=lr_min)
+    return gsam(build_optimizer(hparams["base"], context), rho, alpha=hparams["alpha"])
+
+
+def _check_gsam(hparams: Hparams) -> None:
+    _non_negative(hparams, "rho", "alpha")
+    _require(
+        0 <= hparams["rho_min"] <= hparams["rho"],
+        f"rho_min={hparams['rho_min']} must be in [0, rho={hparams['rho']}]; rho_min = rho is a constant radius.",
+    )
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+
+
+# rho is GSAM's rho_max; the radius falls to rho_min with the learning rate over the run (Algorithm 1,
+# step 0), lr_max and lr_min being the largest and smallest learning rate of the run's steps. No
+# m-sharpness (the decomposition is of the whole batch's gradients).
+register(
+    OptimizerSpec(
+        "gsam",
+        {"rho": 0.05, "rho_min": 0.05, "alpha": 0.2, "base": "sgd"},
+        _gsam,
+        _check_gsam,
+        reads=_SAM_COMMON["reads"],
+        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        summary="GSAM (Zhuang et al. 2022, arXiv:2203.08065, Algorithm 1): SAM's perturbed gradient minus "
+        "alpha times the clean gradient's part orthogonal to it; rho_min < rho ties the radius to the "
+        "learning rate; alpha 0.2 as in the authors' CIFAR example (juntang-zhuang/GSAM).",
+    )
+)
+
+
+def _check_looksam(hparams: Hparams) -> None:
+    _non_negative(hparams, "rho", "alpha")
+    _require(
+        hparams["k"] >= 1 and int(hparams["k"]) == hparams["k"],
+        f"k={hparams['k']} must be a positive integer (the SAM gradient every k steps).",
+    )
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+
+
+# No m-sharpness: the stored orthogonal component is of the whole batch's gradients.
+register(
+    OptimizerSpec(
+        "looksam",
+        {"rho": 0.05, "k": 5, "alpha": 0.7, "base": "sgd"},
+        lambda hparams, context: looksam(
+            build_optimizer(hparams["base"], context), hparams["rho"], k=int(hparams["k"]), alpha=hparams["alpha"]
+        ),
+        _check_looksam,
+        reads=_SAM_COMMON["reads"],
+        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        summary="LookSAM (Liu et al. 2022, arXiv:2203.02714, Algorithm 1): the SAM gradient every k steps, "
+        "the clean gradient plus alpha ||g|| / ||g_v|| times the stored orthogonal part g_v in between; "
+        "k 5 as its LookSAM-5, alpha 0.7 as the public LookSAM implementation (rollovd/LookSAM).",
+    )
+)
+
+
 # --------------------------------------------------------------------------- bSAM, BulkSGD
 
 
@@ -524,5 +605,45 @@ register(
         posterior_sample=mean_field_vi_sample,
         summary="Mean-field Gaussian VI, Bayes by Backprop (Blundell et al. 2015, arXiv:1505.05424), "
         "with Adam on the means and softplus-scales; the 'SVI' baseline of Ovadia et al. 2019 (arXiv:1906.02530).",
+    )
+)
+
+
+# --------------------------------------------------------------------------- IVON
+
+
+def _check_ivon(hparams: Hparams) -> None:
+    _non_negative(hparams, "ess", "clip_radius")
+    _require(hparams["hess_init"] > 0, f"hess_init={hparams['hess_init']} must be > 0.")
+    _require(hparams["weight_decay"] > 0, f"weight_decay={hparams['weight_decay']} must be > 0 (Algorithm 1).")
+    _unit_interval(hparams, "beta1", "beta2")
+
+
+def _ivon_posterior_sample(params: Any, opt_state: Any, key: jax.Array, num_train: int) -> Any:
+    del num_train  # sigma is in the state
+    return ivon_sample(params, opt_state, key)
+
+
+# ess 0 stands for N, the training-set size (Algorithm 1's lam = N); clip_radius 0 for no clipping.
+# The other defaults are those of the authors' ivon package.
+register(
+    OptimizerSpec(
+        "ivon",
+        {"ess": 0.0, "hess_init": 1.0, "beta1": 0.9, "beta2": 0.99999, "weight_decay": 1e-4, "clip_radius": 0.0},
+        lambda hparams, context: ivon(
+            context.learning_rate,
+            hparams["ess"] or context.num_train,
+            hess_init=hparams["hess_init"],
+            beta1=hparams["beta1"],
+            beta2=hparams["beta2"],
+            weight_decay=hparams["weight_decay"],
+            clip_radius=hparams["clip_radius"] or math.inf,
+            seed=context.seed,
+        ),
+        _check_ivon,
+        uses_clean_gradient=False,
+        posterior_sample=_ivon_posterior_sample,
+        summary="IVON (Shen et al. 2024, arXiv:2402.17641, Algorithm 1): variational online Newton with a "
+        "reparameterised Hessian estimate; ess 0 is N; predicts with posterior samples.",
     )
 )

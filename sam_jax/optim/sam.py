@@ -110,6 +110,33 @@ def match_norm(grads: optax.Updates, reference: optax.Updates) -> optax.Updates:
     return jax.tree.map(lambda g: (ratio * g).astype(g.dtype), grads)
 
 
+def tree_inner_product(a: optax.Updates, b: optax.Updates) -> jax.Array:
+    """``<a, b>`` over every leaf, accumulated in float32 at least (as ``global_norm``)."""
+    return sum(
+        jnp.vdot(x.astype(jnp.promote_types(x.dtype, jnp.float32)), y.astype(jnp.promote_types(y.dtype, jnp.float32)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def orthogonal_component(vector: optax.Updates, direction: optax.Updates) -> optax.Updates:
+    """``vector - (<vector, d> / ||d||^2) d``: the part of ``vector`` orthogonal to ``direction`` d.
+
+    Both gradients of GSAM (Zhuang et al. 2022, arXiv:2203.08065, Algorithm 1, step 3: the clean
+    gradient decomposed against the perturbed one) and LookSAM (Liu et al. 2022, arXiv:2203.02714,
+    Algorithm 1: the SAM gradient decomposed against the clean one) are split this way, over all
+    parameters as one vector. A zero ``direction`` leaves ``vector`` unchanged (no NaN).
+
+    Args:
+      vector: the pytree to decompose.
+      direction: a pytree like ``vector``.
+
+    Returns:
+      A pytree like ``vector`` (its dtypes).
+    """
+    coefficient = tree_inner_product(vector, direction) * _safe_inverse(global_norm(direction) ** 2)
+    return jax.tree.map(lambda v, d: (v - coefficient * d).astype(v.dtype), vector, direction)
+
+
 def validated_rho_schedule(rho: ScalarOrSchedule, eta: float) -> optax.Schedule:
     """Checks SAM hyper-parameters and returns ``rho`` as a schedule of the step count.
 
