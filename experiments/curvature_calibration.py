@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments import cli
-from experiments.grid import Job, expand_grid, parse_shard, run_jobs, shard_jobs
+from experiments.grid import Job, expand_grid, export_in_progress, parse_shard, run_jobs, shard_jobs
 from experiments.tables import markdown_table, write_csv
 from sam_jax.analysis import (
     mean_std_over_learning_rates,
@@ -86,6 +86,8 @@ PAPER_TABLE1 = {
 }
 # Train accuracy that counts as interpolating the train subset (variants before_99 and from_99).
 INTERPOLATION_ACCURACY = 0.99
+# Folder of the compact copy holding the unfinished jobs (checkpoint included) to resume elsewhere.
+IN_PROGRESS_DIR = "in_progress"
 # Train accuracy below which a step is "well before convergence" (variant pre_interpolation).
 PRE_INTERPOLATION_ACCURACY = 0.95
 # Fraction of a run's steps that variant after_first_5pct drops.
@@ -517,11 +519,12 @@ def _by(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, l
 
 
 def export(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
-    """Writes a compact copy of the finished jobs (config, summary, ``REPORT_KEYS`` of each record).
+    """Writes a compact copy of the finished jobs (config, summary, ``REPORT_KEYS`` of each record),
+    and of the unfinished ones with a checkpoint under ``in_progress/`` (``grid.export_in_progress``).
 
     Args:
       config: the grid config (its ``workdir`` holds the jobs).
-      jobs: the grid's jobs; unfinished ones are left out.
+      jobs: the grid's jobs.
 
     Returns:
       The directory, ``<workdir>/compact``, laid out like the grid (``--config.workdir=<it>``).
@@ -539,6 +542,9 @@ def export(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
                 kept = {k: record[k] for k in REPORT_KEYS if k in record}
                 if len(kept) > 1:
                     f.write(json.dumps(kept) + "\n")
+    in_progress = export_in_progress(jobs, os.path.join(out, IN_PROGRESS_DIR))
+    if in_progress:
+        print(f"Unfinished jobs copied with their checkpoint to {out}/{IN_PROGRESS_DIR}: {', '.join(in_progress)}")
     return out
 
 

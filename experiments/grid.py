@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -236,6 +237,56 @@ def run_job(
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)
         return summary
+
+
+CHECKPOINT_DIR = "checkpoints"
+IN_PROGRESS_FILES = ("config.json", "metrics.jsonl")
+
+
+def _complete_checkpoints(job: Job) -> list[int]:
+    """The steps of ``job``'s checkpoints that Orbax finished writing, oldest first."""
+    root = os.path.join(job.workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(root)
+        if name.isdigit() and os.path.exists(os.path.join(root, name, "commit_success.txt"))
+    )
+
+
+def export_in_progress(jobs: Iterable[Job], out: str) -> list[str]:
+    """Copies each started, unfinished job to ``out/<job name>`` so that another machine resumes it.
+
+    A job that is still training when a session ends would start over on the next machine; this
+    keeps its config, its whole ``metrics.jsonl`` and its newest complete checkpoint (about 3 MB
+    for the 2x200 MLP on CIFAR-10 images; the records after that step are dropped on resume, as
+    ``train_and_evaluate`` does). Copying ``out`` into a workdir restores them. Jobs without a
+    complete checkpoint are left out (they would start over anyway). ``out`` is replaced.
+
+    Args:
+      jobs: the grid's jobs; finished ones are left out.
+      out: the destination folder.
+
+    Returns:
+      The names of the jobs copied.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    copied = []
+    for job in jobs:
+        steps = _complete_checkpoints(job)
+        if job.done or not steps:
+            continue
+        target = os.path.join(out, job.name)
+        os.makedirs(target)
+        for name in IN_PROGRESS_FILES:
+            shutil.copyfile(os.path.join(job.workdir, name), os.path.join(target, name))
+        shutil.copytree(
+            os.path.join(job.workdir, CHECKPOINT_DIR, str(steps[-1])),
+            os.path.join(target, CHECKPOINT_DIR, str(steps[-1])),
+        )
+        copied.append(job.name)
+    return copied
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from experiments import curvature_calibration as driver
 from experiments import grid
 from experiments.configs.curvature_calibration import CIFAR10_EOS_LEARNING_RATES, get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
-from sam_jax.training import build_run, load_run_data, validate_config
+from sam_jax.training import build_run, load_run_data, read_metrics, validate_config
 from sam_jax.training.loop import log_spaced_steps
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -565,3 +566,31 @@ def test_runs_csv_says_why_each_run_stopped(tmp_path):
     assert rows[0.2]["stop_reason"] == "step cap"
     assert math.isnan(float(rows[0.2]["first_step_at_train_accuracy_0.99"]))
     assert rows[0.4]["stop_reason"] == "" and rows[0.4]["finished"] == "False"
+
+
+def test_an_unfinished_job_exported_with_its_checkpoint_resumes_elsewhere(tmp_path):
+    """export_in_progress: a job interrupted after its step-20 checkpoint, copied to another
+    workdir, resumes there from step 20 and ends with the uninterrupted run's final metrics."""
+    from tests.test_training import digits_config
+
+    def job(root):
+        return grid.Job(name="sgd/run", group="sgd", config=digits_config(str(root / "sgd" / "run")))
+
+    whole = job(tmp_path / "whole")
+    expected = grid.run_job(whole)
+    interrupted = job(tmp_path / "interrupted")
+    grid.run_job(interrupted)
+    # What a kill between the checkpoints at steps 20 and 40 leaves: no summary, no step-40 checkpoint.
+    os.remove(os.path.join(interrupted.workdir, "summary.json"))
+    shutil.rmtree(os.path.join(interrupted.workdir, "checkpoints", "40"))
+    assert grid.export_in_progress([interrupted, whole], str(tmp_path / "carried")) == ["sgd/run"]
+    copied = sorted(os.listdir(tmp_path / "carried" / "sgd" / "run" / "checkpoints"))
+    assert copied == ["20"]
+    resumed = job(tmp_path / "elsewhere")
+    shutil.copytree(tmp_path / "carried", tmp_path / "elsewhere")
+    summary = grid.run_job(resumed)
+    assert summary["resumed_from_step"] == 20 and summary["total_steps"] == 40
+    for key in ("train/loss", "val/accuracy", "val/ece"):
+        assert summary[key] == pytest.approx(expected[key], rel=1e-6), key
+    steps = [r["step"] for r in read_metrics(resumed.workdir)]
+    assert steps == sorted(steps) and steps[-1] == 40  # the records after step 20 were dropped, then rewritten once
