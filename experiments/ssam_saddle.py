@@ -122,6 +122,7 @@ def run_rows(
                         "seed": seed,
                         "escape_step": int(steps[i, j, k]) if steps[i, j, k] >= 0 else "",
                         "final_loss": float(runs.losses[i, j, k, -1]),
+                        "diverged": not math.isfinite(float(runs.losses[i, j, k, -1])),
                         "final_distance": float(runs.distances[i, j, k, -1]),
                     }
                 )
@@ -129,8 +130,9 @@ def run_rows(
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Per (problem, noise, method, learning rate, rho): seeds, escaped, median/min/max escape step
-    over the seeds that escaped, and the median final loss and distance from the saddle."""
+    """Per (problem, noise, method, learning rate, rho): seeds, escaped, diverged (non-finite final
+    loss), median/min/max escape step over the seeds that escaped, and the median final loss and
+    distance from the saddle."""
     cells: dict[tuple, list[dict]] = {}
     for row in rows:
         key = tuple(row[k] for k in ("problem", "noise_std", "method", "learning_rate", "rho"))
@@ -147,6 +149,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
                 "rho": rho,
                 "seeds": len(group),
                 "escaped": len(steps),
+                "diverged": sum(r["diverged"] for r in group),
                 "median_escape_step": float(np.median(steps)) if steps else math.nan,
                 "min_escape_step": min(steps) if steps else math.nan,
                 "max_escape_step": max(steps) if steps else math.nan,
@@ -158,9 +161,10 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 
 
 def _cell(row: dict) -> str:
+    text = f"{row['median_escape_step']:.0f} ({row['escaped']}/{row['seeds']})" if row["escaped"] else "stuck"
     if not row["escaped"]:
-        return f"stuck 0/{row['seeds']}"
-    return f"{row['median_escape_step']:.0f} ({row['escaped']}/{row['seeds']})"
+        text += f" 0/{row['seeds']}"
+    return text + (f", {row['diverged']} diverged" if row["diverged"] else "")
 
 
 def markdown_report(summary: Sequence[dict], config: ml_collections.ConfigDict, threshold: dict[str, float]) -> str:

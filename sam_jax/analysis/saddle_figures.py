@@ -58,6 +58,7 @@ def plot_trajectories(
     zoom_ax.plot(0.0, 0.0, "kx", ms=9, mew=2)
     zoom_ax.set_xlabel(problem.coordinate_names[0])
     zoom_ax.set_title("runs that end above the escape loss (zoom)")
+    zoom_ax.ticklabel_format(style="sci", scilimits=(-2, 3))
     if zoom_ax.get_legend_handles_labels()[0]:
         zoom_ax.legend(fontsize=7)
     loss_ax.axhline(threshold, color="k", lw=0.8, ls=":", label="escape threshold")
