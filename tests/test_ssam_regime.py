@@ -6,8 +6,13 @@ tracking on the SAM-family runs only, and a compact export that rebuilds the sam
 import json
 import os
 
+import numpy as np
+import pytest
+
 from experiments import ssam_regime
 from experiments.configs.ssam_regime import get_config
+from sam_jax.training import validate_config
+from sam_jax.training.config import optimizer_hparams
 
 
 def row(accuracy, accuracy_std, nll=1.0, nll_std=0.0, diverged=0, finished=3):
@@ -77,3 +82,20 @@ def test_quick_preset_trains_tracks_reports_and_exports(tmp_path):
     ssam_regime.main(config, "report")
     for name in ("table.csv", "comparisons.csv", "ratio.csv"):
         assert (tmp_path / "grid" / "compact" / "report" / name).read_text() == (report / name).read_text(), name
+
+
+@pytest.mark.parametrize("preset", ["fmnist", "cifar10_jpeg"])
+def test_sweep_presets_share_one_protocol(preset):
+    config = get_config(preset)
+    jobs = ssam_regime.grid_jobs(config)
+    rates = sorted({job.config.optimizer.learning_rate for job in jobs})
+    assert len(rates) >= 7 and rates[-1] / rates[0] > 1e3
+    np.testing.assert_allclose(np.diff(np.log10(rates)), 0.5, atol=1e-3)  # half a decade apart
+    assert len(jobs) == 3 * len(rates) * 3  # sgd, sam, ssam x rates x seeds 0, 1, 2
+    for job in jobs:
+        validate_config(job.config)
+        assert (job.config.optimizer.sgd.momentum, job.config.optimizer.sgd.weight_decay) == (0.9, 5e-4)
+        assert job.config.optimizer.schedule == "cosine" and job.config.num_epochs == 20
+        hparams = optimizer_hparams(job.config)[job.config.optimizer.name]
+        assert hparams.get("rho", 0.05) == 0.05 and hparams.get("base", "sgd") == "sgd"
+    assert {job.config.data.name for job in jobs} == {"cifar10_jpeg" if preset == "cifar10_jpeg" else "fashion_mnist"}
