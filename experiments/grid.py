@@ -40,8 +40,17 @@ from jax.experimental.compilation_cache import compilation_cache
 from tqdm.auto import tqdm
 
 from sam_jax.data import ensure_debian_fashion_mnist
-from sam_jax.training import Hook, Run, RunData, TrainingDivergedError, build_run, load_run_data, train_and_evaluate
-from sam_jax.training.writers import SUMMARY_FILE
+from sam_jax.training import (
+    Hook,
+    Run,
+    RunData,
+    TrainingDivergedError,
+    build_run,
+    load_run_data,
+    read_metrics,
+    train_and_evaluate,
+)
+from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -370,3 +379,33 @@ def run_jobs(
                     elif not job.done:
                         run_job(job, run_data(job.config), after_job, hooks)
             bar.update(1)
+
+
+def export_compact(jobs: Iterable[Job], workdir: str, keys: Sequence[str]) -> str:
+    """Copies the finished ``jobs`` to ``<workdir>/compact``, small enough to commit.
+
+    Each job keeps its ``config.json`` and ``summary.json`` and, of ``metrics.jsonl``, the ``keys``
+    of each record (records with nothing but the step are dropped). The copy is laid out like the
+    grid, so a report (or ``run``, which continues the grid) works on it with
+    ``--config.workdir=<workdir>/compact``.
+
+    Returns:
+      The directory of the copy.
+    """
+    out = os.path.join(workdir, "compact")
+    for job in jobs:
+        if not job.done:
+            continue
+        target = os.path.join(out, os.path.relpath(job.workdir, workdir))
+        os.makedirs(target, exist_ok=True)
+        for name in (CONFIG_FILE, SUMMARY_FILE):
+            if os.path.exists(os.path.join(job.workdir, name)):
+                shutil.copyfile(os.path.join(job.workdir, name), os.path.join(target, name))
+        if not os.path.exists(os.path.join(job.workdir, METRICS_FILE)):
+            continue
+        with open(os.path.join(target, METRICS_FILE), "w") as f:
+            for record in read_metrics(job.workdir):
+                kept = {k: record[k] for k in keys if k in record}
+                if len(kept) > 1:
+                    f.write(json.dumps(kept) + "\n")
+    return out

@@ -6,6 +6,8 @@
 - ``make_sam_geometry_tracker(model_apply, loss_fn, rho, *, path_points, num_iters, per_example)``:
   the measurements of Tan et al. (2025, arXiv:2505.23866) Figure 2: the smallest Hessian
   eigenvalue along the SAM step, and 1-SAM's entropy coefficients ``lambda`` and ``lambda_0``.
+- ``make_descent_norm_tracker(model_apply, loss_fn, rho, *, batch_size)``: SAM's ratio of descent- to
+  ascent-gradient norms on fixed mini-batches (what SSAM, Tan et al. 2024, arXiv:2401.07250, removes).
 - ``plot_sharpness(records, path, *, learning_rate)`` and ``reliability_diagram(probs, labels, ...)``:
   the PNG figures of one run (matplotlib), written beside its metrics.
 
@@ -19,6 +21,7 @@ from sam_jax.training.hooks.curvature import (
     make_curvature_tracker,
     validate_curvature_config,
 )
+from sam_jax.training.hooks.descent_norm import make_descent_norm_tracker
 from sam_jax.training.hooks.plots import plot_sharpness, reliability_diagram
 from sam_jax.training.hooks.sam_geometry import make_sam_geometry_tracker
 
@@ -26,6 +29,7 @@ __all__ = [
     "QUANTITIES",
     "default_curvature_config",
     "make_curvature_tracker",
+    "make_descent_norm_tracker",
     "make_sam_geometry_tracker",
     "plot_sharpness",
     "reliability_diagram",
