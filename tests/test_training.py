@@ -362,3 +362,19 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected
     )
+
+
+def test_summary_records_the_code_version_device_and_library_versions(tmp_path):
+    import subprocess
+
+    import flax
+
+    config = digits_config(str(tmp_path), num_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
+    summary = train_and_evaluate(config)
+    record = summary["provenance"]
+    assert record["versions"]["jax"] == jax.__version__ and record["versions"]["flax"] == flax.__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    assert record["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert summary["device"] == f"cpu: {jax.devices()[0].device_kind}" and summary["host_cpu_count"] == os.cpu_count()
+    with open(os.path.join(str(tmp_path), "summary.json")) as f:
+        assert json.load(f)["provenance"] == record

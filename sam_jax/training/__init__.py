@@ -26,6 +26,7 @@ from sam_jax.training.loop import (
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.predictive import Member, make_predictive, predictive_kind
 from sam_jax.training.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
+from sam_jax.training.provenance import provenance
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step, model_forward
 from sam_jax.training.workdir import WorkdirError
@@ -64,6 +65,7 @@ __all__ = [
     "model_forward",
     "predict",
     "predictive_kind",
+    "provenance",
     "read_metrics",
     "train_and_evaluate",
     "validate_config",

@@ -43,6 +43,7 @@ from sam_jax.training.hooks import make_curvature_tracker, plot_sharpness
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
+from sam_jax.training.provenance import provenance
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import donating_train_step, make_eval_step, make_train_step
 from sam_jax.training.stopping import EarlyStop
@@ -513,6 +514,7 @@ def train_and_evaluate(
         "num_processes": jax.process_count(),
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
         "host_cpu_count": os.cpu_count(),
+        "provenance": provenance(),
     }
     writer.write_summary(summary)
     return summary
