@@ -13,7 +13,7 @@ import pytest
 
 from experiments import bsam_table1 as driver
 from experiments import grid
-from experiments.configs.bsam_table1 import PAPER_TABLE1, PRESETS, TRAIN_SIZES, get_config
+from experiments.configs.bsam_table1 import ABLATIONS, PAPER_TABLE1, PRESETS, TRAIN_SIZES, VOGN_DAMPING, get_config
 from sam_jax.data import debian
 from sam_jax.training import optimizer_hparams, validate_config
 
@@ -24,7 +24,7 @@ def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
 
 def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     jobs = _jobs_by_label("fmnist")
-    assert sorted(jobs) == ["adam", "bsam", "sam_adam", "sam_sgd", "sgd"]
+    assert sorted(jobs) == ["adam", "bsam", "bsam_gamma_ablation", "sam_adam", "sam_sgd", "sgd"]
     num_train = TRAIN_SIZES["fashion_mnist"]
     delta = 60 / num_train  # N * delta = 60 for every method but bSAM (50)
     expected = {
@@ -32,7 +32,12 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
         "adam": ("adam", 0.001, {"adam": {"b1": 0.9, "weight_decay": delta}}),
         "sam_sgd": ("sam", 0.05, {"sam": {"rho": 0.05, "m": 16, "base": "sgd"}, "sgd": {"momentum": 0.8}}),
         "sam_adam": ("sam", 0.001, {"sam": {"rho": 0.02, "m": 16, "base": "adam"}, "adam": {"weight_decay": delta}}),
-        "bsam": ("bsam", 0.1, {"bsam": {"rho": 0.002, "beta1": 0.95, "prior_precision": 50.0, "m": 16}}),
+        "bsam": (
+            "bsam",
+            0.1,
+            {"bsam": {"rho": 0.002, "beta1": 0.95, "prior_precision": 50.0, "m": 16, "damping": 0.1}},
+        ),
+        "bsam_gamma_ablation": ("bsam", 0.1, {"bsam": {"rho": 0.002, "prior_precision": 50.0, "damping": 0.05}}),
     }
     for label, (name, learning_rate, blocks) in expected.items():
         config = jobs[label].config
@@ -54,7 +59,7 @@ def test_every_paper_setting_validates_with_its_model_schedule_and_paper_row(pre
     config = get_config(preset)
     jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == 0}
     dataset = config.data.name
-    assert sorted(jobs) == sorted(PAPER_TABLE1[dataset])
+    assert sorted(jobs) == sorted([*PAPER_TABLE1[dataset], *ABLATIONS])
     for job in jobs.values():
         validate_config(job.config, TRAIN_SIZES[dataset])
     expected = {"mnist": ("mlp", 75), "fashion_mnist": ("lenet5", 120), "cifar10": ("resnet20_frn", 180)}
@@ -66,9 +71,23 @@ def test_every_paper_setting_validates_with_its_model_schedule_and_paper_row(pre
         assert optimizer_hparams(jobs["bsam"].config)["bsam"]["rho"] == 0.001
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bsam_damping_is_algorithm_1s_in_every_preset(preset):
+    # Algorithm 1 fixes gamma = 0.1 (so does the authors' code); Table 6's gamma column is VOGN's
+    # damping and enters bSAM only in the labelled ablation row.
+    config = get_config(preset)
+    jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == config.grid.seeds[0]}
+    assert optimizer_hparams(jobs["bsam"].config)["bsam"]["damping"] == 0.1
+    if "bsam_gamma_ablation" in jobs:
+        ablation = optimizer_hparams(jobs["bsam_gamma_ablation"].config)["bsam"]
+        assert ablation["damping"] == VOGN_DAMPING[config.data.name] != 0.1
+    assert (preset == "quick") == ("bsam_gamma_ablation" not in jobs)
+
+
 def test_jobs_are_seed_major_so_a_cut_grid_has_whole_seeds():
-    seeds = [job.config.seed for job in driver.grid_jobs(get_config("fmnist_paper"))]
-    assert seeds == sorted(seeds) and len(seeds) == 25
+    config = get_config("fmnist_paper")
+    seeds = [job.config.seed for job in driver.grid_jobs(config)]
+    assert seeds == sorted(seeds) and len(seeds) == 5 * len(config.grid.optimizers)
 
 
 def test_grid_labels_can_share_an_optimizer():
