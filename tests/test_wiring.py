@@ -36,6 +36,7 @@ from sam_jax.optim import (
     sam,
     split_into_sub_batches,
     vasso,
+    vogn,
 )
 from sam_jax.training import (
     Hook,
@@ -322,6 +323,34 @@ CASES = [
         clean_gradient=False,
     ),
     Case(
+        "vogn",
+        "vogn",
+        {
+            "vogn": {
+                "beta1": 0.8,
+                "beta2": 0.99,
+                "prior_precision": 10.0,
+                "damping": 0.2,
+                "init_precision": 2.0,
+                "m": 4,
+            }
+        },
+        lambda b, lr, n, s: vogn(
+            lr,
+            n,
+            BATCH_SIZE,
+            beta1=b["vogn"]["beta1"],
+            beta2=b["vogn"]["beta2"],
+            prior_precision=b["vogn"]["prior_precision"],
+            damping=b["vogn"]["damping"],
+            init_precision=b["vogn"]["init_precision"],
+            num_samples=BATCH_SIZE // b["vogn"]["m"] if b["vogn"]["m"] else 1,
+            seed=s,
+        ),
+        m=lambda b: 1,  # per-example gradients; vogn.m examples share a weight sample
+        clean_gradient=False,
+    ),
+    Case(
         "bulk_sgd",
         "bulk_sgd",
         {"bulk_sgd": {"k": 2, "num_iters": 8, "momentum": 0.5}},
@@ -472,7 +501,7 @@ def test_every_changed_field_matters(case):
         for field in values
         if not (block == case.name and field == "base")
     ]  # base changes which blocks are read
-    if case.name in ("bsam", "bulk_sgd", "vi"):  # the optimizers that draw noise from the run's seed
+    if case.name in ("bsam", "bulk_sgd", "vi", "vogn"):  # the optimizers that draw noise from the run's seed
         variants.append((None, "seed"))
     for block, field in variants:
         if block is None:

@@ -13,6 +13,9 @@
 - ``project_out_top_hessian_directions(k, ...)``: the top-k Hessian directions removed from the
   updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
   with SGD.
+- ``scale_by_vogn(num_data, batch_size, *, prior_precision, ...)``: VOGN's direction ``m / p`` from
+  per-example gradients; ``vogn(learning_rate, num_data, batch_size, ...)`` is it with the learning
+  rate; ``vogn_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
 - ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
 - ``bayes_by_backprop(base, num_data, *, prior_precision, init_std)``: mean-field Gaussian VI around any
   optax optimizer; ``mean_field_vi(learning_rate, num_data, ...)`` is it with Adam;
@@ -50,6 +53,7 @@ from sam_jax.optim.variational import (
     mean_field_vi_sample,
 )
 from sam_jax.optim.vasso import VASSOState, vasso
+from sam_jax.optim.vogn import VOGNState, scale_by_vogn, vogn, vogn_sample
 
 __all__ = [
     "BSAMState",
@@ -69,6 +73,7 @@ __all__ = [
     "MeanFieldVIState",
     "SAMState",
     "VASSOState",
+    "VOGNState",
     "ascent_perturbation",
     "bayes_by_backprop",
     "bsam",
@@ -87,4 +92,7 @@ __all__ = [
     "scale_by_bsam",
     "split_into_sub_batches",
     "vasso",
+    "scale_by_vogn",
+    "vogn",
+    "vogn_sample",
 ]
