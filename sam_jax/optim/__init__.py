@@ -16,6 +16,9 @@
 - ``scale_by_vogn(num_data, batch_size, *, prior_precision, ...)``: VOGN's direction ``m / p`` from
   per-example gradients; ``vogn(learning_rate, num_data, batch_size, ...)`` is it with the learning
   rate; ``vogn_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
+- ``swag(base, *, start_step, collect_every, rank)``: SWAG's moments and deviation matrix collected
+  along ``base``'s trajectory; ``swag_sample(params, state, key, num_data)`` draws from its
+  diagonal-plus-low-rank Gaussian.
 - ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
 - ``bayes_by_backprop(base, num_data, *, prior_precision, init_std)``: mean-field Gaussian VI around any
   optax optimizer; ``mean_field_vi(learning_rate, num_data, ...)`` is it with Adam;
@@ -52,6 +55,7 @@ from sam_jax.optim.variational import (
     mean_field_vi,
     mean_field_vi_sample,
 )
+from sam_jax.optim.swag import SWAGState, swag, swag_sample
 from sam_jax.optim.vasso import VASSOState, vasso
 from sam_jax.optim.vogn import VOGNState, scale_by_vogn, vogn, vogn_sample
 
@@ -72,6 +76,7 @@ __all__ = [
     "HessianProjectionState",
     "MeanFieldVIState",
     "SAMState",
+    "SWAGState",
     "VASSOState",
     "VOGNState",
     "ascent_perturbation",
@@ -92,6 +97,8 @@ __all__ = [
     "scale_by_bsam",
     "split_into_sub_batches",
     "vasso",
+    "swag",
+    "swag_sample",
     "scale_by_vogn",
     "vogn",
     "vogn_sample",

@@ -31,6 +31,7 @@ from sam_jax.optim.device_sharpness import PER_DEVICE
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
 from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
+from sam_jax.optim.swag import swag, swag_sample
 from sam_jax.optim.vasso import vasso
 from sam_jax.optim.vogn import vogn, vogn_sample
 
@@ -546,6 +547,51 @@ register(
         "per-example squared-gradient (Gauss-Newton) precision; m > 0 gives every m examples their own "
         "weight sample (Möllenhoff & Khan 2023, App. H: 16 sub-batches of 128 is m = 8); defaults from "
         "their Table 6 CIFAR row.",
+    )
+)
+
+
+# --------------------------------------------------------------------------- SWAG
+
+
+def _check_swag(hparams: Hparams) -> None:
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+    _require(
+        int(hparams["start_step"]) == hparams["start_step"] and hparams["start_step"] >= 0,
+        f"start_step={hparams['start_step']} must be an integer >= 0.",
+    )
+    for field in ("collect_every", "rank"):
+        _require(
+            int(hparams[field]) == hparams[field] and hparams[field] >= 1,
+            f"{field}={hparams[field]} must be a positive integer.",
+        )
+    _require(
+        hparams["collect_learning_rate"] > 0,
+        f"collect_learning_rate={hparams['collect_learning_rate']} must be > 0.",
+    )
+
+
+def _swag(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+    """The base optimizer on the run's schedule until ``start_step``, then at the constant collection rate."""
+    start = int(hparams["start_step"])
+    schedule = optax.join_schedules(
+        [context.learning_rate, optax.constant_schedule(hparams["collect_learning_rate"])], [start]
+    )
+    base = build_optimizer(hparams["base"], context._replace(learning_rate=schedule))
+    return swag(base, start_step=start, collect_every=int(hparams["collect_every"]), rank=int(hparams["rank"]))
+
+
+register(
+    OptimizerSpec(
+        "swag",
+        {"base": "sgd", "start_step": 0, "collect_learning_rate": 0.01, "collect_every": 100, "rank": 20},
+        _swag,
+        _check_swag,
+        reads=lambda hparams: (hparams["base"],),
+        posterior_sample=swag_sample,
+        summary="SWAG (Maddox et al. 2019, arXiv:1902.02476): the base optimizer on the run's schedule for "
+        "start_step steps, then at collect_learning_rate, collecting the moments and a rank-`rank` deviation "
+        "matrix every collect_every steps; rank 20 and every 100 steps as Möllenhoff & Khan 2023, App. H.",
     )
 )
 
