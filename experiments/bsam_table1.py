@@ -4,9 +4,10 @@
     python -m experiments.bsam_table1 --config=...:fmnist --mode=run --shard=0/2   # and 1/2
     python -m experiments.bsam_table1 --config=...:fmnist --mode=report
 
-``run`` trains the jobs of one shard of the grid (SGD, Adam, SAM-SGD, SAM-Adam and bSAM with the
-hyper-parameters of the paper's Table 6, seeds first so that an interrupted grid has whole seeds),
-each resumable, and evaluates every finished job on the test set: bSAM by the average of
+``run`` trains the jobs of one shard of the grid (SGD, SAM-SGD, SWAG, VOGN, Adam, SAM-Adam and bSAM
+with the hyper-parameters of the paper's Table 6 and App. H, plus the bSAM damping ablation; seeds
+first so that an interrupted grid has whole seeds), each resumable, and evaluates every finished job
+on the test set: the methods with a posterior (bSAM, VOGN, SWAG) by the average of
 ``table1.posterior_samples`` posterior samples (Sec. 5), the others at their point estimate, with
 accuracy, NLL, ECE over 20 bins and the AUROC of correct vs. wrong predictions (Osawa et al. 2019,
 App. H). The evaluation goes to ``<job>/table1_eval.json`` (small: commit it so that the report can
@@ -54,6 +55,8 @@ EVAL_FILE = "table1_eval.json"
 METHOD_NAMES = {
     "sgd": "SGD",
     "sam_sgd": "SAM-SGD",
+    "swag": "SWAG",
+    "vogn": "VOGN",
     "adam": "Adam",
     "sam_adam": "SAM-Adam",
     "bsam": "bSAM",
@@ -84,7 +87,7 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[s
 
 
 # Optimizer states that hold a diagonal Gaussian posterior's precision (divided by N) as ``precision``.
-DIAGONAL_POSTERIORS = (optim.BSAMState,)
+DIAGONAL_POSTERIORS = (optim.BSAMState, optim.VOGNState)
 
 
 def _posterior_precision(opt_state: Any) -> Optional[np.ndarray]:
@@ -102,7 +105,7 @@ def _posterior_precision(opt_state: Any) -> Optional[np.ndarray]:
 def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: TrainState) -> dict[str, Any]:
     """Evaluates a job's final ``state`` on the test set and writes ``<job>/table1_eval.json``.
 
-    A posterior (bSAM) predicts with the mean of ``table1.posterior_samples`` sampled softmaxes, and
+    A posterior (bSAM, VOGN, SWAG) predicts with the mean of ``table1.posterior_samples`` sampled softmaxes, and
     the curve has one such predictive per count of ``table1.sample_counts``; everything else
     predicts at its point estimate. All go through ``sam_jax.training.make_predictive``.
     """
@@ -236,9 +239,9 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     budget = f"{config.num_steps} steps" if config.num_steps else f"{config.num_epochs} epochs"
     notes = [
         f"{config.data.name} / {config.model.name}, test set; mean (std, ddof=0) over seeds; {budget} "
-        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM predicts with "
-        f"{config.table1.posterior_samples} posterior samples, the others at their point estimate; ECE with "
-        f"{config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
+        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM, VOGN and SWAG "
+        f"predict with {config.table1.posterior_samples} posterior samples, the others at their point estimate; "
+        f"ECE with {config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
     ]
     if missing:
         notes.append("Not evaluated yet (left out): " + ", ".join(missing))
