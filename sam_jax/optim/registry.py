@@ -83,6 +83,8 @@ class OptimizerSpec:
       full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
       posterior_sample: ``posterior_sample(params, opt_state, key, num_train) -> params`` for
         optimizers that learn a posterior (bSAM); None for a point estimate.
+      recompute_batch_stats: a posterior sample predicts with BatchNorm statistics recomputed for it
+        on the training data (SWAG), not with those of the trained parameters.
       perturbation_radius: ``perturbation_radius(hparams) -> rho`` of a sharpness-aware
         perturbation (for tracking curvature at the perturbed point), or None.
       summary: one line for ``--help`` and the docs.
@@ -98,6 +100,7 @@ class OptimizerSpec:
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
     full_batch: bool = False
     posterior_sample: Optional[Callable[..., Any]] = None
+    recompute_batch_stats: bool = False
     perturbation_radius: Callable[[Hparams], Optional[float]] = _nothing
     summary: str = ""
 
@@ -589,6 +592,7 @@ register(
         _check_swag,
         reads=lambda hparams: (hparams["base"],),
         posterior_sample=swag_sample,
+        recompute_batch_stats=True,
         summary="SWAG (Maddox et al. 2019, arXiv:1902.02476): the base optimizer on the run's schedule for "
         "start_step steps, then at collect_learning_rate, collecting the moments and a rank-`rank` deviation "
         "matrix every collect_every steps; rank 20 and every 100 steps as Möllenhoff & Khan 2023, App. H.",
