@@ -20,8 +20,12 @@ and damping gamma = 0.1 on every dataset (Algorithm 1; the authors' train script
 VOGN, the other method with a damping; Table 7, which has no VOGN row, has no numeric gamma or
 beta2. ``bsam_gamma_ablation`` runs bSAM with that VOGN value, a labelled ablation row (the value
 earlier versions of these presets read, wrongly, as bSAM's). Adam's beta2 = 0.999 (fixed across
-datasets). The networks have K outputs, where the paper's have K - 1 (a minimal exponential-family
-parameterisation, App. H).
+datasets). VOGN (Osawa et al. 2019, arXiv:1906.02506) takes Table 6's VOGN row with 16 sub-batches
+of 8 examples, each with its own weight sample (``vogn.m = 8``). SWAG (Maddox et al. 2019,
+arXiv:1902.02476) runs SGD with Table 6's SGD row for App. H's epochs, then collects for 15 epochs
+at App. H's constant rate (rank 20, a snapshot every 100 steps). bSAM, VOGN and SWAG predict with
+32 posterior samples. The networks have K outputs, where the paper's have K - 1 (a minimal
+exponential-family parameterisation, App. H).
 """
 
 import ml_collections
