@@ -4,22 +4,25 @@
     python -m experiments.bsam_table1 --config=...:fmnist --mode=run --shard=0/2   # and 1/2
     python -m experiments.bsam_table1 --config=...:fmnist --mode=report
 
-``run`` trains the jobs of one shard of the grid (SGD, Adam, SAM-SGD, SAM-Adam and bSAM with the
-hyper-parameters of the paper's Table 6, seeds first so that an interrupted grid has whole seeds),
-each resumable, and evaluates every finished job on the test set: bSAM by the average of
+``run`` trains the jobs of one shard of the grid (SGD, SAM-SGD, SWAG, VOGN, Adam, SAM-Adam and bSAM
+with the hyper-parameters of the paper's Table 6 and App. H, plus the bSAM damping ablation; seeds
+first so that an interrupted grid has whole seeds), each resumable, and evaluates every finished job
+on the test set: the methods with a posterior (bSAM, VOGN, SWAG) by the average of
 ``table1.posterior_samples`` posterior samples (Sec. 5), the others at their point estimate, with
 accuracy, NLL, ECE over 20 bins and the AUROC of correct vs. wrong predictions (Osawa et al. 2019,
 App. H). The evaluation goes to ``<job>/table1_eval.json`` (small: commit it so that the report can
 be rebuilt without the checkpoints). ``report`` writes ``<workdir>/report/``: Table 1 with the
-paper's numbers in adjacent columns (Markdown and CSV), accuracy/ECE/NLL of bSAM against the number
-of posterior samples, and a histogram of bSAM's posterior precision. ``all`` (default) does both.
+paper's numbers in adjacent columns (Markdown and CSV), and for every method with a posterior,
+accuracy/ECE/NLL against the number of posterior samples and (bSAM) a histogram of the posterior
+precision, as ``<label>_posterior_samples.png`` and ``<label>_precision_histogram.png``. ``all``
+(default) does both.
 """
 
 import collections
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,6 @@ from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
 from experiments.grid import AfterJob, Job, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
 from experiments.tables import markdown_row, markdown_table, write_csv  # noqa: E402
 from sam_jax import calibration, optim  # noqa: E402
-from sam_jax.optim.states import find_state  # noqa: E402
 from sam_jax.training import (  # noqa: E402
     Checkpointer,
     Run,
@@ -49,7 +51,17 @@ from sam_jax.training.writers import SUMMARY_FILE, to_python  # noqa: E402
 
 MODES = ("run", "report", "all")
 EVAL_FILE = "table1_eval.json"
-METHOD_NAMES = {"sgd": "SGD", "sam_sgd": "SAM-SGD", "adam": "Adam", "sam_adam": "SAM-Adam", "bsam": "bSAM"}
+# Table 1's rows in the paper's order, then the ablations (no paper number).
+METHOD_NAMES = {
+    "sgd": "SGD",
+    "sam_sgd": "SAM-SGD",
+    "swag": "SWAG",
+    "vogn": "VOGN",
+    "adam": "Adam",
+    "sam_adam": "SAM-Adam",
+    "bsam": "bSAM",
+    "bsam_gamma_ablation": "bSAM, γ of Table 6's γ column (ablation)",
+}
 METRICS = ("accuracy", "nll", "ece", "auroc")
 # log10 of the posterior precision N s: the histogram's fixed bins, so seeds and runs add up.
 PRECISION_BINS = np.linspace(0.0, 10.0, 101)
@@ -74,15 +86,26 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[s
     }
 
 
-def _posterior_precision(opt_state: Any) -> np.ndarray:
-    state = find_state(opt_state, optim.BSAMState, "the precision histogram", "a bSAM run")
-    return np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(state.precision)])
+# Optimizer states that hold a diagonal Gaussian posterior's precision (divided by N) as ``precision``.
+DIAGONAL_POSTERIORS = (optim.BSAMState, optim.VOGNState)
+
+
+def _posterior_precision(opt_state: Any) -> Optional[np.ndarray]:
+    """The per-weight precision ``s`` of a diagonal Gaussian posterior in ``opt_state``; None without one."""
+    found = [
+        leaf
+        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DIAGONAL_POSTERIORS))
+        if isinstance(leaf, DIAGONAL_POSTERIORS)
+    ]
+    if len(found) != 1:
+        return None
+    return np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(found[0].precision)])
 
 
 def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: TrainState) -> dict[str, Any]:
     """Evaluates a job's final ``state`` on the test set and writes ``<job>/table1_eval.json``.
 
-    A posterior (bSAM) predicts with the mean of ``table1.posterior_samples`` sampled softmaxes, and
+    A posterior (bSAM, VOGN, SWAG) predicts with the mean of ``table1.posterior_samples`` sampled softmaxes, and
     the curve has one such predictive per count of ``table1.sample_counts``; everything else
     predicts at its point estimate. All go through ``sam_jax.training.make_predictive``.
     """
@@ -107,7 +130,9 @@ def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: T
         result["test"] = curve[table1.posterior_samples]
         result["posterior_samples"] = table1.posterior_samples
         result["sample_curve"] = {str(k): v for k, v in curve.items()}
-        log_precision = np.log10(len(run.data.train.labels) * _posterior_precision(state.opt_state))
+    precision = _posterior_precision(state.opt_state)
+    if precision is not None:
+        log_precision = np.log10(len(run.data.train.labels) * precision)
         result["precision_histogram"] = {
             "log10_edges": PRECISION_BINS.tolist(),
             "counts": np.histogram(np.clip(log_precision, PRECISION_BINS[0], PRECISION_BINS[-1]), PRECISION_BINS)[
@@ -196,13 +221,16 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     rows, lines = [], []
     header = [c for m in ("Accuracy % ↑", "NLL ↓", "ECE ↓", "AUROC ↑") for c in (f"{m} (ours)", f"{m} (paper)")]
     lines += markdown_table(["method", "seeds"] + header)
+    labels = {job.group for job in jobs}
     for label, name in METHOD_NAMES.items():
+        if label not in labels:
+            continue
         runs = evaluations.get(label, [])
         row: dict[str, Any] = {"method": name, "seeds": len(runs)}
         cells = []
         for metric in METRICS:
             mean, std = _mean_std([r["test"][metric] for r in runs])
-            paper = PAPER_TABLE1[config.data.name][label][metric]
+            paper = PAPER_TABLE1[config.data.name].get(label, {}).get(metric, (math.nan, math.nan))
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_paper": paper[0]})
             cells += [_cell(metric, mean, std), _cell(metric, *paper)]
         rows.append(row)
@@ -211,27 +239,28 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     budget = f"{config.num_steps} steps" if config.num_steps else f"{config.num_epochs} epochs"
     notes = [
         f"{config.data.name} / {config.model.name}, test set; mean (std, ddof=0) over seeds; {budget} "
-        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM predicts with "
-        f"{config.table1.posterior_samples} posterior samples, the others at their point estimate; ECE with "
-        f"{config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
+        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM, VOGN and SWAG "
+        f"predict with {config.table1.posterior_samples} posterior samples, the others at their point estimate; "
+        f"ECE with {config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
     ]
     if missing:
         notes.append("Not evaluated yet (left out): " + ", ".join(missing))
     with open(os.path.join(out, "table1.md"), "w") as f:
         f.write("\n\n".join(notes + ["\n".join(lines)]) + "\n")
     write_csv(os.path.join(out, "table1.csv"), rows)
-    bsam_runs = evaluations.get("bsam", [])
-    if bsam_runs:
-        _sample_curve(bsam_runs, out)
-        _precision_histogram(bsam_runs, out)
+    for label, runs in sorted(evaluations.items()):
+        if "sample_curve" in runs[0]:
+            _sample_curve(label, runs, out)
+        if "precision_histogram" in runs[0]:
+            _precision_histogram(label, runs, out)
     return out
 
 
-def _sample_curve(runs: Sequence[dict[str, Any]], out: str) -> None:
+def _sample_curve(label: str, runs: Sequence[dict[str, Any]], out: str) -> None:
     counts = sorted(int(k) for k in runs[0]["sample_curve"])
     curve_rows = []
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, metric, label in zip(axes, ("accuracy", "ece", "nll"), ("test accuracy (%)", "ECE (20 bins)", "NLL")):
+    for ax, metric, title in zip(axes, ("accuracy", "ece", "nll"), ("test accuracy (%)", "ECE (20 bins)", "NLL")):
         means, stds = [], []
         for k in counts:
             mean, std = _mean_std([r["sample_curve"][str(k)][metric] for r in runs])
@@ -239,20 +268,20 @@ def _sample_curve(runs: Sequence[dict[str, Any]], out: str) -> None:
             stds.append(std)
         point_mean, _ = _mean_std([r["point"][metric] for r in runs])
         ax.errorbar(counts, means, yerr=stds, marker="o", capsize=3, label="posterior average")
-        ax.axhline(point_mean, color="gray", linestyle="--", label="posterior mean (point)")
+        ax.axhline(point_mean, color="gray", linestyle="--", label="point estimate (trained parameters)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("posterior samples")
-        ax.set_title(label)
+        ax.set_title(title)
         curve_rows += [{"samples": k, "metric": metric, "mean": m, "std": s} for k, m, s in zip(counts, means, stds)]
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"bSAM: predictive vs. number of posterior samples ({len(runs)} seeds)")
+    fig.suptitle(f"{METHOD_NAMES.get(label, label)}: predictive vs. number of posterior samples ({len(runs)} seeds)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "bsam_posterior_samples.png"), dpi=120)
+    fig.savefig(os.path.join(out, f"{label}_posterior_samples.png"), dpi=120)
     plt.close(fig)
-    write_csv(os.path.join(out, "bsam_posterior_samples.csv"), curve_rows)
+    write_csv(os.path.join(out, f"{label}_posterior_samples.csv"), curve_rows)
 
 
-def _precision_histogram(runs: Sequence[dict[str, Any]], out: str) -> None:
+def _precision_histogram(label: str, runs: Sequence[dict[str, Any]], out: str) -> None:
     edges = np.asarray(runs[0]["precision_histogram"]["log10_edges"])
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for run in runs:
@@ -260,10 +289,10 @@ def _precision_histogram(runs: Sequence[dict[str, Any]], out: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("log10 posterior precision N s (per weight)")
     ax.set_ylabel("weights")
-    ax.set_title("bSAM posterior precision")
+    ax.set_title(f"{METHOD_NAMES.get(label, label)}: posterior precision")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "bsam_precision_histogram.png"), dpi=120)
+    fig.savefig(os.path.join(out, f"{label}_precision_histogram.png"), dpi=120)
     plt.close(fig)
 
 

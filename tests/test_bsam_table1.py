@@ -13,7 +13,7 @@ import pytest
 
 from experiments import bsam_table1 as driver
 from experiments import grid
-from experiments.configs.bsam_table1 import PAPER_TABLE1, PRESETS, TRAIN_SIZES, get_config
+from experiments.configs.bsam_table1 import ABLATIONS, PAPER_TABLE1, PRESETS, TRAIN_SIZES, VOGN_DAMPING, get_config
 from sam_jax.data import debian
 from sam_jax.training import optimizer_hparams, validate_config
 
@@ -24,7 +24,7 @@ def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
 
 def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     jobs = _jobs_by_label("fmnist")
-    assert sorted(jobs) == ["adam", "bsam", "sam_adam", "sam_sgd", "sgd"]
+    assert sorted(jobs) == ["adam", "bsam", "bsam_gamma_ablation", "sam_adam", "sam_sgd", "sgd", "swag", "vogn"]
     num_train = TRAIN_SIZES["fashion_mnist"]
     delta = 60 / num_train  # N * delta = 60 for every method but bSAM (50)
     expected = {
@@ -32,7 +32,28 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
         "adam": ("adam", 0.001, {"adam": {"b1": 0.9, "weight_decay": delta}}),
         "sam_sgd": ("sam", 0.05, {"sam": {"rho": 0.05, "m": 16, "base": "sgd"}, "sgd": {"momentum": 0.8}}),
         "sam_adam": ("sam", 0.001, {"sam": {"rho": 0.02, "m": 16, "base": "adam"}, "adam": {"weight_decay": delta}}),
-        "bsam": ("bsam", 0.1, {"bsam": {"rho": 0.002, "beta1": 0.95, "prior_precision": 50.0, "m": 16}}),
+        "bsam": (
+            "bsam",
+            0.1,
+            {"bsam": {"rho": 0.002, "beta1": 0.95, "prior_precision": 50.0, "m": 16, "damping": 0.1}},
+        ),
+        "bsam_gamma_ablation": ("bsam", 0.1, {"bsam": {"rho": 0.002, "prior_precision": 50.0, "damping": 0.05}}),
+        # VOGN's row of Table 6 (its beta2 and gamma columns), 16 sub-batches of 8 with their own sample.
+        "vogn": (
+            "vogn",
+            0.0001,
+            {"vogn": {"beta1": 0.95, "beta2": 0.99, "prior_precision": 25.0, "damping": 0.05, "m": 8}},
+        ),
+        # App. H: SGD (Table 6's row) for 105 of 120 epochs, then 15 at alpha 0.001 and beta1 0.8; here
+        # 10 epochs of 468 steps, so the collection starts at step 4,095 (105/120 of 4,680).
+        "swag": (
+            "swag",
+            0.01,
+            {
+                "swag": {"start_step": 4095, "collect_learning_rate": 0.001, "collect_every": 100, "rank": 20},
+                "sgd": {"momentum": 0.8, "weight_decay": delta},
+            },
+        ),
     }
     for label, (name, learning_rate, blocks) in expected.items():
         config = jobs[label].config
@@ -43,6 +64,7 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
             for field, value in values.items():
                 assert hparams[block][field] == pytest.approx(value), (label, block, field)
         assert config.batch_size == 128 and config.optimizer.schedule == "cosine"
+        assert config.optimizer.decay_steps == (4095 if label == "swag" else 0)
         assert config.data.val_size == 0 and config.num_bins == 20 and config.model.name == "lenet5"
     seeds = sorted({job.config.seed for job in driver.grid_jobs(get_config("fmnist"))})
     assert seeds == [0, 1, 2]
@@ -54,21 +76,43 @@ def test_every_paper_setting_validates_with_its_model_schedule_and_paper_row(pre
     config = get_config(preset)
     jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == 0}
     dataset = config.data.name
-    assert sorted(jobs) == sorted(PAPER_TABLE1[dataset])
+    assert sorted(jobs) == sorted([*PAPER_TABLE1[dataset], *ABLATIONS])
     for job in jobs.values():
         validate_config(job.config, TRAIN_SIZES[dataset])
     expected = {"mnist": ("mlp", 75), "fashion_mnist": ("lenet5", 120), "cifar10": ("resnet20_frn", 180)}
     model, epochs = expected.get(dataset, ("resnet20_frn", 180))
     assert (config.model.name, config.num_epochs) == (model, epochs)
+    # SWAG: App. H's epochs of SGD, then 15 epochs of collection; the SGD phase's cosine ends with it.
+    steps_per_epoch = TRAIN_SIZES[dataset] // 128
+    sgd_epochs = {"mnist": 60, "fashion_mnist": 105}.get(dataset, 165)
+    swag = jobs["swag"].config.optimizer
+    assert swag.swag.start_step == sgd_epochs * steps_per_epoch
+    assert (epochs - sgd_epochs, swag.swag.rank, swag.swag.collect_every) == (15, 20, 100)
+    assert swag.decay_steps == (0 if dataset.startswith("cifar") else sgd_epochs * steps_per_epoch)
+    assert optimizer_hparams(jobs["vogn"].config)["vogn"]["m"] == 8  # 16 sub-batches of the batch of 128
     if dataset.startswith("cifar"):
         assert config.optimizer.schedule == "step" and config.optimizer.step_factor == 0.1
         assert tuple(round(b * 180) for b in config.optimizer.step_boundaries) == (100, 120)
         assert optimizer_hparams(jobs["bsam"].config)["bsam"]["rho"] == 0.001
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bsam_damping_is_algorithm_1s_in_every_preset(preset):
+    # Algorithm 1 fixes gamma = 0.1 (so does the authors' code); Table 6's gamma column is VOGN's
+    # damping and enters bSAM only in the labelled ablation row.
+    config = get_config(preset)
+    jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == config.grid.seeds[0]}
+    assert optimizer_hparams(jobs["bsam"].config)["bsam"]["damping"] == 0.1
+    if "bsam_gamma_ablation" in jobs:
+        ablation = optimizer_hparams(jobs["bsam_gamma_ablation"].config)["bsam"]
+        assert ablation["damping"] == VOGN_DAMPING[config.data.name] != 0.1
+    assert (preset == "quick") == ("bsam_gamma_ablation" not in jobs)
+
+
 def test_jobs_are_seed_major_so_a_cut_grid_has_whole_seeds():
-    seeds = [job.config.seed for job in driver.grid_jobs(get_config("fmnist_paper"))]
-    assert seeds == sorted(seeds) and len(seeds) == 25
+    config = get_config("fmnist_paper")
+    seeds = [job.config.seed for job in driver.grid_jobs(config)]
+    assert seeds == sorted(seeds) and len(seeds) == 5 * len(config.grid.optimizers)
 
 
 def test_grid_labels_can_share_an_optimizer():
@@ -102,7 +146,7 @@ def test_quick_preset_trains_evaluates_and_reports(tmp_path):
     report = tmp_path / "report"
     with open(report / "table1.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["method"] for row in rows] == ["SGD", "SAM-SGD", "Adam", "SAM-Adam", "bSAM"]
+    assert [row["method"] for row in rows] == ["SGD", "SAM-SGD", "SWAG", "VOGN", "Adam", "SAM-Adam", "bSAM"]
     for row in rows:
         assert row["seeds"] == "1"
         assert 0 <= float(row["accuracy_mean"]) <= 100 and float(row["nll_mean"]) > 0
@@ -116,6 +160,13 @@ def test_quick_preset_trains_evaluates_and_reports(tmp_path):
     assert bsam["test"] == bsam["sample_curve"]["2"] and bsam["test"] != bsam["point"]
     num_params = 61_706  # LeNet-5 with 10 outputs: one precision per weight
     assert sum(bsam["precision_histogram"]["counts"]) == num_params
+    # VOGN and SWAG predict through the same posterior interface; VOGN's precision is diagonal too.
+    for label in ("vogn", "swag"):
+        with open(os.path.join(jobs[label].workdir, driver.EVAL_FILE)) as f:
+            evaluation = json.load(f)
+        assert evaluation["test"] == evaluation["sample_curve"]["2"] and evaluation["test"] != evaluation["point"]
+        assert ("precision_histogram" in evaluation) == (label == "vogn")
+    assert (report / "vogn_posterior_samples.png").exists() and (report / "swag_posterior_samples.png").exists()
     with open(os.path.join(jobs["sgd"].workdir, driver.EVAL_FILE)) as f:
         sgd = json.load(f)
     assert sgd["test"] == sgd["point"] and "sample_curve" not in sgd

@@ -39,7 +39,9 @@ from sam_jax.optim import (
     project_out_top_hessian_directions,
     sam,
     split_into_sub_batches,
+    swag,
     vasso,
+    vogn,
 )
 from sam_jax.training import (
     Hook,
@@ -326,6 +328,51 @@ CASES = [
         clean_gradient=False,
     ),
     Case(
+        "vogn",
+        "vogn",
+        {
+            "vogn": {
+                "beta1": 0.8,
+                "beta2": 0.99,
+                "prior_precision": 10.0,
+                "damping": 0.2,
+                "init_precision": 2.0,
+                "m": 4,
+            }
+        },
+        lambda b, lr, n, s: vogn(
+            lr,
+            n,
+            BATCH_SIZE,
+            beta1=b["vogn"]["beta1"],
+            beta2=b["vogn"]["beta2"],
+            prior_precision=b["vogn"]["prior_precision"],
+            damping=b["vogn"]["damping"],
+            init_precision=b["vogn"]["init_precision"],
+            num_samples=BATCH_SIZE // b["vogn"]["m"] if b["vogn"]["m"] else 1,
+            seed=s,
+        ),
+        m=lambda b: 1,  # per-example gradients; vogn.m examples share a weight sample
+        clean_gradient=False,
+    ),
+    Case(
+        "swag",
+        "swag",
+        # Collection from step 2 (one step at the run's schedule), a snapshot every step, rank 2 < 3 steps.
+        {"swag": {"start_step": 1, "collect_learning_rate": 0.03, "collect_every": 1, "rank": 2}, "sgd": SGD_CHANGED},
+        lambda b, lr, n, s: swag(
+            _sgd(
+                b["sgd"],
+                optax.join_schedules(
+                    [lr, optax.constant_schedule(b["swag"]["collect_learning_rate"])], [b["swag"]["start_step"]]
+                ),
+            ),
+            start_step=b["swag"]["start_step"],
+            collect_every=b["swag"]["collect_every"],
+            rank=b["swag"]["rank"],
+        ),
+    ),
+    Case(
         "bulk_sgd",
         "bulk_sgd",
         {"bulk_sgd": {"k": 2, "num_iters": 8, "momentum": 0.5}},
@@ -477,6 +524,14 @@ def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
+def _differs(a, b) -> bool:
+    """Two pytrees differ in structure, in a leaf's shape, or by more than 1e-8 in a value."""
+    a_leaves, b_leaves = jax.tree.leaves(a), jax.tree.leaves(b)
+    if jax.tree.structure(a) != jax.tree.structure(b) or any(x.shape != y.shape for x, y in zip(a_leaves, b_leaves)):
+        return True
+    return _max_difference(a, b) > 1e-8
+
+
 def _max_difference(a, b) -> float:
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -515,31 +570,32 @@ def _hand_model_and_batches(full_batch: bool):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_every_changed_field_matters(case):
-    """Reverting any one changed field (or the seed of a noisy optimizer) to its default changes
-    the reference steps, so the comparison with the loop above would see a field the loop dropped."""
+    """Reverting any one changed field (or the seed of a noisy optimizer) to its default changes the
+    reference steps (parameters or optimizer state), so the comparison with the loop above would see
+    a field the loop dropped."""
     model, params0, batches = _hand_model_and_batches(OPTIMIZERS[case.name].full_batch)
     schedule = case.schedule
     blocks = _all_blocks(case.overrides)
     floats = _float_fields(case) if case.jit_reference else None
     step = reference_stepper(case, blocks, model, schedule)
-    changed, _ = reference_steps(case, blocks, model, params0, batches, schedule, floats=floats, step=step)
+    changed = reference_steps(case, blocks, model, params0, batches, schedule, floats=floats, step=step)
     variants = [
         (block, field)
         for block, values in case.overrides.items()
         for field in values
         if not (block == case.name and field == "base")
     ]  # base changes which blocks are read
-    if case.name in ("bsam", "bulk_sgd", "vi", "ivon"):  # the optimizers that draw noise from the run's seed
+    if case.name in ("bsam", "bulk_sgd", "vi", "ivon", "vogn"):  # the optimizers that draw noise from the run's seed
         variants.append((None, "seed"))
     for block, field in variants:
         if block is None:
-            reverted, _ = reference_steps(
+            reverted = reference_steps(
                 case, blocks, model, params0, batches, schedule, seed=0, floats=floats, step=step
             )
         elif case.jit_reference and field in floats.get(block, {}):
             reverted_floats = {b: dict(v) for b, v in floats.items()}
             reverted_floats[block][field] = float(OPTIMIZERS[block].defaults[field])
-            reverted, _ = reference_steps(
+            reverted = reference_steps(
                 case, blocks, model, params0, batches, schedule, floats=reverted_floats, step=step
             )
         elif case.jit_reference:
@@ -547,8 +603,9 @@ def test_every_changed_field_matters(case):
         else:
             overrides = {b: dict(v) for b, v in case.overrides.items()}
             overrides[block][field] = OPTIMIZERS[block].defaults[field]
-            reverted, _ = reference_steps(case, _all_blocks(overrides), model, params0, batches, schedule)
-        assert _max_difference(changed, reverted) > 1e-8, f"{case.id}: {block or ''}.{field} has no effect"
+            reverted = reference_steps(case, _all_blocks(overrides), model, params0, batches, schedule)
+        # Parameters and optimizer state: SWAG's collection fields change only the state.
+        assert _differs(changed, reverted), f"{case.id}: {block or ''}.{field} has no effect"
 
 
 # --------------------------------------------------------------------------- schedules
@@ -573,6 +630,10 @@ SCHEDULES = {
             ],
             [WARMUP],
         ),
+    ),
+    "cosine_decay_steps": (  # cosine to 0 at step 6 of 10, then 0 (SWAG's pre-training phase)
+        {"schedule": "cosine", "decay_steps": 6},
+        optax.cosine_decay_schedule(LEARNING_RATE, 6),
     ),
     "warmup_step": (
         {"schedule": "step", "warmup_steps": WARMUP, "step_boundaries": (0.5,), "step_factor": 0.1},
@@ -634,6 +695,10 @@ BAD_VALUES = {  # field -> a value its rule rejects
     "damping": -0.1,
     "init_precision": 0.0,
     "init_std": 0.0,
+    "start_step": -1,
+    "collect_learning_rate": 0.0,
+    "collect_every": 0,
+    "rank": 0,
     "k": 0,
     "nesterov": "yes",
     "num_iters": 0,

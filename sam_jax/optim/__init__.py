@@ -13,6 +13,12 @@
 - ``project_out_top_hessian_directions(k, ...)``: the top-k Hessian directions removed from the
   updates, to chain before any optax optimizer; ``bulk_sgd(learning_rate, k, ...)`` is the chain
   with SGD.
+- ``scale_by_vogn(num_data, batch_size, *, prior_precision, ...)``: VOGN's direction ``m / p`` from
+  per-example gradients; ``vogn(learning_rate, num_data, batch_size, ...)`` is it with the learning
+  rate; ``vogn_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
+- ``swag(base, *, start_step, collect_every, rank)``: SWAG's moments and deviation matrix collected
+  along ``base``'s trajectory; ``swag_sample(params, state, key, num_data)`` draws from its
+  diagonal-plus-low-rank Gaussian.
 - ``vasso(base, rho, *, theta)``: VaSSO, SAM with a moving average of the gradients as ascent direction.
 - ``gsam(base, rho, *, alpha)``: GSAM, SAM's perturbed gradient minus ``alpha`` times the clean
   gradient's part orthogonal to it; ``gsam_rho_schedule(learning_rate, rho_max, rho_min, ...)`` ties
@@ -60,7 +66,9 @@ from sam_jax.optim.variational import (
     mean_field_vi,
     mean_field_vi_sample,
 )
+from sam_jax.optim.swag import SWAGState, swag, swag_sample
 from sam_jax.optim.vasso import VASSOState, vasso
+from sam_jax.optim.vogn import VOGNState, scale_by_vogn, vogn, vogn_sample
 
 __all__ = [
     "BSAMState",
@@ -79,7 +87,9 @@ __all__ = [
     "HessianProjectionState",
     "MeanFieldVIState",
     "SAMState",
+    "SWAGState",
     "VASSOState",
+    "VOGNState",
     "ascent_perturbation",
     "bayes_by_backprop",
     "bsam",
@@ -107,4 +117,9 @@ __all__ = [
     "looksam",
     "orthogonal_component",
     "scale_by_ivon",
+    "swag",
+    "swag_sample",
+    "scale_by_vogn",
+    "vogn",
+    "vogn_sample",
 ]

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.optim.gaussian import perturb_by_posterior_noise, standard_normal_like
 from sam_jax.optim.states import find_state
 
 GradFn = Callable[[optax.Params], optax.Updates]
@@ -45,20 +46,6 @@ class BSAMState(NamedTuple):
     key: jax.Array  # PRNG key for the weight noise of the next step (raw uint32 key)
     momentum: optax.Updates  # gm, moving average of g_eps + delta w (Alg. 1, line 7)
     precision: optax.Updates  # s, posterior precision per weight, divided by N (Alg. 1, line 8)
-
-
-def _standard_normal_like(key: jax.Array, params: optax.Params) -> optax.Params:
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noise = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
-    return jax.tree.unflatten(treedef, noise)
-
-
-def _perturb_by_posterior_noise(
-    params: optax.Params, precision: optax.Updates, noise: optax.Params, num_data: int
-) -> optax.Params:
-    """``w + z / sqrt(N s)``: a posterior sample from standard-normal ``z``."""
-    return jax.tree.map(lambda w, s, z: w + z * jax.lax.rsqrt(num_data * s), params, precision, noise)
 
 
 def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num_data: int) -> optax.Params:
@@ -83,7 +70,7 @@ def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num
     precision = find_state(
         state, BSAMState, "bsam_sample", "scale_by_bsam, bsam, or a chain containing one of them"
     ).precision
-    return _perturb_by_posterior_noise(params, precision, _standard_normal_like(key, params), num_data)
+    return perturb_by_posterior_noise(params, precision, standard_normal_like(key, params), num_data)
 
 
 def _check_bsam_hyper_parameters(**values: float) -> None:
@@ -207,8 +194,8 @@ def scale_by_bsam(
 
     def draw_noise(key: jax.Array, params: optax.Params) -> optax.Params:
         if not stacked:
-            return _standard_normal_like(key, params)
-        return jax.vmap(_standard_normal_like, (0, None))(jax.random.split(key, num_sub_batches), params)
+            return standard_normal_like(key, params)
+        return jax.vmap(standard_normal_like, (0, None))(jax.random.split(key, num_sub_batches), params)
 
     def mean_over_sub_batches(tree: optax.Updates) -> optax.Updates:
         return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree) if stacked else tree
@@ -239,7 +226,7 @@ def scale_by_bsam(
         if noise is None:
             noise = draw_noise(sample_key, params)
         s = state.precision
-        g = grad_fn(_perturb_by_posterior_noise(params, s, noise, num_data))
+        g = grad_fn(perturb_by_posterior_noise(params, s, noise, num_data))
         g_eps = mean_over_sub_batches(grad_fn(jax.tree.map(lambda w, gi, si: w + rho * gi / si, params, g, s)))
         g_scale = mean_over_sub_batches(jax.tree.map(lambda gi, si: jnp.sqrt(si) * jnp.abs(gi), g, s))
         momentum = jax.tree.map(

@@ -36,7 +36,9 @@ from sam_jax.optim.looksam import looksam
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
 from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
+from sam_jax.optim.swag import swag, swag_sample
 from sam_jax.optim.vasso import vasso
+from sam_jax.optim.vogn import vogn, vogn_sample
 
 Hparams = Mapping[str, Any]
 LossFn = Callable[..., jax.Array]
@@ -89,6 +91,8 @@ class OptimizerSpec:
       full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
       posterior_sample: ``posterior_sample(params, opt_state, key, num_train) -> params`` for
         optimizers that learn a posterior (bSAM); None for a point estimate.
+      recompute_batch_stats: a posterior sample predicts with BatchNorm statistics recomputed for it
+        on the training data (SWAG), not with those of the trained parameters.
       perturbation_radius: ``perturbation_radius(hparams) -> rho`` of a sharpness-aware
         perturbation (for tracking curvature at the perturbed point), or None.
       summary: one line for ``--help`` and the docs.
@@ -104,6 +108,7 @@ class OptimizerSpec:
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
     full_batch: bool = False
     posterior_sample: Optional[Callable[..., Any]] = None
+    recompute_batch_stats: bool = False
     perturbation_radius: Callable[[Hparams], Optional[float]] = _nothing
     summary: str = ""
 
@@ -571,6 +576,107 @@ register(
         _check_bulk,
         summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
         "eigendirections projected out of the gradient.",
+    )
+)
+
+
+# --------------------------------------------------------------------------- VOGN
+
+
+def _check_vogn(hparams: Hparams) -> None:
+    _non_negative(hparams, "prior_precision", "damping", "m")
+    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
+    _unit_interval(hparams, "beta1", "beta2")
+    _require(hparams["init_precision"] > 0, f"init_precision={hparams['init_precision']} must be > 0.")
+
+
+def _vogn(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+    m = int(hparams["m"])
+    if m and context.batch_size % m:
+        raise ValueError(f"vogn.m={m} must divide the batch size {context.batch_size}.")
+    return vogn(
+        context.learning_rate,
+        context.num_train,
+        context.batch_size,
+        prior_precision=hparams["prior_precision"],
+        beta1=hparams["beta1"],
+        beta2=hparams["beta2"],
+        damping=hparams["damping"],
+        init_precision=hparams["init_precision"],
+        num_samples=_num_sub_batches(m, context.batch_size) or 1,
+        seed=context.seed,
+    )
+
+
+# Per-example gradients: the train step splits every batch into sub-batches of one example
+# (sub_batch_size 1); vogn.m is how many consecutive examples share a weight sample. Sub-batches of
+# one example leave BatchNorm no batch to normalise over: use VOGN with models without BatchNorm.
+register(
+    OptimizerSpec(
+        "vogn",
+        {
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "prior_precision": 25.0,
+            "damping": 0.01,
+            "init_precision": 1.0,
+            "m": 0,
+        },
+        _vogn,
+        _check_vogn,
+        uses_clean_gradient=False,
+        sub_batch_size=lambda hparams: 1,
+        posterior_sample=vogn_sample,
+        summary="VOGN (Osawa et al. 2019, arXiv:1906.02506, Algorithm 1): natural-gradient VI with the "
+        "per-example squared-gradient (Gauss-Newton) precision; m > 0 gives every m examples their own "
+        "weight sample (Möllenhoff & Khan 2023, App. H: 16 sub-batches of 128 is m = 8); defaults from "
+        "their Table 6 CIFAR row.",
+    )
+)
+
+
+# --------------------------------------------------------------------------- SWAG
+
+
+def _check_swag(hparams: Hparams) -> None:
+    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
+    _require(
+        int(hparams["start_step"]) == hparams["start_step"] and hparams["start_step"] >= 0,
+        f"start_step={hparams['start_step']} must be an integer >= 0.",
+    )
+    for field in ("collect_every", "rank"):
+        _require(
+            int(hparams[field]) == hparams[field] and hparams[field] >= 1,
+            f"{field}={hparams[field]} must be a positive integer.",
+        )
+    _require(
+        hparams["collect_learning_rate"] > 0,
+        f"collect_learning_rate={hparams['collect_learning_rate']} must be > 0.",
+    )
+
+
+def _swag(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
+    """The base optimizer on the run's schedule until ``start_step``, then at the constant collection rate."""
+    start = int(hparams["start_step"])
+    schedule = optax.join_schedules(
+        [context.learning_rate, optax.constant_schedule(hparams["collect_learning_rate"])], [start]
+    )
+    base = build_optimizer(hparams["base"], context._replace(learning_rate=schedule))
+    return swag(base, start_step=start, collect_every=int(hparams["collect_every"]), rank=int(hparams["rank"]))
+
+
+register(
+    OptimizerSpec(
+        "swag",
+        {"base": "sgd", "start_step": 0, "collect_learning_rate": 0.01, "collect_every": 100, "rank": 20},
+        _swag,
+        _check_swag,
+        reads=lambda hparams: (hparams["base"],),
+        posterior_sample=swag_sample,
+        recompute_batch_stats=True,
+        summary="SWAG (Maddox et al. 2019, arXiv:1902.02476): the base optimizer on the run's schedule for "
+        "start_step steps, then at collect_learning_rate, collecting the moments and a rank-`rank` deviation "
+        "matrix every collect_every steps; rank 20 and every 100 steps as Möllenhoff & Khan 2023, App. H.",
     )
 )
 

@@ -39,6 +39,7 @@ def optimizer_config(name: str = optim.DEFAULT_OPTIMIZER) -> ml_collections.Conf
     config.learning_rate = 0.05
     config.schedule = "cosine"  # constant | cosine (to 0 at the last step) | step
     config.warmup_steps = 0
+    config.decay_steps = 0  # > 0: the schedule ends at this step and keeps its last value (0 = the run's end)
     config.step_boundaries = (0.5, 0.75)  # "step" schedule: fractions of training
     config.step_factor = 0.1  # "step" schedule: multiplier at each boundary
     return config
@@ -246,6 +247,8 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         fail(f"optimizer.learning_rate={opt.learning_rate} must be > 0.")
     if opt.warmup_steps < 0:
         fail(f"optimizer.warmup_steps={opt.warmup_steps} must be >= 0.")
+    if isinstance(opt.decay_steps, bool) or not isinstance(opt.decay_steps, int) or opt.decay_steps < 0:
+        fail(f"optimizer.decay_steps={opt.decay_steps!r} must be an integer >= 0 (0 = decay to the last step).")
     if any(not 0 < b < 1 for b in opt.step_boundaries):
         fail(f"optimizer.step_boundaries={opt.step_boundaries} must be fractions in (0, 1).")
     if opt.step_factor <= 0:

@@ -13,10 +13,16 @@ from sam_jax.training.config import optimizer_hparams, run_batch_size
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """``optimizer.schedule`` over ``total_steps``, after ``optimizer.warmup_steps`` of linear warm-up."""
+    """``optimizer.schedule`` over ``total_steps``, after ``optimizer.warmup_steps`` of linear warm-up.
+
+    With ``optimizer.decay_steps`` > 0 the schedule ends at that step instead (the cosine reaches 0
+    there, the step boundaries are fractions of it) and keeps its final value afterwards; an
+    optimizer with a phase of its own after it (SWAG's collection) sets its own rate there.
+    """
     opt = config.optimizer
-    warmup = min(opt.warmup_steps, total_steps)
-    decay_steps = max(total_steps - warmup, 1)
+    horizon = min(opt.decay_steps, total_steps) if opt.decay_steps else total_steps
+    warmup = min(opt.warmup_steps, horizon)
+    decay_steps = max(horizon - warmup, 1)
     if opt.schedule == "constant":
         main = optax.constant_schedule(opt.learning_rate)
     elif opt.schedule == "cosine":
