@@ -744,8 +744,8 @@ def report(config: ml_collections.ConfigDict) -> str:
         ),
         (
             "table_s15",
-            "Table S15: SAM with other training losses (FL+CSAM and ACLS+CSAM are not run: see the docs)",
-            ["focal", "focal_sam", "acls", "acls_sam"],
+            "Table S15: SAM and CSAM with other training losses",
+            ["focal", "focal_sam", "focal_csam", "acls", "acls_sam", "acls_csam"],
             [
                 ("Test Acc ↑", ("test", "accuracy"), "pct"),
                 ("ECE ↓", ("test", "ece"), "pct"),

@@ -51,6 +51,9 @@ def test_tuned_learning_rate_and_weight_decay_reach_exactly_the_sgd_based_method
     assert jobs["csam_g05"].optimizer.csam.gamma == 0.5 and jobs["csam_g05"].optimizer.csam.rho == 0.05
     assert jobs["sam_r01"].optimizer.sam.rho == 0.1 and jobs["csam_g30"].optimizer.csam.gamma == 3.0
     assert jobs["focal_sam"].loss.name == "focal" and jobs["focal_sam"].optimizer.name == "sam"
+    # FL+CSAM / ACLS+CSAM (Table S15): CSAM whose descent reweights the focal / ACLS loss (eq. 4).
+    assert (jobs["focal_csam"].loss.name, jobs["focal_csam"].optimizer.name) == ("focal", "csam")
+    assert (jobs["acls_csam"].loss.name, jobs["acls_csam"].optimizer.csam.gamma) == ("acls", 1.0)
     assert jobs["mimo"].model.kwargs.backbone == "lenet5" and jobs["mimo"].model.kwargs.ensemble_size == 3
     assert jobs["sgd_dropout"].model.kwargs.dropout_rate == 0.1
 
