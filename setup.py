@@ -21,6 +21,10 @@ setup(
         "cuda12": ["jax[cuda12]"],
         "streaming": ["grain>=0.2.18", "array-record>=0.8.1", "pillow"],  # docs/data.md, "Streaming from ArrayRecord"
         "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "ruff>=0.6"],
+        # Building CIFAR-10-C from the CIFAR-10 (JPEG) test set (python -m sam_jax.data.make_cifar10_c,
+        # docs/data.md): the maintained fork of imagecorruptions, same module and parameters; the
+        # original 1.1.2 fails on fog (NumPy 2) and glass blur (scikit-image >= 0.19).
+        "corruptions": ["imagecorruptions-imaug>=1.1.5"],
         # Preparing a dataset with TFDS (docs/data.md): its builders parse the archives with
         # TensorFlow (the CPU-only wheel where there is one, so that it leaves the GPUs to JAX),
         # and TFDS imports importlib_resources without declaring it.

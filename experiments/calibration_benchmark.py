@@ -104,7 +104,8 @@ def _grid_config(
 
 
 def tune_jobs(config: ml_collections.ConfigDict) -> list[Job]:
-    """SGD's grid search (seed ``benchmark.seeds[0]``): one job per learning rate and weight decay."""
+    """SGD's grid search: one job per learning rate, weight decay and seed (the first
+    ``benchmark.tune_seeds`` of ``benchmark.seeds``)."""
     bench = config.benchmark
     optimizers = {
         f"wd{decay:.0e}".replace("-", "m"): {
@@ -116,16 +117,18 @@ def tune_jobs(config: ml_collections.ConfigDict) -> list[Job]:
     }
     if not bench.tune_learning_rates:
         return []
-    return expand_grid(_grid_config(config, os.path.join(config.workdir, TUNE_DIR), bench.seeds[:1], optimizers))
+    seeds = bench.seeds[: bench.tune_seeds]
+    return expand_grid(_grid_config(config, os.path.join(config.workdir, TUNE_DIR), seeds, optimizers))
 
 
 def tuned_hparams(config: ml_collections.ConfigDict) -> Optional[dict[str, Any]]:
     """``{"learning_rate", "weight_decay", ...}`` for SGD-based methods; None while the search runs.
 
     Without a search (empty ``benchmark.tune_learning_rates``) these are ``benchmark.learning_rate``
-    and ``benchmark.weight_decay``. After it, the best job by ``benchmark.tune_metric`` is written
-    to ``<workdir>/tuned.json`` (and read from there afterwards, so that a report or another
-    machine needs no tuning runs).
+    and ``benchmark.weight_decay``. After it, the setting with the best mean of
+    ``benchmark.tune_metric`` over its seeds (a setting with a non-finite seed is out) is written to
+    ``<workdir>/tuned.json`` with every candidate and its per-seed values (and read from there
+    afterwards, so that a report or another machine needs no tuning runs).
     """
     bench = config.benchmark
     if not bench.tune_learning_rates:
@@ -137,19 +140,24 @@ def tuned_hparams(config: ml_collections.ConfigDict) -> Optional[dict[str, Any]]
     jobs = tune_jobs(config)
     if not all(job.done for job in jobs):
         return None
-    candidates = []
+    per_seed: dict[tuple[float, float], list[Optional[float]]] = {}
     for job in jobs:
         with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
             summary = json.load(f)
-        score = summary.get(bench.tune_metric)
-        candidates.append(
-            {
-                "learning_rate": job.config.optimizer.learning_rate,
-                "weight_decay": job.config.optimizer.sgd.weight_decay,
-                bench.tune_metric: score,
-            }
-        )
-    finite = [c for c in candidates if c[bench.tune_metric] is not None and math.isfinite(c[bench.tune_metric])]
+        setting = (job.config.optimizer.learning_rate, job.config.optimizer.sgd.weight_decay)
+        per_seed.setdefault(setting, []).append(summary.get(bench.tune_metric))
+    candidates = []
+    for (learning_rate, weight_decay), scores in per_seed.items():
+        finite_seeds = all(v is not None and math.isfinite(v) for v in scores)
+        candidate = {
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            bench.tune_metric: float(np.mean(scores)) if finite_seeds else None,
+        }
+        if len(scores) > 1:
+            candidate["per_seed"] = scores
+        candidates.append(candidate)
+    finite = [c for c in candidates if c[bench.tune_metric] is not None]
     if not finite:
         raise ValueError(f"No tuning run of {config.workdir} has a finite {bench.tune_metric!r}.")
     best = max(finite, key=lambda c: c[bench.tune_metric])
@@ -744,8 +752,8 @@ def report(config: ml_collections.ConfigDict) -> str:
         ),
         (
             "table_s15",
-            "Table S15: SAM with other training losses (FL+CSAM and ACLS+CSAM are not run: see the docs)",
-            ["focal", "focal_sam", "acls", "acls_sam"],
+            "Table S15: SAM and CSAM with other training losses",
+            ["focal", "focal_sam", "focal_csam", "acls", "acls_sam", "acls_csam"],
             [
                 ("Test Acc ↑", ("test", "accuracy"), "pct"),
                 ("ECE ↓", ("test", "ece"), "pct"),

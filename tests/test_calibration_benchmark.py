@@ -51,8 +51,58 @@ def test_tuned_learning_rate_and_weight_decay_reach_exactly_the_sgd_based_method
     assert jobs["csam_g05"].optimizer.csam.gamma == 0.5 and jobs["csam_g05"].optimizer.csam.rho == 0.05
     assert jobs["sam_r01"].optimizer.sam.rho == 0.1 and jobs["csam_g30"].optimizer.csam.gamma == 3.0
     assert jobs["focal_sam"].loss.name == "focal" and jobs["focal_sam"].optimizer.name == "sam"
+    # FL+CSAM / ACLS+CSAM (Table S15): CSAM whose descent reweights the focal / ACLS loss (eq. 4).
+    assert (jobs["focal_csam"].loss.name, jobs["focal_csam"].optimizer.name) == ("focal", "csam")
+    assert (jobs["acls_csam"].loss.name, jobs["acls_csam"].optimizer.csam.gamma) == ("acls", 1.0)
     assert jobs["mimo"].model.kwargs.backbone == "lenet5" and jobs["mimo"].model.kwargs.ensemble_size == 3
     assert jobs["sgd_dropout"].model.kwargs.dropout_rate == 0.1
+
+
+def test_cifar10_cpu_preset_splits_tunes_with_two_seeds_and_runs_baselines_at_their_own_settings():
+    from experiments.configs.calibration_benchmark import OWN_SETTINGS
+
+    config = get_config("cifar10_cpu")
+    assert (config.data.name, config.data.val_size, config.data.train_size) == ("cifar10_jpeg", 5000, 0)
+    assert (config.batch_size, config.optimizer.schedule, config.optimizer.sgd.momentum) == (128, "cosine", 0.9)
+    assert not config.data.augment.crop_padding and not config.data.augment.flip
+    tune = driver.tune_jobs(config)
+    assert len(tune) == 3 * 3 * 2 and sorted({job.config.seed for job in tune}) == [0, 1]
+    jobs = {job.group: job.config for job in driver.method_jobs(config, TUNED, GROUPS) if job.config.seed == 0}
+    focal = jobs["focal"]
+    assert (focal.optimizer.learning_rate, focal.optimizer.sgd.weight_decay) == (0.1, 5e-4)
+    assert focal.optimizer.schedule == "step" and focal.optimizer.step_boundaries == (150 / 350, 250 / 350)
+    # A baseline whose own setting is not known keeps SGD's tuned one, and so do SGD and SAM.
+    assert OWN_SETTINGS["acls"] is None
+    for label in ("acls", "ce", "sam"):
+        assert jobs[label].optimizer.learning_rate == TUNED["learning_rate"], label
+        assert jobs[label].optimizer.sgd.weight_decay == TUNED["weight_decay"], label
+        assert jobs[label].optimizer.schedule == "cosine", label
+    assert set(OWN_SETTINGS) <= set(NAMES)
+    assert jobs["bsam"].optimizer.learning_rate == 0.1 and jobs["bsam"].optimizer.bsam.prior_precision == 25.0
+
+
+def test_search_picks_the_best_mean_over_its_seeds_and_drops_a_diverged_setting(tmp_path):
+    config = get_config("quick")
+    config.workdir = str(tmp_path)
+    config.benchmark.seeds = (0, 1)
+    config.benchmark.tune_seeds = 2
+    config.benchmark.tune_learning_rates = (0.01, 0.05, 0.1)
+    config.benchmark.tune_weight_decays = (5e-4,)
+    # lr 0.1 has the best single seed but diverged on the other; lr 0.05 has the best mean.
+    scores = {(0.01, 0): 0.80, (0.01, 1): 0.81, (0.05, 0): 0.84, (0.05, 1): 0.83}
+    scores.update({(0.1, 0): 0.90, (0.1, 1): float("nan")})
+    jobs = driver.tune_jobs(config)
+    assert len(jobs) == 6
+    assert driver.tuned_hparams(config) is None  # nothing trained yet
+    for job in jobs:
+        os.makedirs(job.workdir)
+        with open(os.path.join(job.workdir, "summary.json"), "w") as f:
+            json.dump({"val/accuracy": scores[(job.config.optimizer.learning_rate, job.config.seed)]}, f)
+    tuned = driver.tuned_hparams(config)
+    assert (tuned["learning_rate"], tuned["weight_decay"]) == (0.05, 5e-4)
+    assert tuned["val/accuracy"] == pytest.approx(0.835)
+    by_rate = {c["learning_rate"]: c for c in tuned["candidates"]}
+    assert by_rate[0.1]["val/accuracy"] is None and by_rate[0.05]["per_seed"] == [0.84, 0.83]
 
 
 def test_jobs_run_group_by_group_and_seed_by_seed():

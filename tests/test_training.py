@@ -70,6 +70,13 @@ def digits_config(workdir: str, **overrides) -> ml_collections.ConfigDict:
         # Unknown hyper-parameters and values of the wrong type.
         ({"optimizer.name": "sam", "optimizer.sam.rhoo": 0.1}, r"optimizer\.sam\.rhoo is not a hyper-parameter"),
         ({"loss.name": "focal", "loss.focal.alpha": 1.0}, r"loss\.focal.*unknown hyper-parameter 'alpha'"),
+        # CSAM reweights a per-example training loss (eq. 4); over any other loss it is not defined.
+        (
+            {"optimizer.name": "csam", "loss.name": "mmce"},
+            r"optimizer\.name='csam' with loss\.name='mmce'.*not a mean of per-example terms.*not defined",
+        ),
+        ({"optimizer.name": "csam", "loss.name": "adafocal"}, r"loss\.name='adafocal'.*not defined"),
+        ({"optimizer.name": "csam", "loss.name": "csam"}, r"loss\.name='csam'.*not defined"),
     ],
     ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None,
 )
@@ -88,6 +95,9 @@ def test_bad_config_fails_with_clear_message(tmp_path, overrides, message):
         {"optimizer.name": "gd", "optimizer.gd.weight_decay": 1e-3},
         {"loss.name": "focal", "loss.focal.gamma": 2.0},
         {"loss.name": "label_smoothing", "loss.label_smoothing.smoothing": 0.05},
+        # FL+CSAM and ACLS+CSAM (Tan et al. 2025, Table S15): eq. (4) over the per-example loss.
+        {"optimizer.name": "csam", "loss.name": "focal", "loss.focal.gamma": 2.0, "optimizer.csam.gamma": 0.5},
+        {"optimizer.name": "csam", "loss.name": "acls"},
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -321,11 +331,13 @@ def test_every_optimizer_trains_in_the_loop(tmp_path, overrides):
     assert np.isfinite(summary["test/nll"])
 
 
-def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
+@pytest.mark.parametrize("loss_name, loss_hparams", [("cross_entropy", {}), ("focal", {"gamma": 2.0})])
+def test_csam_step_ascends_on_the_training_loss_and_descends_on_its_reweighting(tmp_path, loss_name, loss_hparams):
+    """CSAM in the loop: cross-entropy is Algorithm 1 (eq. 4), focal loss is FL+CSAM (Table S15)."""
     import optax
 
     from sam_jax import optim
-    from sam_jax.losses import cross_entropy, csam_loss
+    from sam_jax.losses import csam_descent_loss, get_loss
 
     config = digits_config(
         str(tmp_path),
@@ -334,6 +346,8 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
             "optimizer.csam.gamma": 2.0,
             "optimizer.csam.rho": 0.3,
             "optimizer.schedule": "constant",
+            "loss.name": loss_name,
+            **{f"loss.{loss_name}.{k}": v for k, v in loss_hparams.items()},
         },
     )
     run = build_run(config)
@@ -353,10 +367,10 @@ def test_csam_step_is_sam_with_cross_entropy_ascent_and_csam_descent(tmp_path):
     assert (sgd.nesterov, sgd.weight_decay) == (False, 0.0)
     tx = optim.sam(optax.sgd(config.optimizer.learning_rate, momentum=sgd.momentum), 0.3)
     updates, _ = tx.update(
-        jax.grad(objective(cross_entropy))(params),
+        jax.grad(objective(get_loss(loss_name, **loss_hparams)))(params),
         tx.init(params),
         params,
-        grad_fn=jax.grad(objective(lambda z, y: csam_loss(z, y, 2.0))),
+        grad_fn=jax.grad(objective(csam_descent_loss(loss_name, 2.0, loss_hparams))),
     )
     expected = optax.apply_updates(params, updates)
     jax.tree_util.tree_map(

@@ -58,6 +58,15 @@ def _log_one_minus_true_prob(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(others, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
 
 
+def cross_entropy_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``-log p_y`` per example ``[B]`` from the stable log-softmax (no checks).
+
+    The per-example form that CSAM's reweighting (``sam_jax.losses.csam_reweighted``) multiplies;
+    it equals the terms of :func:`cross_entropy` (optax's) up to float rounding.
+    """
+    return -_true_class_log_prob(logits, labels)[1]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
     """Mean softmax cross-entropy -log p_y."""
     check_labels(labels, logits.shape[-1], mask=mask, where="cross_entropy")
@@ -72,5 +81,10 @@ def mse(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) 
     for calibration.
     """
     check_labels(labels, logits.shape[-1], mask=mask, where="mse")
+    return _masked_mean(mse_per_example(logits, labels), mask)
+
+
+def mse_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``0.5 * ||f(x) - e_y||^2`` per example ``[B]`` (no checks)."""
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return _masked_mean(0.5 * jnp.sum((logits - targets) ** 2, axis=-1), mask)
+    return 0.5 * jnp.sum((logits - targets) ** 2, axis=-1)

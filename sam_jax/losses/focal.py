@@ -68,9 +68,14 @@ def flsd53(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = 
       Scalar (masked) mean loss.
     """
     check_labels(labels, logits.shape[-1], mask=mask, where="flsd53")
+    return masked_mean(flsd53_per_example(logits, labels), mask)
+
+
+def flsd53_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """FLSD-53 per example ``[B]``: focal loss with ``gamma = 5`` if ``p_y < 0.2``, else 3 (no checks)."""
     _, log_p = _true_class_log_prob(logits, labels)
     gamma = jnp.where(log_p < jnp.log(FLSD53_THRESHOLD), 5.0, 3.0)
-    return masked_mean(focal_per_example(logits, labels, jax.lax.stop_gradient(gamma)), mask)
+    return focal_per_example(logits, labels, jax.lax.stop_gradient(gamma))
 
 
 def dual_focal(
@@ -99,8 +104,13 @@ def dual_focal(
     """
     check("dual_focal", gamma=gamma)
     check_labels(labels, logits.shape[-1], mask=mask, where="dual_focal")
+    return masked_mean(dual_focal_per_example(logits, labels, gamma=gamma), mask)
+
+
+def dual_focal_per_example(logits: jax.Array, labels: jax.Array, *, gamma: float) -> jax.Array:
+    """``-(1 - p_y + p_j)^gamma log p_y`` per example ``[B]`` (no checks; see :func:`dual_focal`)."""
     log_probs, log_p = _true_class_log_prob(logits, labels)
     below = log_probs < log_p[:, None]
     log_p_j = jnp.max(jnp.where(below, log_probs, -jnp.inf), axis=-1)
     log_base = jnp.logaddexp(_log_one_minus_true_prob(logits, labels), log_p_j)
-    return masked_mean(-jnp.exp(gamma * log_base) * log_p, mask)
+    return -jnp.exp(gamma * log_base) * log_p

@@ -111,9 +111,14 @@ def confidence_penalty(
     """
     check("confidence_penalty", weight=weight)
     check_labels(labels, logits.shape[-1], mask=mask, where="confidence_penalty")
+    return masked_mean(confidence_penalty_per_example(logits, labels, weight=weight), mask)
+
+
+def confidence_penalty_per_example(logits: jax.Array, labels: jax.Array, *, weight: float) -> jax.Array:
+    """``-log p_y - weight * H(p)`` per example ``[B]`` (no checks)."""
     log_probs, log_p = _true_class_log_prob(logits, labels)
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-    return masked_mean(-log_p - weight * entropy, mask)
+    return -log_p - weight * entropy
 
 
 def cpc(
@@ -149,6 +154,11 @@ def cpc(
     """
     check("cpc", lambda_bdc=lambda_bdc, lambda_bec=lambda_bec)
     check_labels(labels, logits.shape[-1], mask=mask, where="cpc")
+    return masked_mean(cpc_per_example(logits, labels, lambda_bdc=lambda_bdc, lambda_bec=lambda_bec), mask)
+
+
+def cpc_per_example(logits: jax.Array, labels: jax.Array, *, lambda_bdc: float, lambda_bec: float) -> jax.Array:
+    """CPC per example ``[B]``: ``-log p_y + lambda_bdc * BDC + lambda_bec * BEC`` (no checks; see :func:`cpc`)."""
     num_classes = logits.shape[-1]
     _, log_p = _true_class_log_prob(logits, labels)
     is_other = (labels[:, None] != jnp.arange(num_classes)).astype(logits.dtype)
@@ -158,4 +168,4 @@ def cpc(
     pair_terms = pair * jax.nn.log_sigmoid(logits[:, :, None] - logits[:, None, :])
     num_pairs = max((num_classes - 1) * (num_classes - 2), 1)
     bec = -0.5 * jnp.sum(pair_terms, axis=(1, 2)) / num_pairs
-    return masked_mean(-log_p + lambda_bdc * bdc + lambda_bec * bec, mask)
+    return -log_p + lambda_bdc * bdc + lambda_bec * bec

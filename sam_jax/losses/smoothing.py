@@ -33,9 +33,13 @@ def label_smoothing(
     """
     check("label_smoothing", smoothing=smoothing)
     check_labels(labels, logits.shape[-1], mask=mask, where="label_smoothing")
+    return masked_mean(label_smoothing_per_example(logits, labels, smoothing=smoothing), mask)
+
+
+def label_smoothing_per_example(logits: jax.Array, labels: jax.Array, *, smoothing: float) -> jax.Array:
+    """``-(1 - smoothing) log p_y - (smoothing / K) sum_k log p_k`` per example ``[B]`` (no checks)."""
     log_probs, log_p = _true_class_log_prob(logits, labels)
-    per_example = -(1.0 - smoothing) * log_p - smoothing * jnp.mean(log_probs, axis=-1)
-    return masked_mean(per_example, mask)
+    return -(1.0 - smoothing) * log_p - smoothing * jnp.mean(log_probs, axis=-1)
 
 
 def mbls(
@@ -63,10 +67,15 @@ def mbls(
     """
     check("mbls", margin=margin, weight=weight)
     check_labels(labels, logits.shape[-1], mask=mask, where="mbls")
+    return masked_mean(mbls_per_example(logits, labels, margin=margin, weight=weight), mask)
+
+
+def mbls_per_example(logits: jax.Array, labels: jax.Array, *, margin: float, weight: float) -> jax.Array:
+    """MbLS per example ``[B]``: ``-log p_y + weight * mean_k max(0, max_j z_j - z_k - margin)`` (no checks)."""
     _, log_p = _true_class_log_prob(logits, labels)
     distances = jnp.max(logits, axis=-1, keepdims=True) - logits
     penalty = jnp.mean(jax.nn.relu(distances - margin), axis=-1)
-    return masked_mean(-log_p + weight * penalty, mask)
+    return -log_p + weight * penalty
 
 
 def acls(
@@ -105,6 +114,16 @@ def acls(
     """
     check("acls", pos_lambda=pos_lambda, neg_lambda=neg_lambda, alpha=alpha, margin=margin)
     check_labels(labels, logits.shape[-1], mask=mask, where="acls")
+    per_example = acls_per_example(
+        logits, labels, pos_lambda=pos_lambda, neg_lambda=neg_lambda, alpha=alpha, margin=margin
+    )
+    return masked_mean(per_example, mask)
+
+
+def acls_per_example(
+    logits: jax.Array, labels: jax.Array, *, pos_lambda: float, neg_lambda: float, alpha: float, margin: float
+) -> jax.Array:
+    """ACLS per example ``[B]``: ``-log p_y + alpha * R(z)`` (no checks; see :func:`acls`)."""
     _, log_p = _true_class_log_prob(logits, labels)
     num_classes = logits.shape[-1]
     top = jnp.max(logits, axis=-1)
@@ -113,4 +132,4 @@ def acls(
     negative = jnp.sum(
         (1.0 - is_top) * jax.nn.relu(jax.lax.stop_gradient(top)[:, None] - logits - margin) ** 2, axis=-1
     ) / (num_classes - 1)
-    return masked_mean(-log_p + alpha * (pos_lambda * positive + neg_lambda * negative), mask)
+    return -log_p + alpha * (pos_lambda * positive + neg_lambda * negative)

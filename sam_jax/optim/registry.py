@@ -7,7 +7,7 @@ to know about an optimizer, so that none of them ever tests an optimizer's name:
   cited in :data:`OPTIMIZERS`' docstrings;
 - ``build(hparams, context)``: the optax transformation (every one takes ``grad_fn``);
 - what the train step must supply: the clean gradient at ``params`` (``uses_clean_gradient``), a
-  separate descent loss (``descent_loss``), stacked sub-batches of size ``m``
+  separate descent loss built from the run's training loss (``descent_loss``), stacked sub-batches of size ``m``
   (``sub_batch_size``), the whole training set as one batch (``full_batch``);
 - what evaluation and tracking may use: a posterior to sample for prediction
   (``posterior_sample``) and a perturbation radius (``perturbation_radius``).
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sam_jax.losses import csam_loss
+from sam_jax.losses import csam_descent_loss
 from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
 from sam_jax.optim.device_sharpness import PER_DEVICE
@@ -68,8 +68,13 @@ class BuildContext(NamedTuple):
 
 
 def _nothing(hparams: Hparams) -> None:
-    """The default of a spec's optional hooks: no check, no descent loss, no perturbation radius."""
+    """The default of a spec's optional hooks: no check, no perturbation radius."""
     del hparams
+
+
+def _training_loss(hparams: Hparams, loss_name: str, loss_hparams: Hparams) -> None:
+    """The default descent loss: none of its own (``grad_fn`` differentiates the training loss)."""
+    del hparams, loss_name, loss_hparams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +89,10 @@ class OptimizerSpec:
       reads: ``reads(hparams) -> names`` of the other blocks it uses (a SAM wrapper's base).
       uses_clean_gradient: False when every gradient comes from ``grad_fn`` (bSAM): the step then
         skips the backward pass at ``params``.
-      descent_loss: ``descent_loss(hparams) -> loss_fn`` when ``grad_fn`` differentiates another
-        loss than the training loss (CSAM's eq. 4); None for the training loss.
+      descent_loss: ``descent_loss(hparams, loss_name, loss_hparams) -> loss_fn`` when ``grad_fn``
+        differentiates another loss than the training loss ``loss_name`` (with its hyper-parameters
+        ``loss_hparams``), e.g. CSAM's eq. (4) over it; None for the training loss. Raises
+        ``ValueError`` for a training loss it is not defined for (checked at config validation).
       sub_batch_size: ``sub_batch_size(hparams) -> m`` (0 = no m-sharpness, ``PER_DEVICE`` = one
         sub-batch per device).
       full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
@@ -104,7 +111,7 @@ class OptimizerSpec:
     validate: Callable[[Hparams], None] = _nothing
     reads: Callable[[Hparams], tuple[str, ...]] = lambda hparams: ()
     uses_clean_gradient: bool = True
-    descent_loss: Callable[[Hparams], Optional[LossFn]] = _nothing
+    descent_loss: Callable[[Hparams, str, Hparams], Optional[LossFn]] = _training_loss
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
     full_batch: bool = False
     posterior_sample: Optional[Callable[..., Any]] = None
@@ -347,13 +354,9 @@ def _check_csam(hparams: Hparams) -> None:
     )
 
 
-def _csam_descent_loss(hparams: Hparams) -> LossFn:
-    gamma = hparams["gamma"]
-
-    def descent_loss(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-        return csam_loss(logits, labels, gamma, mask=mask)
-
-    return descent_loss
+def _csam_descent_loss(hparams: Hparams, loss_name: str, loss_hparams: Hparams) -> LossFn:
+    """Eq. (4)'s reweighting of the training loss (FL+CSAM, ACLS+CSAM of Table S15 for focal, acls)."""
+    return csam_descent_loss(loss_name, hparams["gamma"], loss_hparams)
 
 
 _SAM_COMMON = dict(
@@ -405,7 +408,9 @@ register(
         descent_loss=_csam_descent_loss,
         **_SAM_COMMON,
         summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
-        "descent step uses the CSAM loss; gamma 1 gave the lowest ECE in its Figure S6.",
+        "descent step uses the CSAM loss, eq. 4's reweighting of the training loss per example "
+        "(cross-entropy: eq. 4; focal, acls: FL+CSAM, ACLS+CSAM of Table S15); gamma 1 gave the lowest "
+        "ECE in its Figure S6.",
     )
 )
 

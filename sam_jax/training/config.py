@@ -241,6 +241,10 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
     except ValueError as err:
         fail(str(err))
     spec = optim.get_optimizer_spec(opt.name)
+    try:
+        spec.descent_loss(blocks[opt.name], config.loss.name, chosen_hparams(config.loss))
+    except ValueError as err:
+        fail(f"optimizer.name={opt.name!r} with loss.name={config.loss.name!r}: {err}")
     if opt.schedule not in SCHEDULES:
         fail(f"optimizer.schedule={opt.schedule!r}; choose one of {list(SCHEDULES)}.")
     if opt.learning_rate <= 0:

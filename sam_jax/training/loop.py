@@ -235,7 +235,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
         model,
         tx,
         loss,
-        spec.descent_loss(hparams),
+        spec.descent_loss(hparams, config.loss.name, chosen_hparams(config.loss)),
         m=m if m < batch_size else 0,
         uses_clean_gradient=spec.uses_clean_gradient,
         mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),
