@@ -14,8 +14,8 @@ import pytest
 from experiments import bsam_table1 as driver
 from experiments import grid
 from experiments.configs.bsam_table1 import PAPER_TABLE1, PRESETS, TRAIN_SIZES, get_config
-from sam_jax.data import debian
 from sam_jax.training import optimizer_hparams, validate_config
+from tests.data_gates import needs_fashion_mnist
 
 
 def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
@@ -94,7 +94,7 @@ def test_grid_labels_can_share_an_optimizer():
         grid.expand_grid(config)
 
 
-@pytest.mark.skipif(not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed")
+@needs_fashion_mnist
 def test_quick_preset_trains_evaluates_and_reports(tmp_path):
     config = get_config("quick")
     config.workdir = str(tmp_path)

@@ -18,8 +18,7 @@ from experiments.configs.curvature_calibration import get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, validate_config
 from sam_jax.training.loop import log_spaced_steps
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+from tests.data_gates import needs_fashion_mnist
 
 
 def _quick(workdir) -> ml_collections.ConfigDict:
@@ -390,7 +389,7 @@ def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_
             assert len(points) >= 40, (job.name, last, len(points))
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="needs the Debian Fashion-MNIST package")
+@needs_fashion_mnist
 def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisation():
     """2/lr > lambda_0 for every plain-gradient learning rate of the faithful preset, with lambda_0
     the GN sharpness of each seed's own initialisation on its whole training subset, per loss."""
@@ -415,11 +414,7 @@ def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisati
 # --- end to end on real data --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST_DIR),
-    reason=f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}; install the "
-    "Debian Fashion-MNIST package to run the smoke test.",
-)
+@needs_fashion_mnist
 def test_quick_preset_end_to_end(tmp_path):
     config = _quick(tmp_path)
     jobs = grid.expand_grid(config)
