@@ -30,6 +30,7 @@ from sam_jax.training import (
     read_metrics,
     train_and_evaluate,
 )
+from sam_jax.training import loop
 from sam_jax.training.steps import model_forward
 from tests.test_training import digits_config
 
@@ -201,12 +202,17 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
         lambda tmp: "/proc/sam_jax_run",  # a file system nobody can create directories in
     ],
 )
-def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir):
+def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir, monkeypatch):
     (tmp_path / "a_file").write_text("not a directory")
-    started = time.time()
+
+    def must_not_run(*args, **kwargs):
+        pytest.fail("data were loaded or a run was built (compiled) for an unwritable workdir")
+
+    # The only ways to data and compiled programs in train_and_evaluate.
+    monkeypatch.setattr(loop, "build_run", must_not_run)
+    monkeypatch.setattr(loop, "load_run_data", must_not_run)
     with pytest.raises(WorkdirError, match="Cannot write to workdir"):
         train_and_evaluate(digits_config(make_workdir(str(tmp_path))))
-    assert time.time() - started < 5  # failed at once, before loading data or compiling
 
 
 # ------------------------------------------------------------------ 4. preemption
