@@ -18,6 +18,7 @@ from experiments.configs.curvature_calibration import get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, validate_config
 from sam_jax.training.loop import log_spaced_steps
+from sam_jax.training.workdir import LOCK_FILE
 from tests.data_gates import needs_fashion_mnist
 
 
@@ -150,6 +151,14 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     assert trained == [(todo.workdir, (todo.workdir, "data"), ())]  # no hooks unless a driver gives them
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Prints whether another process can take the lock of the directory argv[1].
+CLAIM_SCRIPT = (
+    "import sys; from sam_jax.training.workdir import try_workdir_lock\n"
+    "with try_workdir_lock(sys.argv[1]) as mine: print(mine)"
+)
+
+
 def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_path, monkeypatch):
     held, free = grid.expand_grid(_quick(tmp_path))[:2]
     os.makedirs(held.workdir)
@@ -159,7 +168,7 @@ def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_pa
             "-c",
             "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True);"
             " time.sleep(60)",
-            os.path.join(held.workdir, grid.LOCK_FILE),
+            os.path.join(held.workdir, LOCK_FILE),
         ],
         stdout=subprocess.PIPE,
     )
@@ -178,8 +187,13 @@ def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_pa
         holder.wait()
     grid.run_jobs([held], progress=False, exclusive=True)  # the killed holder's lock is gone
     assert trained == [free.name, held.name, held.name]
-    with grid.claim_job(free) as mine, grid.claim_job(free) as other:
-        assert mine and not other
+    # Re-entrant within a process: a claimed job is then trained under the same lock.
+    with grid.claim_job(free) as mine, grid.claim_job(free) as again:
+        assert mine and again
+        claimed = subprocess.run(
+            [sys.executable, "-c", CLAIM_SCRIPT, free.workdir], capture_output=True, text=True, cwd=ROOT
+        )
+        assert claimed.stdout.strip() == "False", claimed.stderr[-2000:]
 
 
 def test_run_data_cache_loads_each_data_config_once_for_the_grid_and_its_caller(tmp_path, monkeypatch):

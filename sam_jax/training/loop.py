@@ -46,7 +46,7 @@ from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import donating_train_step, make_eval_step, make_train_step
 from sam_jax.training.stopping import EarlyStop
-from sam_jax.training.workdir import prepare_workdir
+from sam_jax.training.workdir import DiskFullError, check_writable, out_of_space_cause, prepare_workdir, workdir_lock
 from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -467,16 +467,54 @@ def train_and_evaluate(
     every computation and in the checkpoints (Orbax), and process 0 alone writes ``config.json``,
     ``metrics.jsonl``, ``summary.json`` and the figures.
 
+    One process writes a run directory at a time: the run holds ``<workdir>/.lock`` while it trains
+    (``sam_jax.training.workdir.workdir_lock``; in a distributed run, process 0 holds it).
+
     Returns:
       The summary: final evaluation metrics, steps, wall time (on every process).
 
     Raises:
       WorkdirError: ``workdir`` is not writable or holds a different run (before any training).
+      WorkdirBusyError: another live process is training in ``workdir`` (before anything is loaded).
+      DiskFullError: a metrics or checkpoint write failed for lack of space; the complete
+        checkpoints on disk are kept, and the message names the newest.
       TrainingDivergedError: the loss or the parameters became non-finite (the last good
         checkpoint is kept; its step is in the message and in ``kept_step``).
       TrainingPreempted: SIGTERM or SIGINT arrived; a checkpoint of the step reached was saved.
     """
     workdir = workdir or config.workdir
+    check_writable(workdir)  # before the lock, whose file lives there
+    with workdir_lock(workdir, active=is_primary_process()):
+        try:
+            return _train_and_evaluate(config, workdir, hooks, run)
+        except Exception as err:  # pylint: disable=broad-except  # re-raised unless the disk is full
+            full = out_of_space_cause(err)
+            if full is None:
+                raise
+            raise _disk_full(workdir, full) from err
+
+
+def _disk_full(workdir: str, cause: BaseException) -> DiskFullError:
+    checkpointer = Checkpointer(workdir)
+    try:
+        steps = checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+    kept = (
+        f"The newest complete checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
+        if steps
+        else "No checkpoint had been written"
+    )
+    return DiskFullError(
+        f"Out of disk space while writing the run in {workdir!r}: {cause}. {kept}; free some space "
+        "(or copy the workdir to a disk that has it) and run the same command again to resume."
+    )
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook], run: Optional[Run]
+) -> dict[str, Any]:
+    """:func:`train_and_evaluate` once the process holds the run directory."""
     primary = is_primary_process()
     resuming = prepare_workdir(config, workdir, may_delete=primary)
     sync_processes("sam_jax.train_and_evaluate: workdir prepared")  # read by all before anyone writes
