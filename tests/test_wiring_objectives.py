@@ -159,6 +159,40 @@ def test_loop_trains_the_configured_loss_with_its_hyperparameters(name):
     assert _max_difference(_first_gradient(run, point, batch, losses.cross_entropy), gradient) > 1e-6
 
 
+@pytest.mark.parametrize("optimizer", ["sam", "csam"])
+def test_sharpness_aware_steps_use_the_configured_loss(optimizer):
+    """SAM's ascent and descent gradients are those of the configured loss; CSAM ascends on it and
+    descends on its own reweighted loss (eq. 4 of Tan et al. 2026, arXiv:2505.23866)."""
+    rho, gamma = 0.2, 1.5
+    name, hparams = "focal", LOSS_CASES["focal"]
+    block = {"rho": rho, "gamma": gamma} if optimizer == "csam" else {"rho": rho}
+    config = _loss_config(name, hparams)
+    config.optimizer.name = optimizer
+    for field, value in block.items():
+        config.optimizer[optimizer][field] = value
+    run, init, state = loop_steps(config)
+    loss_fn = losses.get_loss(name, **hparams)
+    descent_fn = (lambda z, y: losses.csam_loss(z, y, gamma)) if optimizer == "csam" else loss_fn
+    tx = sam(_sgd(SGD, COSINE), rho)
+
+    def objective(fn):
+        return lambda params, batch: fn(run.model.apply({"params": params}, batch["image"]), batch["label"])
+
+    @jax.jit
+    def reference_step(params, opt_state, batch):
+        grad_fn = lambda p: jax.grad(objective(descent_fn))(p, batch)
+        updates, opt_state = tx.update(jax.grad(objective(loss_fn))(params, batch), opt_state, params, grad_fn=grad_fn)
+        return optax.apply_updates(params, updates), opt_state
+
+    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), init.params)
+    opt_state = tx.init(params)
+    for batch in loop_batches(run, config):
+        params, opt_state = reference_step(params, opt_state, batch)
+    assert_trees_close(state.params, params)
+    plain, _ = _reference_loss_steps(run, init, loop_batches(run, config), name, hparams)
+    assert _max_difference(plain, params) > 1e-6  # the perturbation matters
+
+
 # --------------------------------------------------------------------------- mixing
 
 
