@@ -8,9 +8,9 @@ optimizers (``--optimizers``), with a checkpoint every few steps so that kills l
 It is trained twice, in two workdirs:
 
 - uninterrupted: every shard (``--mode=run --shard=i/n``) to the end, one after another;
-- killed: all shards started together, every process SIGKILLed after a random delay (uniform in
-  ``[--min-delay, --max-delay]`` seconds, from ``--seed``), all restarted, ``--kills`` times; then
-  run to the end.
+- killed: all shards started together and, once the restart trains (a job has written metrics),
+  every process SIGKILLed after a random delay (uniform in ``[0, --max-delay]`` seconds, from
+  ``--seed``), all restarted, ``--kills`` times; then run to the end.
 
 Both are exported (``--mode=export``, the compact records) and reported (``--mode=report``), and
 every file is compared byte for byte: the records (``metrics.jsonl``), the configs and summaries
@@ -86,6 +86,17 @@ def _progress(workdir: str) -> str:
     return f"{finished} jobs finished; in progress: {', '.join(partial) or 'none'}"
 
 
+def _wait_for_training(workdir: str, since: float, processes: list[subprocess.Popen], timeout: float = 900) -> None:
+    """Returns once a job has written metrics after ``since`` (the restart got past start-up and
+    compilation), or once every process has ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for p in processes):
+        for folder, _, files in os.walk(workdir):
+            if "metrics.jsonl" in files and os.path.getmtime(os.path.join(folder, "metrics.jsonl")) > since:
+                return
+        time.sleep(0.2)
+
+
 def _without_volatile(path: str, text: str) -> str:
     """The text of a compared file, without the fields that may differ between correct runs."""
     if path.endswith(".json"):
@@ -124,8 +135,9 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-delay", type=float, default=4.0, help="seconds after a (re)start, at least")
-    parser.add_argument("--max-delay", type=float, default=30.0, help="seconds after a (re)start, at most")
+    parser.add_argument(
+        "--max-delay", type=float, default=20.0, help="kill within this many seconds of a restart's first metrics"
+    )
     parser.add_argument("--optimizers", default="gd,sgd,sam", help="grid optimizers kept from the quick preset")
     parser.add_argument("--num-steps", type=int, default=24)
     parser.add_argument("--checkpoint-every", type=int, default=4)
@@ -162,7 +174,9 @@ def main() -> int:
             )
             for shard in shards
         ]
-        delay = rng.uniform(args.min_delay, args.max_delay)
+        restarted = time.time()
+        _wait_for_training(killed, restarted, processes)
+        delay = rng.uniform(0.0, args.max_delay)
         time.sleep(delay)
         ended = [p.poll() is not None for p in processes]
         for process in processes:
@@ -170,7 +184,8 @@ def main() -> int:
                 process.send_signal(signal.SIGKILL)
             process.wait()
         print(
-            f"kill {kill}: SIGKILL after {delay:.1f} s ({sum(ended)} of {len(processes)} shards had ended); "
+            f"kill {kill}: SIGKILL {delay:.1f} s into training, {time.time() - restarted:.0f} s after the restart "
+            f"({sum(ended)} of {len(processes)} shards had ended); "
             f"{_progress(killed)}",
             flush=True,
         )

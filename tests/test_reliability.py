@@ -21,6 +21,7 @@ from sam_jax import calibration, data, losses
 from sam_jax.data import prefetch
 from sam_jax.training import (
     PREEMPTED_EXIT_CODE,
+    CheckpointError,
     Checkpointer,
     DiskFullError,
     Hook,
@@ -33,7 +34,7 @@ from sam_jax.training import (
     read_metrics,
     train_and_evaluate,
 )
-from sam_jax.training import loop, writers
+from sam_jax.training import loop, preemption, writers
 from sam_jax.training.workdir import LOCK_FILE
 from sam_jax.training.steps import model_forward
 from tests.test_training import digits_config
@@ -176,17 +177,21 @@ def test_reused_workdir_with_other_config_is_an_error_and_keeps_the_run(tmp_path
     assert fresh["resumed_from_step"] == 0
 
 
-def _truncate_newest_checkpoint(workdir: str) -> int:
-    newest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+def _truncate_checkpoint(workdir: str, step: int) -> None:
     files = [
         f
-        for f in glob.glob(os.path.join(workdir, "checkpoints", str(newest), "**", "*"), recursive=True)
+        for f in glob.glob(os.path.join(workdir, "checkpoints", str(step), "**", "*"), recursive=True)
         if os.path.isfile(f)
     ]
     for path in files:  # cut every file in half: a disk that filled up during a copy
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
             f.truncate(size // 2)
+
+
+def _truncate_newest_checkpoint(workdir: str) -> int:
+    newest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    _truncate_checkpoint(workdir, newest)
     return newest
 
 
@@ -197,6 +202,15 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     assert summary["resumed_from_step"] == 20
     assert "cannot be restored" in caplog.text
     assert summary["test/accuracy"] > 0.5
+
+
+def test_every_checkpoint_unreadable_is_a_checkpoint_error_listing_each(tmp_path):
+    config = digits_config(str(tmp_path), num_steps=40)
+    train_and_evaluate(config)
+    for step in (20, 40):  # both kept checkpoints
+        _truncate_checkpoint(str(tmp_path), step)
+    with pytest.raises(CheckpointError, match=r"could be restored:\n  step 40: .*\n  step 20: "):
+        train_and_evaluate(config)
 
 
 @pytest.mark.parametrize(
@@ -241,6 +255,54 @@ def test_sigterm_in_process_saves_the_step_and_resumes(tmp_path):
     assert read_metrics(str(tmp_path))[-1]["step"] == stopped  # metrics flushed at the stop
     summary = train_and_evaluate(config)
     assert summary["resumed_from_step"] == stopped and summary["total_steps"] == 60
+
+
+def test_sigint_in_process_saves_the_step_like_sigterm(tmp_path):
+    def send_sigint(state):
+        if int(state.step) == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+    config = digits_config(str(tmp_path), num_steps=40)
+    with pytest.raises(TrainingPreempted) as caught:
+        train_and_evaluate(config, hooks=[Hook(10, send_sigint)])
+    assert (caught.value.step, caught.value.signal_name) == (11, "SIGINT")
+    assert train_and_evaluate(config)["resumed_from_step"] == 11
+
+
+def test_a_second_signal_takes_the_previous_action():
+    """The first SIGINT only sets the flag; the watcher then puts the previous handler back, so a
+    second Ctrl-C interrupts at once (here: the handler installed before the watcher)."""
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with preemption.PreemptionWatcher() as watcher:
+            assert not watcher.should_stop(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert watcher.should_stop(2) and watcher.signal_name == "SIGINT" and seen == []
+            os.kill(os.getpid(), signal.SIGINT)  # the second one
+            assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_several_hosts_stop_at_the_preemption_sync_point(monkeypatch, caplog):
+    """With several processes the watcher asks JAX's coordination service (mocked here: the
+    sync point is reached at step 7 on every host) and stops at that step; without the service it
+    warns once and trains on."""
+    monkeypatch.setattr(preemption, "_multi_process", lambda: True)
+    monkeypatch.setattr(preemption.multihost_utils, "reached_preemption_sync_point", lambda step: step == 7)
+    with preemption.PreemptionWatcher() as watcher:
+        assert [watcher.should_stop(step) for step in (5, 6, 7)] == [False, False, True]
+        assert watcher.signal_name == "SIGTERM"
+
+    def no_service(step):
+        raise RuntimeError("preemption sync manager is not initialized")
+
+    monkeypatch.setattr(preemption.multihost_utils, "reached_preemption_sync_point", no_service)
+    with preemption.PreemptionWatcher() as watcher:
+        assert not any(watcher.should_stop(step) for step in range(3))
+    assert caplog.text.count("Preemption notices are not handled across hosts") == 1
 
 
 def _cli(workdir: str, *extra: str) -> list[str]:
