@@ -8,9 +8,10 @@ optimizers (``--optimizers``), with a checkpoint every few steps so that kills l
 It is trained twice, in two workdirs:
 
 - uninterrupted: every shard (``--mode=run --shard=i/n``) to the end, one after another;
-- killed: all shards started together and, once the restart trains (a job has written metrics),
-  every process SIGKILLed after a random delay (uniform in ``[0, --max-delay]`` seconds, from
-  ``--seed``), all restarted, ``--kills`` times; then run to the end.
+- killed: all shards started together and, once the restart has made progress (a job has written
+  a checkpoint or finished), every process SIGKILLed after a random delay (uniform in
+  ``[0, --max-delay]`` seconds, from ``--seed``), so that kills land anywhere in a job, between its
+  checkpoints or in its evaluation; all restarted, ``--kills`` times; then run to the end.
 
 Both are exported (``--mode=export``, the compact records) and reported (``--mode=report``), and
 every file is compared byte for byte: the records (``metrics.jsonl``), the configs and summaries
@@ -86,14 +87,26 @@ def _progress(workdir: str) -> str:
     return f"{finished} jobs finished; in progress: {', '.join(partial) or 'none'}"
 
 
-def _wait_for_training(workdir: str, since: float, processes: list[subprocess.Popen], timeout: float = 900) -> None:
-    """Returns once a job has written metrics after ``since`` (the restart got past start-up and
-    compilation), or once every process has ended."""
+def _newest_progress(workdir: str) -> float:
+    """Modification time of the newest checkpoint or summary of any job (0 before the first)."""
+    newest = 0.0
+    for folder, dirs, files in os.walk(workdir):
+        if os.path.basename(folder) == "checkpoints":
+            steps = [os.path.join(folder, d) for d in dirs if d.isdigit()]
+            newest = max([newest, *map(os.path.getmtime, steps)])
+            dirs[:] = []  # not into the checkpoints
+        elif "summary.json" in files:
+            newest = max(newest, os.path.getmtime(os.path.join(folder, "summary.json")))
+    return newest
+
+
+def _wait_for_progress(workdir: str, since: float, processes: list[subprocess.Popen], timeout: float = 1800) -> None:
+    """Returns once a job has written a checkpoint or finished after ``since`` (so every restart
+    resumes from further on), or once every process has ended."""
     deadline = time.time() + timeout
     while time.time() < deadline and any(p.poll() is None for p in processes):
-        for folder, _, files in os.walk(workdir):
-            if "metrics.jsonl" in files and os.path.getmtime(os.path.join(folder, "metrics.jsonl")) > since:
-                return
+        if _newest_progress(workdir) > since:
+            return
         time.sleep(0.2)
 
 
@@ -136,7 +149,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--max-delay", type=float, default=20.0, help="kill within this many seconds of a restart's first metrics"
+        "--max-delay", type=float, default=20.0, help="kill within this many seconds of a restart's first checkpoint"
     )
     parser.add_argument("--optimizers", default="gd,sgd,sam", help="grid optimizers kept from the quick preset")
     parser.add_argument("--num-steps", type=int, default=24)
@@ -159,7 +172,7 @@ def main() -> int:
     reference, killed = os.path.join(root, "uninterrupted"), os.path.join(root, "killed")
 
     started = time.time()
-    for shard in shards:
+    for shard in shards:  # a finished grid (from an earlier call with this --workdir) is not retrained
         _run(_command(config_file, reference, "run", shard))
     print(f"uninterrupted run: {time.time() - started:.0f} s ({_progress(reference)})", flush=True)
 
@@ -175,7 +188,7 @@ def main() -> int:
             for shard in shards
         ]
         restarted = time.time()
-        _wait_for_training(killed, restarted, processes)
+        _wait_for_progress(killed, restarted, processes)
         delay = rng.uniform(0.0, args.max_delay)
         time.sleep(delay)
         ended = [p.poll() is not None for p in processes]
@@ -184,7 +197,8 @@ def main() -> int:
                 process.send_signal(signal.SIGKILL)
             process.wait()
         print(
-            f"kill {kill}: SIGKILL {delay:.1f} s into training, {time.time() - restarted:.0f} s after the restart "
+            f"kill {kill}: SIGKILL {delay:.1f} s after the restart's first checkpoint, "
+            f"{time.time() - restarted:.0f} s after the restart "
             f"({sum(ended)} of {len(processes)} shards had ended); "
             f"{_progress(killed)}",
             flush=True,

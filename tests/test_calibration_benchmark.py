@@ -101,6 +101,7 @@ def _quick(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
+@pytest.mark.slow  # the driver end to end (LeNet-5, 9 runs); its parts have the tests above
 @needs_fashion_mnist
 def test_quick_preset_tunes_trains_evaluates_exports_and_reports(tmp_path):
     config = _quick(str(tmp_path / "grid"))

@@ -403,6 +403,7 @@ def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_
             assert len(points) >= 40, (job.name, last, len(points))
 
 
+@pytest.mark.slow  # a property of the preset's numbers: rerun it when they change
 @needs_fashion_mnist
 def test_faithful_learning_rates_are_below_the_edge_of_stability_at_initialisation():
     """2/lr > lambda_0 for every plain-gradient learning rate of the faithful preset, with lambda_0
