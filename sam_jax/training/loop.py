@@ -495,16 +495,16 @@ def train_and_evaluate(
 
 
 def _disk_full(workdir: str, cause: BaseException) -> DiskFullError:
-    checkpointer = Checkpointer(workdir)
-    try:
-        steps = checkpointer.all_steps()
-    finally:
-        checkpointer.close()
-    kept = (
-        f"The newest complete checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
-        if steps
-        else "No checkpoint had been written"
-    )
+    """The error for a write that failed for lack of space, naming the newest complete checkpoint."""
+    kept = "No checkpoint had been written"
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):  # opening a manager creates the folder otherwise
+        checkpointer = Checkpointer(workdir)
+        try:
+            steps = checkpointer.all_steps()
+        finally:
+            checkpointer.close()
+        if steps:
+            kept = f"The newest complete checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
     return DiskFullError(
         f"Out of disk space while writing the run in {workdir!r}: {cause}. {kept}; free some space "
         "(or copy the workdir to a disk that has it) and run the same command again to resume."
