@@ -416,6 +416,19 @@ def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {f"train_step/{k}": float(np.mean([r[k] for r in records])) for k in records[0]}
 
 
+# The checkpoint metadata key of the step metrics not yet averaged into a log record.
+_WINDOW = "train_step_window"
+
+
+def _window_to_json(window: Sequence[Mapping[str, Any]]) -> list[dict[str, list]]:
+    """The step metrics of an open log window as ``[dtype, value]`` pairs, exact through JSON."""
+    return [{k: [np.asarray(v).dtype.name, np.asarray(v).item()] for k, v in record.items()} for record in window]
+
+
+def _window_from_json(saved: Sequence[Mapping[str, Sequence[Any]]]) -> list[dict[str, np.ndarray]]:
+    return [{k: np.asarray(value, dtype) for k, (dtype, value) in record.items()} for record in saved]
+
+
 def _diverged(step: int, what: str, checkpointer: Checkpointer) -> TrainingDivergedError:
     checkpointer.wait()
     last = checkpointer.latest_step()
@@ -566,8 +579,15 @@ def _train(
     """The step loop of :func:`train_and_evaluate`; returns the steps it started from and ended at."""
     config = run.config
     state = run.init_state
+    # The step metrics since the last log record: saved with each checkpoint, so that a resumed
+    # run logs the averages an uninterrupted one would.
+    window: list[dict[str, Any]] = []
     if resuming and checkpointer.all_steps():
         state = checkpointer.restore(state)
+        try:
+            window = _window_from_json(checkpointer.custom_metadata(int(state.step)).get(_WINDOW, []))
+        except Exception as err:  # pylint: disable=broad-except  # a checkpoint from before the window was saved
+            logger.warning("No step metrics saved with the checkpoint (%s): the next record averages fewer steps.", err)
         logger.warning("Resumed from step %d in %s.", int(state.step), workdir)
     # The step donates the state's buffers (docs/scaling.md); run.init_state stays readable.
     train_step = donating_train_step(run.train_step) if config.donate_state else run.train_step
@@ -593,7 +613,7 @@ def _train(
     batch_sharding = _batch_sharding(run.mesh, run.batch_size, train=True)
     rows = _process_rows(batch_sharding, run.batch_size)
     shuffle = not run.optimizer.full_batch
-    step, pending, window, stopped = start_step, None, [], False
+    step, pending, stopped = start_step, None, False
     early_stop = EarlyStop.from_config(config.early_stop)
     # A run interrupted after its early stop (checkpoint saved, summary not yet written) ends there.
     if start_step > 0 and early_stop.replay(r for r in read_metrics(workdir) if r["step"] <= start_step):
@@ -631,7 +651,7 @@ def _train(
                     last = step == run.total_steps or step == early_stop.horizon_end
                     due = [h for h in all_hooks if h.due(step) or last]
                     save = step % config.checkpoint_every_steps == 0 or last or preempted
-                    log = step % config.log_every_steps == 0 or last or preempted
+                    log = step % config.log_every_steps == 0 or last  # not at a stop: the window is saved
                     if due or save or log:
                         window.append(_check_loss(step, pending, checkpointer))
                         pending = None
@@ -655,7 +675,7 @@ def _train(
                             raise _diverged(
                                 step, "Parameters, optimizer state or the loss at them are not finite", checkpointer
                             )
-                        checkpointer.save(state)
+                        checkpointer.save(state, {_WINDOW: _window_to_json(window)})
                     if preempted:
                         checkpointer.wait()
                         raise TrainingPreempted(step, watcher.signal_name or "signal", workdir)
