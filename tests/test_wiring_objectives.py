@@ -41,6 +41,9 @@ from tests.test_wiring import (
 pytestmark = pytest.mark.usefixtures("float64")
 
 SGD = dict(OPTIMIZERS["sgd"].defaults)  # the base every case below trains with
+# Jitted once per hyper-parameter value: eager, every call would compile the Beta sampler's loops.
+MIXUP = jax.jit(losses.mixup, static_argnames="alpha")
+MIT_MIX = jax.jit(losses.mit_mix, static_argnames=("alpha", "margin"))
 
 
 def _loss_config(name: str, hparams: Mapping[str, float], **fields: Any) -> ml_collections.ConfigDict:
@@ -229,9 +232,9 @@ def test_mixup_with_sam_mixes_once_per_step_for_both_passes():
     assert_trees_close(state.params, params)
     # Another alpha, another key or no mixing would have given other steps.
     batch = batches[0]
-    lam = losses.mixup(_step_key(init.rng, 0), batch["image"], batch["label"], alpha=alpha).lam
-    assert abs(lam - losses.mixup(_step_key(init.rng, 0), batch["image"], batch["label"], alpha=1.0).lam) > 1e-3
-    assert abs(lam - losses.mixup(_step_key(init.rng, 1), batch["image"], batch["label"], alpha=alpha).lam) > 1e-3
+    lam = MIXUP(_step_key(init.rng, 0), batch["image"], batch["label"], alpha=alpha).lam
+    assert abs(lam - MIXUP(_step_key(init.rng, 0), batch["image"], batch["label"], alpha=1.0).lam) > 1e-3
+    assert abs(lam - MIXUP(_step_key(init.rng, 1), batch["image"], batch["label"], alpha=alpha).lam) > 1e-3
     unmixed, _ = _reference_loss_steps(run, init, batches, "cross_entropy", {})
     assert _max_difference(unmixed, params) > 1e-6
 
@@ -304,7 +307,7 @@ def test_mit_trains_on_the_doubled_batch_and_reports_the_first_mixture(monkeypat
     def draws(**hparams) -> np.ndarray:
         return np.array(
             [
-                [float(x) for x in losses.mit_mix(_step_key(init.rng, t), b["image"], b["label"], **hparams)[4:6]]
+                [float(x) for x in MIT_MIX(_step_key(init.rng, t), b["image"], b["label"], **hparams)[4:6]]
                 for t, b in enumerate(batches)
             ]
         )
@@ -312,7 +315,7 @@ def test_mit_trains_on_the_doubled_batch_and_reports_the_first_mixture(monkeypat
     chosen = draws(alpha=alpha, margin=margin)
     for other in ({"alpha": 1.0, "margin": margin}, {"alpha": alpha, "margin": 0.0}):
         assert np.abs(draws(**other) - chosen).max() > 1e-3, other
-    mixed = losses.mit_mix(_step_key(init.rng, 0), batches[0]["image"], batches[0]["label"], alpha=alpha, margin=margin)
+    mixed = MIT_MIX(_step_key(init.rng, 0), batches[0]["image"], batches[0]["label"], alpha=alpha, margin=margin)
     initial_stats = init.model_state["batch_stats"]
     alone = forward(init.params, initial_stats, mixed.images_1)[1]["batch_stats"]
     doubled = forward(init.params, initial_stats, jnp.concatenate([mixed.images_1, mixed.images_2]))[1]
