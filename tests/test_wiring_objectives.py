@@ -85,7 +85,7 @@ LOSS_CASES = {
     "focal": {"gamma": 0.5},
     "label_smoothing": {"smoothing": 0.3},
     "mbls": {"margin": 0.05, "weight": 0.5},
-    "adafocal": {"gamma_initial": 0.5},  # stateful; its epoch update comes after these steps
+    "adafocal": {"gamma_initial": 0.5},  # stateful; its epoch update runs in the loop, not in the step
     "crl": {"rank_weight": 0.5},  # stateful: the correctness history of every step
 }
 
