@@ -13,7 +13,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sam_jax.training import PREEMPTED_EXIT_CODE, TrainingPreempted, initialize_distributed
+from sam_jax.training import PREEMPTED_EXIT_CODE, TrainingPreempted, WorkdirError, initialize_distributed
 
 
 def _config_help(default_config: str) -> str:
@@ -50,7 +50,9 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
     """Parses the command line and calls ``main(config)`` under ``absl.app``.
 
     A run stopped by SIGTERM or Ctrl-C (after saving its checkpoint) exits with
-    ``PREEMPTED_EXIT_CODE`` (75); running the same command again resumes it.
+    ``PREEMPTED_EXIT_CODE`` (75); running the same command again resumes it. A ``WorkdirError``
+    (the run directory is unwritable, full, in use by another process, or holds another run) prints
+    its message and exits with 1.
 
     A config with a ``distributed`` block (every run config) joins its multi-process run first,
     before ``main`` or anything else touches a device: ``jax.distributed.initialize`` fails once
@@ -79,5 +81,8 @@ def run(main: Callable[[ml_collections.ConfigDict], None], default_config: str) 
         except TrainingPreempted as err:
             print(err, file=sys.stderr)
             sys.exit(PREEMPTED_EXIT_CODE)
+        except WorkdirError as err:  # the run directory's state, not a bug: the message, no traceback
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(1)
 
     app.run(absl_main)

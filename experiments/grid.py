@@ -27,7 +27,6 @@ loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists i
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -50,13 +49,14 @@ from sam_jax.training import (
     read_metrics,
     train_and_evaluate,
 )
+from sam_jax.training.distributed import is_primary_process
+from sam_jax.training.workdir import try_workdir_lock, workdir_lock
 from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
 AfterJob = Callable[["Job", Run], None]
 JobHooks = Callable[["Job", Run], Sequence[Hook]]
-LOCK_FILE = ".lock"
 GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
 
 
@@ -235,10 +235,12 @@ def run_job(
         with open(path) as f:
             return json.load(f)
     try:
-        run = build_run(job.config, run_data)
-        summary = train_and_evaluate(job.config, job.workdir, hooks=hooks(job, run) if hooks else (), run=run)
-        if after_job is not None:
-            after_job(job, run)
+        # The lock first: a second process on this job fails before it loads or compiles anything.
+        with workdir_lock(job.workdir, active=is_primary_process()):
+            run = build_run(job.config, run_data)
+            summary = train_and_evaluate(job.config, job.workdir, hooks=hooks(job, run) if hooks else (), run=run)
+            if after_job is not None:
+                after_job(job, run)
         return summary
     except TrainingDivergedError as err:
         logger.warning("%s diverged: %s", job.name, err)
@@ -322,20 +324,15 @@ def _compilation_cache(directory: Optional[str]):
 
 @contextlib.contextmanager
 def claim_job(job: Job) -> Iterator[bool]:
-    """Holds an exclusive lock on ``job`` for the duration; yields whether this process got it.
+    """Holds the writer lock of ``job``'s directory for the duration; yields whether this process got it.
 
-    The lock is an ``flock`` on ``<job dir>/.lock``: the operating system drops it when the holder
-    exits, killed or not, so an interrupted job is free for the next process that comes to it.
-    It works between processes on one machine (and on file systems that support ``flock``).
+    The lock is the train loop's (``sam_jax.training.workdir.try_workdir_lock``, an ``flock`` on
+    ``<job dir>/.lock``): the operating system drops it when the holder exits, killed or not, so an
+    interrupted job is free for the next process that comes to it, and the loop, which takes the
+    same lock, trains the claimed job without waiting for itself.
     """
-    os.makedirs(job.workdir, exist_ok=True)
-    with open(os.path.join(job.workdir, LOCK_FILE), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True  # closing the file releases the lock
+    with try_workdir_lock(job.workdir) as mine:
+        yield mine
 
 
 def run_jobs(

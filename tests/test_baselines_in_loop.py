@@ -9,12 +9,21 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+import scipy.special
 
 from experiments.configs.evaluate import get_config as evaluate_config
 from experiments.evaluate import evaluate_checkpoint
 from sam_jax import calibration
 from sam_jax.losses import get_stateful_loss
-from sam_jax.training import build_run, load_run_data, make_train_step, read_metrics, train_and_evaluate
+from sam_jax.training import (
+    build_run,
+    load_run_data,
+    load_trained,
+    make_train_step,
+    predict,
+    read_metrics,
+    train_and_evaluate,
+)
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step
 from tests.test_training import digits_config
@@ -127,5 +136,17 @@ def test_deep_ensemble_experiment_trains_members_and_averages_them(tmp_path):
     results = deep_ensemble.read_results(config)
     assert results["ensemble"]["predictive"] == "ensemble" and results["ensemble"]["members"] == 2
     assert results["mc_dropout"]["predictive"] == "mc_dropout"
-    member_nll = [member["test"]["nll"] for member in results["members"]]
-    assert results["ensemble"]["test"]["nll"] <= max(member_nll)  # NLL is convex in the probabilities
+    # The ensemble's NLL recomputed from each member's softmax (members differ, so one member
+    # counted twice would give another number).
+    member_probs = []
+    for job in jobs:
+        run, state = load_trained(job.workdir)
+        member_probs.append(scipy.special.softmax(predict(run, state.params, state.model_state, run.data.test), axis=1))
+    assert np.abs(member_probs[0] - member_probs[1]).max() > 1e-3
+    labels = run.data.test.labels
+    expected_nll = -np.mean(np.log(np.mean(member_probs, axis=0)[np.arange(len(labels)), labels]))
+    np.testing.assert_allclose(results["ensemble"]["test"]["nll"], expected_nll, rtol=1e-5)
+    for member, probs in zip(results["members"], member_probs, strict=True):
+        np.testing.assert_allclose(
+            member["test"]["nll"], -np.mean(np.log(probs[np.arange(len(labels)), labels])), rtol=1e-5
+        )

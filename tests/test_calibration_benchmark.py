@@ -15,9 +15,9 @@ import pytest
 from experiments import calibration_benchmark as driver
 from experiments.configs.calibration_benchmark import GROUPS, NAMES, PRESETS, get_config
 from sam_jax import calibration, optim
-from sam_jax.data import debian
 from sam_jax.models import create_model
 from sam_jax.training import optimizer_hparams, validate_config
+from tests.data_gates import needs_fashion_mnist
 
 TUNED = {"learning_rate": 0.03, "weight_decay": 2e-4}
 
@@ -151,7 +151,8 @@ def _quick(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-@pytest.mark.skipif(not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.slow  # the driver end to end (LeNet-5, 9 runs); its parts have the tests above
+@needs_fashion_mnist
 def test_quick_preset_tunes_trains_evaluates_exports_and_reports(tmp_path):
     config = _quick(str(tmp_path / "grid"))
     driver.main(config, "all")

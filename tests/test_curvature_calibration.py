@@ -19,6 +19,8 @@ from experiments.configs.curvature_calibration import CIFAR10_EOS_LEARNING_RATES
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, read_metrics, validate_config
 from sam_jax.training.loop import log_spaced_steps
+from sam_jax.training.workdir import LOCK_FILE
+from tests.data_gates import needs_fashion_mnist
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -153,6 +155,14 @@ def test_done_jobs_are_skipped(tmp_path, monkeypatch):
     assert trained == [(todo.workdir, (todo.workdir, "data"), ())]  # no hooks unless a driver gives them
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Prints whether another process can take the lock of the directory argv[1].
+CLAIM_SCRIPT = (
+    "import sys; from sam_jax.training.workdir import try_workdir_lock\n"
+    "with try_workdir_lock(sys.argv[1]) as mine: print(mine)"
+)
+
+
 def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_path, monkeypatch):
     held, free = grid.expand_grid(_quick(tmp_path))[:2]
     os.makedirs(held.workdir)
@@ -162,7 +172,7 @@ def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_pa
             "-c",
             "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True);"
             " time.sleep(60)",
-            os.path.join(held.workdir, grid.LOCK_FILE),
+            os.path.join(held.workdir, LOCK_FILE),
         ],
         stdout=subprocess.PIPE,
     )
@@ -181,8 +191,13 @@ def test_exclusive_runs_skip_a_job_held_by_another_process_until_it_exits(tmp_pa
         holder.wait()
     grid.run_jobs([held], progress=False, exclusive=True)  # the killed holder's lock is gone
     assert trained == [free.name, held.name, held.name]
-    with grid.claim_job(free) as mine, grid.claim_job(free) as other:
-        assert mine and not other
+    # Re-entrant within a process: a claimed job is then trained under the same lock.
+    with grid.claim_job(free) as mine, grid.claim_job(free) as again:
+        assert mine and again
+        claimed = subprocess.run(
+            [sys.executable, "-c", CLAIM_SCRIPT, free.workdir], capture_output=True, text=True, cwd=ROOT
+        )
+        assert claimed.stdout.strip() == "False", claimed.stderr[-2000:]
 
 
 def test_run_data_cache_loads_each_data_config_once_for_the_grid_and_its_caller(tmp_path, monkeypatch):
@@ -404,6 +419,7 @@ def test_faithful_schedule_tracks_at_least_40_points_up_to_the_fastest_measured_
             assert len(points) >= 40, (job.name, last, len(points))
 
 
+@pytest.mark.slow  # a property of the preset's numbers: rerun it when they change
 @pytest.mark.parametrize(
     "preset, data_present, seeds",
     [
@@ -460,11 +476,7 @@ def test_run_order_puts_whole_seeds_of_the_priority_groups_first(tmp_path):
 # --- end to end on real data --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST_DIR),
-    reason=f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}; install the "
-    "Debian Fashion-MNIST package to run the smoke test.",
-)
+@needs_fashion_mnist
 def test_quick_preset_end_to_end(tmp_path):
     config = _quick(tmp_path)
     jobs = grid.expand_grid(config)
@@ -512,13 +524,25 @@ def test_quick_preset_end_to_end(tmp_path):
     with open(os.path.join(out, "table1.csv")) as f:
         table = list(csv.DictReader(f))
     assert {r["optimizer"] for r in table if r["loss"] == "cross_entropy"} == {job.group for job in jobs}
-    # A window may leave a short run fewer than 3 points (NaN); the whole trajectory never does.
-    assert all(-1 <= float(r["mean"]) <= 1 for r in table if r["variant"] == "full")
-    assert all(math.isnan(float(r["mean"])) or -1 <= float(r["mean"]) <= 1 for r in table)
+    # The whole-trajectory train-ECE rows, recomputed from the runs' records with scipy (a window
+    # may leave a short run fewer than 3 points, NaN; the whole trajectory never does).
+    full = [r for r in table if r["variant"] == "full" and (r["split"], r["metric"]) == ("train", "ece")]
+    assert len(full) == len({(job.group, job.config.loss.name) for job in jobs})
+    for row in full:
+        per_rate = {}
+        for job in jobs:
+            if (job.group, job.config.loss.name) == (row["optimizer"], row["loss"]):
+                value = _expected_correlation(driver.read_metrics(job.workdir), "full", "train/ece")
+                per_rate.setdefault(job.config.optimizer.learning_rate, []).append(value)
+        expected = np.mean([np.mean(values) for values in per_rate.values()])
+        assert math.isfinite(expected) and float(row["mean"]) == pytest.approx(expected, abs=1e-9), row
     with open(os.path.join(out, "mse_confidence.csv")) as f:
         (mse,) = list(csv.DictReader(f))
     assert float(mse["optimum_confidence"]) == pytest.approx(math.e / (math.e + 9))
-    assert 0 < float(mse["train_confidence"]) <= 1
+    (mse_job,) = [job for job in jobs if job.config.loss.name == "mse"]
+    with open(os.path.join(mse_job.workdir, "summary.json")) as f:
+        final = json.load(f)  # the last evaluation's metrics
+    assert float(mse["train_confidence"]) == pytest.approx(final["train/mean_confidence"], rel=1e-12)
 
 
 def test_runs_csv_says_why_each_run_stopped(tmp_path):

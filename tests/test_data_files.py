@@ -16,6 +16,7 @@ import scipy.io
 
 from sam_jax import data
 from sam_jax.data import debian, tfds_source
+from tests.data_gates import needs_fashion_mnist
 
 RNG = np.random.default_rng(1234)
 
@@ -468,7 +469,7 @@ def test_ensure_debian_fashion_mnist(tmp_path, monkeypatch):
     assert commands == ["install", "update", "install"]
 
 
-@pytest.mark.skipif(not debian.debian_fashion_mnist_present(), reason="dataset-fashion-mnist is not installed")
+@needs_fashion_mnist
 def test_real_debian_fashion_mnist(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))

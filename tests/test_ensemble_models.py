@@ -353,6 +353,46 @@ def test_rank1_training_samples_the_factors_from_the_dropout_rng():
     np.testing.assert_allclose(sampled, _evaluate(model, sharp, x), rtol=1e-5, atol=1e-6)
 
 
+def test_rank1_factor_samples_have_the_posterior_std():
+    """Samples of the factors ``r`` and ``s`` spread as ``N(mean, softplus(rho)^2)``, member by member.
+
+    One Dense layer (an MLP without hidden layers) on one input repeated over many rows: every
+    row draws its own factors, so with the other side's std made vanishing each logit gives one
+    sample of a factor, ``s_j = (z_j - b_j - c_j) / ((x * r) W)_j`` and, for the one-hot input
+    ``e_0``, ``r_0 = (z_0 - b_0 - c_0) / (W_00 s_0)``.
+    """
+    model = create_model("rank1_bnn", 3, backbone="mlp", backbone_kwargs={"widths": ()}, ensemble_size=2)
+    rows = 4000
+    x = np.zeros((rows, 5), np.float32)
+    x[:, 0] = 1.0
+    _, variables = _init(model, x[:1])
+    ((path, layer),) = _rank1_layers(variables["params"]).items()
+    # Posterior stds between 0.15 and 0.6 (not 1, where std and std^2 agree).
+    stds = np.array([[0.15, 0.3, 0.45], [0.6, 0.2, 0.35]], np.float32)
+    vanishing = -40.0  # softplus(-40) ~ 4e-18
+    rho = np.log(np.expm1(stds)).astype(np.float32)
+    kernel, bias, offsets = (np.asarray(layer[n], np.float64) for n in ("kernel", "bias", "member_bias"))
+    in_mean, out_mean = np.asarray(layer["fast_in_mean"], np.float64), np.asarray(layer["fast_out_mean"], np.float64)
+
+    def sample_logits(in_rho: np.ndarray, out_rho: np.ndarray) -> np.ndarray:
+        params = traverse_util.unflatten_dict({path: {**layer, "fast_in_rho": in_rho, "fast_out_rho": out_rho}})
+        logits, _ = _train_forward(model, {"params": params}, x, jax.random.key(4))
+        return np.asarray(logits, np.float64)  # [rows, members, classes]
+
+    # s: r at its mean (vanishing in-side std).
+    logits = sample_logits(np.full(in_mean.shape, vanishing, np.float32), rho)
+    linear = in_mean[:, 0, None] * kernel[0]  # ((e_0 * r) W) per member: [members, classes]
+    s = (logits - bias - offsets) / linear
+    np.testing.assert_allclose(s.mean(0), out_mean, atol=4 * stds.max() / np.sqrt(rows))
+    np.testing.assert_allclose(s.std(0), stds, rtol=0.06)  # sampling error of a std: 1 / sqrt(2 * 4000) = 1.1 %
+    # r_0: s at its mean; the std of feature 0's factor, one value per member.
+    in_rho = np.full(in_mean.shape, vanishing, np.float32)
+    in_rho[:, 0] = rho[:, 0]
+    logits = sample_logits(in_rho, np.full(out_mean.shape, vanishing, np.float32))
+    r0 = (logits[:, :, 0] - bias[0] - offsets[:, 0]) / (kernel[0, 0] * out_mean[:, 0])
+    np.testing.assert_allclose(r0.std(0), stds[:, 0], rtol=0.06)
+
+
 def test_bad_arguments_raise_value_error():
     for name, kwargs in [
         ("batch_ensemble", {"backbone": "no_such_model"}),

@@ -16,6 +16,7 @@ from PIL import Image
 from sam_jax import data
 from sam_jax.data import image_archive
 from sam_jax.data.image_archive import ArchiveSpec
+from tests.data_gates import needs_archive
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 TOY = ArchiveSpec("toy", height=4, width=5, mode="RGB", num_classes=3)
@@ -275,7 +276,7 @@ def shared_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("archive_cache"))
 
 
-@pytest.mark.skipif(not os.path.isfile(_shared_archive("cifar10_jpeg")), reason="needs ../shared/data")
+@needs_archive(_shared_archive("cifar10_jpeg"))
 def test_shared_cifar10_jpeg(shared_cache, monkeypatch):
     train = data.load_dataset("cifar10_jpeg", "train", data_dir=SHARED_DATA, cache_dir=shared_cache)
     assert train.images.shape == (50_000, 32, 32, 3) and train.images.dtype == np.uint8
@@ -288,7 +289,7 @@ def test_shared_cifar10_jpeg(shared_cache, monkeypatch):
     np.testing.assert_array_equal(np.bincount(test.labels), [1000] * 10)
 
 
-@pytest.mark.skipif(not os.path.isfile(_shared_archive("mnist")), reason="needs ../shared/data")
+@needs_archive(_shared_archive("mnist"))
 def test_shared_mnist(shared_cache, monkeypatch):
     train = data.load_dataset("mnist", "train", data_dir=SHARED_DATA, cache_dir=shared_cache)
     assert train.images.shape == (60_000, 28, 28, 1) and train.images.dtype == np.uint8

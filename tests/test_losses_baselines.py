@@ -354,6 +354,33 @@ def test_adafocal_update_and_loss_match_reference():
     )
 
 
+ADAFOCAL_CHANGED = {"lam": 0.5, "gamma_max": 5.0, "gamma_min": -1.0, "switch_point": 0.3}
+ADAFOCAL_DEFAULTS = {"lam": 1.0, "gamma_max": 20.0, "gamma_min": -2.0, "switch_point": 0.2}
+
+
+def test_adafocal_epoch_update_uses_its_hyperparameters():
+    """Through the registry's ``epoch_update`` at non-default values, each of which changes the result:
+    bin 0 is scaled by ``exp(lam * gap)``, bin 1 clipped at ``gamma_min``, bin 2 switched by
+    ``switch_point`` and bin 4 clipped at ``gamma_max``."""
+    rng = np.random.default_rng(5)
+    val_z, val_y = 3.0 * rng.normal(size=(40, K)), rng.integers(0, K, size=40)
+    gamma = np.array([1.0, -1.8, 0.2, 3.0, 19.0])
+    spec = losses.get_stateful_loss("adafocal", num_bins=5, **ADAFOCAL_CHANGED)
+    state = losses.AdaFocalState(jnp.asarray(gamma), jnp.linspace(0.0, 1.0, 6))
+    new = jax.jit(spec.epoch_update)(state, jnp.asarray(val_z), jnp.asarray(val_y), mask=jnp.ones(40))
+
+    def reference(hparams):
+        renamed = {("switch" if k == "switch_point" else k): v for k, v in hparams.items()}
+        return ref_adafocal_update(gamma, None, val_z, val_y, **renamed)
+
+    expected_gamma, expected_edges = reference(ADAFOCAL_CHANGED)
+    np.testing.assert_allclose(new.gamma, expected_gamma, rtol=1e-12)
+    np.testing.assert_allclose(new.edges, expected_edges, rtol=1e-12)
+    for field, default in ADAFOCAL_DEFAULTS.items():
+        reverted, _ = reference({**ADAFOCAL_CHANGED, field: default})
+        assert np.abs(reverted - expected_gamma).max() > 0.1, f"adafocal.{field} has no effect in this case"
+
+
 def test_adafocal_update_ignores_padding_rows():
     rng = np.random.default_rng(7)
     val_z, val_y = 3.0 * rng.normal(size=(30, K)), rng.integers(0, K, size=30)
@@ -371,12 +398,23 @@ def test_adafocal_update_ignores_padding_rows():
 # ----------------------------------------------------------------------------------------- CRL
 
 
+def ref_crl(z, y, rate, mask, rank_weight):
+    """CE plus ``rank_weight`` times the mean over pairs (i, i + 1 mod B) of the ranking hinge."""
+    kappa = np.exp(log_softmax(z)).max(-1)
+    terms, weights = [], []
+    for i in range(len(y)):
+        j = (i + 1) % len(y)
+        terms.append(max(0.0, -np.sign(rate[i] - rate[j]) * (kappa[i] - kappa[j]) + abs(rate[i] - rate[j])))
+        weights.append(mask[i] * mask[j])
+    return ref_ce(z, y, mask) + rank_weight * np.dot(terms, weights) / np.sum(weights)
+
+
 def test_crl_history_update_and_ranking_loss_match_reference():
     rng = np.random.default_rng(8)
     n = 10
     correct, seen = rng.integers(0, 4, size=n).astype(float), np.full(n, 4.0)
     history = losses.CorrectnessHistory(jnp.asarray(correct), jnp.asarray(seen))
-    z, y = make_batch(seed=9)
+    z, y = make_batch(seed=10)  # a batch where some ranking hinges are active
     indices = np.array([3, 7, 1, 3, 0, 9])  # example 3 twice: both visits count
     updated = jax.jit(losses.crl_update)(history, z, y, indices=indices, mask=MASK)
     expected_correct, expected_seen = correct.copy(), seen.copy()
@@ -387,17 +425,13 @@ def test_crl_history_update_and_ranking_loss_match_reference():
     np.testing.assert_array_equal(updated.seen, expected_seen)
 
     rate = correct[indices] / seen[indices]
-    kappa = np.exp(log_softmax(z)).max(-1)
-    terms, weights = [], []
-    for i in range(B):
-        j = (i + 1) % B
-        terms.append(max(0.0, -np.sign(rate[i] - rate[j]) * (kappa[i] - kappa[j]) + abs(rate[i] - rate[j])))
-        weights.append(MASK[i] * MASK[j])
-    expected = ref_ce(z, y, MASK) + 0.5 * np.dot(terms, weights) / np.sum(weights)
     loss_fn = lambda v: losses.crl_loss(v, y, history, indices=indices, rank_weight=0.5, mask=MASK)
     value, grad = jax.jit(jax.value_and_grad(loss_fn))(jnp.asarray(z))
-    np.testing.assert_allclose(value, expected, rtol=1e-10)
-    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(value, ref_crl(z, y, rate, MASK, 0.5), rtol=1e-10)
+    # The confidence is differentiated through: the ranking term moves the gradient away from CE's.
+    expected_grad = numeric_grad(lambda v: ref_crl(v, y, rate, MASK, 0.5), z)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+    assert np.abs(expected_grad - numeric_grad(lambda v: ref_ce(v, y, MASK), z)).max() > 1e-3
 
 
 # -------------------------------------------------------------------------------------- BalCAL
@@ -429,10 +463,10 @@ def test_balcal_update_loss_and_prediction_match_reference():
     linear = 6.0 * rng.normal(size=(60, K)) + 8.0 * np.eye(K)[y]  # over-confident head
     etf = 0.3 * rng.normal(size=(60, K)) + 0.5 * np.eye(K)[y]  # under-confident head
     z2 = np.stack([linear, etf], axis=1)
-    spec = losses.get_stateful_loss("balcal", delta=1.0)
-    state = BALCAL_UPDATE(spec.init(60, K), z2, y)
-    expected = ref_balcal_update(z2, y, 1.0)
-    assert 0.0 < expected < 1.0
+    spec = losses.get_stateful_loss("balcal", delta=0.9)  # not the default 1, which gives another lam
+    state = jax.jit(spec.epoch_update)(spec.init(60, K), z2, y, mask=jnp.ones(60))
+    expected = ref_balcal_update(z2, y, 0.9)
+    assert 0.0 < expected < 1.0 and abs(expected - ref_balcal_update(z2, y, 1.0)) > 0.01
     np.testing.assert_allclose(state.lam, expected, rtol=1e-12)
     np.testing.assert_allclose(spec.predict(z2, state), expected * linear + (1 - expected) * etf, rtol=1e-12)
 

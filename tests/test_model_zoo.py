@@ -2,7 +2,6 @@
 configurations, model state and rng conventions, bfloat16 compute, and a short training run."""
 
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ from sam_jax.models import (
 from sam_jax import models
 from sam_jax.training import default_config, read_metrics, train_and_evaluate
 from sam_jax.models.layers import ShakeDrop
+from tests.data_gates import needs_fashion_mnist
 
 # XLA's CPU backend spends most of a small test's time optimising code that then runs once;
 # without LLVM's optimisations compiling is 2-5x faster (the step below runs 20 times and keeps them).
@@ -276,9 +276,7 @@ def test_bfloat16_compute_with_float32_params_and_logits(model):
     assert outputs[("head",)].dtype == jnp.float32
 
 
-@pytest.mark.skipif(
-    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs the Debian Fashion-MNIST package"
-)
+@needs_fashion_mnist
 def test_resnet20_trains_on_fashion_mnist_padded_to_32x32(tmp_path):
     """The CIFAR ResNet-20 learns real data through the loop: Fashion-MNIST padded to 32x32 (data.pad_to)."""
     config = default_config()

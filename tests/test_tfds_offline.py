@@ -18,10 +18,11 @@ import tarfile
 
 import numpy as np
 import pytest
+import scipy.special
 
 from sam_jax import data
 from sam_jax.data import tfds_source
-from sam_jax.training import train_and_evaluate
+from sam_jax.training import load_trained, predict, train_and_evaluate
 from tests.test_training import digits_config
 
 # The tfds extra (pip install -e '.[tfds]'); CI installs it, so these only guard other set-ups.
@@ -152,4 +153,10 @@ def test_tfds_prepares_local_archive_and_the_loop_trains_on_it(tiny_cifar10, off
     summary = train_and_evaluate(config)
     assert summary["total_steps"] == 2
     assert (summary["num_train"], summary["num_val"], summary["num_test"]) == (8, 4, 4)
-    assert np.isfinite(summary["test/nll"]) and 0.0 <= summary["test/accuracy"] <= 1.0
+    # The summary's test accuracy and NLL are those of the saved model on the four TFDS test images.
+    run, state = load_trained(str(tmp_path / "run"))
+    logits = predict(run, state.params, state.model_state, run.data.test).astype(np.float64)
+    log_probs = scipy.special.log_softmax(logits, axis=1)
+    labels = run.data.test.labels
+    assert summary["test/accuracy"] == np.mean(logits.argmax(1) == labels)
+    np.testing.assert_allclose(summary["test/nll"], -np.mean(log_probs[np.arange(len(labels)), labels]), rtol=1e-5)

@@ -324,6 +324,7 @@ def test_batchnorm_statistics_come_from_the_clean_pass(tmp_path, monkeypatch, op
     ],
     ids=lambda o: "-".join(str(v) for v in o.values()),
 )
+@pytest.mark.slow  # tests/test_wiring.py checks every optimizer's steps in the loop exactly
 def test_every_optimizer_trains_in_the_loop(tmp_path, overrides):
     config = digits_config(str(tmp_path), num_steps=30, eval_every_steps=30, checkpoint_every_steps=30, **overrides)
     summary = train_and_evaluate(config)

@@ -29,13 +29,15 @@ from sam_jax.training.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
 from sam_jax.training.provenance import provenance
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_eval_step, make_train_step, model_forward
-from sam_jax.training.workdir import WorkdirError
+from sam_jax.training.workdir import DiskFullError, WorkdirBusyError, WorkdirError
 from sam_jax.training.writers import MetricsWriter, read_metrics
 
 __all__ = [
     "CheckpointError",
     "PREEMPTED_EXIT_CODE",
     "TrainingPreempted",
+    "DiskFullError",
+    "WorkdirBusyError",
     "WorkdirError",
     "check_run_data",
     "Checkpointer",

@@ -32,7 +32,7 @@ another device count fail ("Topology mismatch" or "The available devices are dif
 
 import logging
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -107,16 +107,26 @@ class Checkpointer:
         """Steps of all complete checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def save(self, state: TrainState) -> None:
+    def save(self, state: TrainState, custom_metadata: Optional[Mapping[str, Any]] = None) -> None:
         """Saves ``state`` under its step (asynchronously; :meth:`wait` blocks until written).
 
         Returns once the state is copied to host memory: the caller may then donate or delete its
         arrays (module docstring). The caller guarantees that ``state`` is good (finite, with a
         finite loss): the loop checks it before calling.
+
+        Args:
+          state: the train state.
+          custom_metadata: JSON-serialisable values saved with the checkpoint (Orbax's step
+            metadata), read back by :meth:`custom_metadata`.
         """
         step = int(jax.device_get(state.step))
         if step not in self._manager.all_steps():
-            self._manager.save(step, args=ocp.args.StandardSave(state))
+            self._manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=dict(custom_metadata or {}))
+
+    def custom_metadata(self, step: int) -> dict[str, Any]:
+        """What :meth:`save` stored with the checkpoint of ``step`` ({} for none). Call it after
+        :meth:`restore`, which tells Orbax how the checkpoint's items are read."""
+        return dict(self._manager.metadata(step).custom_metadata or {})
 
     def _restore_step(self, target: TrainState, step: int) -> TrainState:
         abstract = _restore_target(target)

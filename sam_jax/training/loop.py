@@ -47,7 +47,7 @@ from sam_jax.training.provenance import provenance
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import donating_train_step, make_eval_step, make_train_step
 from sam_jax.training.stopping import EarlyStop
-from sam_jax.training.workdir import prepare_workdir
+from sam_jax.training.workdir import DiskFullError, check_writable, out_of_space_cause, prepare_workdir, workdir_lock
 from sam_jax.training.writers import CONFIG_FILE, MetricsWriter, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -417,6 +417,19 @@ def _mean_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {f"train_step/{k}": float(np.mean([r[k] for r in records])) for k in records[0]}
 
 
+# The checkpoint metadata key of the step metrics not yet averaged into a log record.
+_WINDOW = "train_step_window"
+
+
+def _window_to_json(window: Sequence[Mapping[str, Any]]) -> list[dict[str, list]]:
+    """The step metrics of an open log window as ``[dtype, value]`` pairs, exact through JSON."""
+    return [{k: [np.asarray(v).dtype.name, np.asarray(v).item()] for k, v in record.items()} for record in window]
+
+
+def _window_from_json(saved: Sequence[Mapping[str, Sequence[Any]]]) -> list[dict[str, np.ndarray]]:
+    return [{k: np.asarray(value, dtype) for k, (dtype, value) in record.items()} for record in saved]
+
+
 def _diverged(step: int, what: str, checkpointer: Checkpointer) -> TrainingDivergedError:
     checkpointer.wait()
     last = checkpointer.latest_step()
@@ -468,16 +481,54 @@ def train_and_evaluate(
     every computation and in the checkpoints (Orbax), and process 0 alone writes ``config.json``,
     ``metrics.jsonl``, ``summary.json`` and the figures.
 
+    One process writes a run directory at a time: the run holds ``<workdir>/.lock`` while it trains
+    (``sam_jax.training.workdir.workdir_lock``; in a distributed run, process 0 holds it).
+
     Returns:
       The summary: final evaluation metrics, steps, wall time (on every process).
 
     Raises:
       WorkdirError: ``workdir`` is not writable or holds a different run (before any training).
+      WorkdirBusyError: another live process is training in ``workdir`` (before anything is loaded).
+      DiskFullError: a metrics or checkpoint write failed for lack of space; the complete
+        checkpoints on disk are kept, and the message names the newest.
       TrainingDivergedError: the loss or the parameters became non-finite (the last good
         checkpoint is kept; its step is in the message and in ``kept_step``).
       TrainingPreempted: SIGTERM or SIGINT arrived; a checkpoint of the step reached was saved.
     """
     workdir = workdir or config.workdir
+    check_writable(workdir)  # before the lock, whose file lives there
+    with workdir_lock(workdir, active=is_primary_process()):
+        try:
+            return _train_and_evaluate(config, workdir, hooks, run)
+        except Exception as err:  # pylint: disable=broad-except  # re-raised unless the disk is full
+            full = out_of_space_cause(err)
+            if full is None:
+                raise
+            raise _disk_full(workdir, full) from err
+
+
+def _disk_full(workdir: str, cause: BaseException) -> DiskFullError:
+    """The error for a write that failed for lack of space, naming the newest complete checkpoint."""
+    kept = "No checkpoint had been written"
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):  # opening a manager creates the folder otherwise
+        checkpointer = Checkpointer(workdir)
+        try:
+            steps = checkpointer.all_steps()
+        finally:
+            checkpointer.close()
+        if steps:
+            kept = f"The newest complete checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
+    return DiskFullError(
+        f"Out of disk space while writing the run in {workdir!r}: {cause}. {kept}; free some space "
+        "(or copy the workdir to a disk that has it) and run the same command again to resume."
+    )
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook], run: Optional[Run]
+) -> dict[str, Any]:
+    """:func:`train_and_evaluate` once the process holds the run directory."""
     primary = is_primary_process()
     resuming = prepare_workdir(config, workdir, may_delete=primary)
     sync_processes("sam_jax.train_and_evaluate: workdir prepared")  # read by all before anyone writes
@@ -532,8 +583,15 @@ def _train(
     """The step loop of :func:`train_and_evaluate`; returns the steps it started from and ended at."""
     config = run.config
     state = run.init_state
+    # The step metrics since the last log record: saved with each checkpoint, so that a resumed
+    # run logs the averages an uninterrupted one would.
+    window: list[dict[str, Any]] = []
     if resuming and checkpointer.all_steps():
         state = checkpointer.restore(state)
+        try:
+            window = _window_from_json(checkpointer.custom_metadata(int(state.step)).get(_WINDOW, []))
+        except Exception as err:  # pylint: disable=broad-except  # a checkpoint from before the window was saved
+            logger.warning("No step metrics saved with the checkpoint (%s): the next record averages fewer steps.", err)
         logger.warning("Resumed from step %d in %s.", int(state.step), workdir)
     # The step donates the state's buffers (docs/scaling.md); run.init_state stays readable.
     train_step = donating_train_step(run.train_step) if config.donate_state else run.train_step
@@ -559,7 +617,7 @@ def _train(
     batch_sharding = _batch_sharding(run.mesh, run.batch_size, train=True)
     rows = _process_rows(batch_sharding, run.batch_size)
     shuffle = not run.optimizer.full_batch
-    step, pending, window, stopped = start_step, None, [], False
+    step, pending, stopped = start_step, None, False
     early_stop = EarlyStop.from_config(config.early_stop)
     # A run interrupted after its early stop (checkpoint saved, summary not yet written) ends there.
     if start_step > 0 and early_stop.replay(r for r in read_metrics(workdir) if r["step"] <= start_step):
@@ -597,7 +655,7 @@ def _train(
                     last = step == run.total_steps or step == early_stop.horizon_end
                     due = [h for h in all_hooks if h.due(step) or last]
                     save = step % config.checkpoint_every_steps == 0 or last or preempted
-                    log = step % config.log_every_steps == 0 or last or preempted
+                    log = step % config.log_every_steps == 0 or last  # not at a stop: the window is saved
                     if due or save or log:
                         window.append(_check_loss(step, pending, checkpointer))
                         pending = None
@@ -621,7 +679,7 @@ def _train(
                             raise _diverged(
                                 step, "Parameters, optimizer state or the loss at them are not finite", checkpointer
                             )
-                        checkpointer.save(state)
+                        checkpointer.save(state, {_WINDOW: _window_to_json(window)})
                     if preempted:
                         checkpointer.wait()
                         raise TrainingPreempted(step, watcher.signal_name or "signal", workdir)

@@ -1,10 +1,10 @@
 """Preemption: SIGTERM and Ctrl-C stop the loop at a step boundary with a checkpoint.
 
 Cluster schedulers and TPU pods send SIGTERM some time before they kill a job. One process: the
-first SIGTERM or SIGINT sets a flag; the loop finishes the step it is in, saves a checkpoint,
-flushes the metrics and raises :class:`TrainingPreempted`, which the command-line drivers turn into
-exit code :data:`PREEMPTED_EXIT_CODE`. A second Ctrl-C interrupts at once (the default handler is
-back after the first). Several processes (``jax.distributed``): JAX's coordination service
+first SIGTERM or SIGINT sets a flag; the loop finishes the step it is in, saves a checkpoint (with
+the step metrics not yet logged) and raises :class:`TrainingPreempted`, which the command-line
+drivers turn into exit code :data:`PREEMPTED_EXIT_CODE`. A second Ctrl-C interrupts at once (the
+default handler is back after the first). Several processes (``jax.distributed``): JAX's coordination service
 receives the notice and :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
 makes every host stop at the same step, so that all of them save that step.
 """

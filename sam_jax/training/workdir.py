@@ -4,13 +4,26 @@ A run directory is never wiped silently. When it already holds a run (a ``config
 resumes it if the saved config equals the new one up to the fields that may change between the
 two halves of a run (:data:`RESUMABLE_FIELDS`); otherwise it stops with one error that lists the
 differing fields and says how to go on. ``overwrite=True`` is the only way to delete a run.
+
+A run directory has one writer at a time: :func:`workdir_lock` holds an ``flock`` on
+``<workdir>/.lock`` (which names the holder's pid, host and command) while a run trains, and a
+second process that asks for it fails at once with :class:`WorkdirBusyError` naming the holder.
+The operating system drops the lock when its holder exits, killed or not, so a lock left by a
+dead process never blocks a resume.
 """
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ml_collections
 
@@ -36,8 +49,142 @@ RESUMABLE_FIELDS = (
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints", "sharpness.png")
 
 
+# The lock file of a run directory (never deleted: removing a lock file that others may have
+# opened would let two processes hold "the" lock at once).
+LOCK_FILE = ".lock"
+
+logger = logging.getLogger(__name__)
+
+
 class WorkdirError(ValueError):
     """The run directory cannot be used as asked (unwritable, or holds a different run)."""
+
+
+class WorkdirBusyError(WorkdirError):
+    """Another live process holds the run directory's lock (it is training there)."""
+
+
+class DiskFullError(WorkdirError):
+    """A write into the run directory failed for lack of space; complete checkpoints are kept."""
+
+
+# Raised by writes on a full disk or over quota (errno), or worded so by a library that re-raises.
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_OUT_OF_SPACE_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def out_of_space_cause(err: BaseException) -> Optional[BaseException]:
+    """The exception in ``err``'s chain (causes and contexts) that reports a full disk, or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _OUT_OF_SPACE_ERRNOS:
+            return err
+        if any(words in str(err) for words in _OUT_OF_SPACE_WORDS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+# Locks this process holds: real path of the lock file -> [file descriptor, nesting depth]. A
+# process may take the lock of a directory it already holds (a grid job claimed, then trained).
+_HELD: dict[str, list[int]] = {}
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if "pid" not in info:
+        return "another process (it has not written its pid yet)"
+    return (
+        f"pid {info['pid']} on host {info.get('host', '?')}, since {info.get('since', '?')}, "
+        f"running {info.get('command', '?')!r}"
+    )
+
+
+def _try_lock(path: str) -> Optional[int]:
+    """An open descriptor of ``path`` holding its exclusive lock, or None when another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as err:  # a file system without flock (some network mounts): run unlocked
+        logger.warning("Cannot lock %s (%s); nothing stops a second process from writing there.", path, err)
+        return fd
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv)[:300],
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def try_workdir_lock(workdir: str) -> Iterator[bool]:
+    """Holds the writer lock of ``workdir`` for the duration if it is free; yields whether it was.
+
+    Creates ``workdir``. Re-entrant within a process. The lock is released on exit, and by the
+    operating system when the process dies.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield True
+        finally:
+            _HELD[path][1] -= 1
+        return
+    fd = _try_lock(path)
+    if fd is None:
+        yield False
+        return
+    _HELD[path] = [fd, 1]
+    try:
+        yield True
+    finally:
+        del _HELD[path]
+        os.ftruncate(fd, 0)  # no stale holder left in the file
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, *, active: bool = True) -> Iterator[None]:
+    """Makes this process the one writer of ``workdir`` for the duration.
+
+    Args:
+      workdir: the run directory (created if missing).
+      active: False on every process of a distributed run but the one that writes its files
+        (they share the directory by design); they take no lock.
+
+    Raises:
+      WorkdirBusyError: another live process holds the lock; the message names it.
+    """
+    if not active:
+        yield
+        return
+    with try_workdir_lock(workdir) as mine:
+        if not mine:
+            path = os.path.join(workdir, LOCK_FILE)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                holder = _holder(fd)
+            finally:
+                os.close(fd)
+            raise WorkdirBusyError(
+                f"workdir {workdir!r} is in use by {holder} (lock {path}). Two processes writing one "
+                "run would duplicate its metrics and race on its checkpoints: wait for that run to end "
+                "or stop it, then run this command again (it resumes), or pick another --config.workdir."
+            )
+        yield
 
 
 def check_writable(workdir: str) -> None:

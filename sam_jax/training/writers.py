@@ -77,6 +77,16 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of ``<workdir>/metrics.jsonl``, in order."""
+    """All records of ``<workdir>/metrics.jsonl``, in order.
+
+    A last line cut short (an append interrupted by SIGKILL or a full disk) is left out; a resumed
+    run rewrites the file without it (:meth:`MetricsWriter.reset`).
+    """
     with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        *complete, last = f.read().split("\n")
+    records = [json.loads(line) for line in complete if line.strip()]
+    try:
+        records.extend([json.loads(last)] if last.strip() else [])
+    except ValueError:
+        pass
+    return records
