@@ -4,7 +4,8 @@
     python -m benchmarks.repeated_kill --kills=8 --shards=3 --seed=1
 
 The grid is the ``quick`` preset of ``experiments/configs/curvature_calibration.py`` cut to a few
-optimizers (``--optimizers``), with a checkpoint every few steps so that kills land between them.
+optimizers (``--optimizers``), 48 steps per job with a checkpoint every 4, so that kills land
+between checkpoints.
 It is trained twice, in two workdirs:
 
 - uninterrupted: every shard (``--mode=run --shard=i/n``) to the end, one after another;
@@ -149,10 +150,10 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--max-delay", type=float, default=20.0, help="kill within this many seconds of a restart's first checkpoint"
+        "--max-delay", type=float, default=10.0, help="kill within this many seconds of a restart's first checkpoint"
     )
     parser.add_argument("--optimizers", default="gd,sgd,sam", help="grid optimizers kept from the quick preset")
-    parser.add_argument("--num-steps", type=int, default=24)
+    parser.add_argument("--num-steps", type=int, default=48)
     parser.add_argument("--checkpoint-every", type=int, default=4)
     parser.add_argument("--workdir", default="", help="where both runs go (default: a temporary directory)")
     args = parser.parse_args()
@@ -177,7 +178,8 @@ def main() -> int:
     print(f"uninterrupted run: {time.time() - started:.0f} s ({_progress(reference)})", flush=True)
 
     started = time.time()
-    for kill in range(1, args.kills + 1):
+    kills = 0
+    while kills < args.kills:
         processes = [
             subprocess.Popen(
                 _command(config_file, killed, "run", shard),
@@ -191,16 +193,19 @@ def main() -> int:
         _wait_for_progress(killed, restarted, processes)
         delay = rng.uniform(0.0, args.max_delay)
         time.sleep(delay)
-        ended = [p.poll() is not None for p in processes]
+        running = [p for p in processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGKILL)
         for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
             process.wait()
+        if not running:  # the grid ended before this kill: lengthen it (--num-steps) for more kills
+            print(f"the grid finished after {kills} kills", flush=True)
+            break
+        kills += 1
         print(
-            f"kill {kill}: SIGKILL {delay:.1f} s after the restart's first checkpoint, "
-            f"{time.time() - restarted:.0f} s after the restart "
-            f"({sum(ended)} of {len(processes)} shards had ended); "
-            f"{_progress(killed)}",
+            f"kill {kills}: SIGKILL {delay:.1f} s after the restart's first checkpoint, "
+            f"{time.time() - restarted:.0f} s after the restart ({len(running)} of {len(processes)} shards "
+            f"running); {_progress(killed)}",
             flush=True,
         )
     for shard in shards:  # to the end

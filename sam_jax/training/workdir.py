@@ -86,9 +86,10 @@ def out_of_space_cause(err: BaseException) -> Optional[BaseException]:
     return None
 
 
-# Locks this process holds: real path of the lock file -> [file descriptor, nesting depth]. A
-# process may take the lock of a directory it already holds (a grid job claimed, then trained).
-_HELD: dict[str, list[int]] = {}
+# Locks this process holds: real path of the lock file -> its open descriptor. A process may take
+# the lock of a directory it already holds (a grid job claimed, then trained): the inner request
+# succeeds and the outermost one releases it.
+_HELD: dict[str, int] = {}
 
 
 def _holder(fd: int) -> str:
@@ -137,17 +138,13 @@ def try_workdir_lock(workdir: str) -> Iterator[bool]:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
     if path in _HELD:
-        _HELD[path][1] += 1
-        try:
-            yield True
-        finally:
-            _HELD[path][1] -= 1
+        yield True
         return
     fd = _try_lock(path)
     if fd is None:
         yield False
         return
-    _HELD[path] = [fd, 1]
+    _HELD[path] = fd
     try:
         yield True
     finally:
