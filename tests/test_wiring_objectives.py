@@ -165,7 +165,7 @@ def test_loop_trains_the_configured_loss_with_its_hyperparameters(name):
 @pytest.mark.parametrize("optimizer", ["sam", "csam"])
 def test_sharpness_aware_steps_use_the_configured_loss(optimizer):
     """SAM's ascent and descent gradients are those of the configured loss; CSAM ascends on it and
-    descends on its own reweighted loss (eq. 4 of Tan et al. 2026, arXiv:2505.23866)."""
+    descends on it reweighted per example by eq. (4)'s factor (Tan et al. 2026, arXiv:2505.23866)."""
     rho, gamma = 0.2, 1.5
     name, hparams = "focal", LOSS_CASES["focal"]
     block = {"rho": rho, "gamma": gamma} if optimizer == "csam" else {"rho": rho}
@@ -175,7 +175,9 @@ def test_sharpness_aware_steps_use_the_configured_loss(optimizer):
         config.optimizer[optimizer][field] = value
     run, init, state = loop_steps(config)
     loss_fn = losses.get_loss(name, **hparams)
-    descent_fn = (lambda z, y: losses.csam_loss(z, y, gamma)) if optimizer == "csam" else loss_fn
+    # CSAM descends on eq. (4)'s factor times the configured loss's per-example terms (FL+CSAM, Table S15).
+    per_example = losses.get_per_example_loss(name, **hparams)
+    descent_fn = losses.csam_reweighted(per_example, gamma) if optimizer == "csam" else loss_fn
     tx = sam(_sgd(SGD, COSINE), rho)
 
     def objective(fn):
