@@ -128,6 +128,32 @@ def test_root_package_imports_nothing():
     assert not [t for t, _, _ in _imports("sam_jax", _source(sam_jax.__file__)) if _package(t)]
 
 
+def test_bare_import_is_light_and_reaches_every_layer():
+    # sam_jax/__init__.py imports its layers on first attribute access (PEP 562): ``import sam_jax``
+    # alone loads no layer and not even JAX, and ``sam_jax.optim.sam`` works after it.
+    assert sorted(f"sam_jax.{name}" for name in sam_jax.__all__) == sorted(
+        p for p in LAYER_OF if p.startswith("sam_jax.")
+    )
+    code = (
+        "import sys; import sam_jax; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', *%r}), "
+        "sorted(m for m in sys.modules if m.startswith('sam_jax.'))); "
+        "import optax; sam_jax.optim.sam(optax.sgd(0.1), rho=0.05); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % (HEAVY, set(HEAVY))
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=True,
+    )
+    assert result.stdout.splitlines() == ["[] []", "[]"], (
+        f"import sam_jax; sam_jax.optim.sam(...) loaded {result.stdout}"
+    )
+
+
 def test_numerics_import_no_heavy_dependency_at_module_level():
     violations = [
         f"{os.path.relpath(path, ROOT)}:{line}: imports {target}"
