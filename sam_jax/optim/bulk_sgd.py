@@ -1,7 +1,7 @@
 """BulkSGD: the top-k Hessian eigendirections of the batch loss projected out of the gradient.
 
 References:
-  Song, Ahn & Yun, 2025. Does SGD really happen in tiny subspaces? ICLR 2025, arXiv:2405.16002
+  Song, Ahn & Yun, 2024. Does SGD really happen in tiny subspaces? ICLR 2025, arXiv:2405.16002
   (Bulk-SGD, the update projected onto the orthogonal complement of the dominant subspace).
   Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
   Curvature. arXiv:2604.20614 (Sec. 3.2 and App. C.2: BulkSGD with k = 1, 3, 5 as a directional
@@ -56,7 +56,7 @@ def project_out_top_hessian_directions(
 ) -> optax.GradientTransformationExtraArgs:
     """Removes from the updates their components along the top-``k`` Hessian eigenvectors.
 
-    The gradient projection of Bulk-SGD (Song, Ahn & Yun 2025, arXiv:2405.16002), as a
+    The gradient projection of Bulk-SGD (Song, Ahn & Yun 2024, arXiv:2405.16002), as a
     transformation to chain *before* an optax optimizer::
 
       tx = optax.chain(
@@ -129,7 +129,7 @@ def bulk_sgd(
     momentum: float = 0.0,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    """BulkSGD (Song, Ahn & Yun 2025, arXiv:2405.16002; Morosini et al. 2026, App. C.2).
+    """BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002; Morosini et al. 2026, App. C.2).
 
     ``optax.chain(project_out_top_hessian_directions(k, num_iters=num_iters, seed=seed),
     optax.sgd(learning_rate, momentum))``: SGD (with heavy-ball momentum when ``momentum > 0``) on
