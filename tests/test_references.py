@@ -17,16 +17,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCES = os.path.join(ROOT, "docs", "references.md")
 # A surname: "Foret", "O'Connor", "Lopez-Paz", "DeVries", "Ben Ayed" (not an acronym such as "ICLR").
 NAME = r"[A-Z][\w'-]*[a-z\u00df-\u00ff](?: [A-Z][\w'-]*[a-z])?"
-# "Foret et al. 2021", "Möllenhoff & Khan (2023", "Wen, Tran and Ba, 2020", "Brier 1950".
+ARXIV_ID = r"\d{4}\.\d{4,5}"
+ARXIV = re.compile(rf"arXiv:(?P<id>{ARXIV_ID})")
+# "Foret et al. 2021", "Möllenhoff & Khan (2023", "Wen, Tran and Ba, 2020", "Brier 1950"; an arXiv id
+# right after the year ("Tan et al. 2025, arXiv:2505.23866") names the paper.
 CITATION = re.compile(
     rf"(?<![\w'-])(?P<first>{NAME})(?: et al\.|(?:, {NAME})* (?:&|and) {NAME})?,? \(?(?P<year>(?:19|20)\d\d)\b"
+    rf"(?:[,;]? arXiv:(?P<arxiv>{ARXIV_ID}))?"
 )
-ARXIV = re.compile(r"arXiv:(?P<id>\d{4}\.\d{4,5})")
 # A reference row: "| [KEY] | First, Second & Third, YEAR. *Title.* ... arXiv:ID |".
 ENTRY = re.compile(r"^\| \[(?P<key>[^\]]+)\] \| (?P<authors>[^|]+?), (?P<year>(?:19|20)\d\d)\. (?P<rest>[^|]*)\|$")
 
 
 class Entry(NamedTuple):
+    """One row of docs/references.md."""
+
     key: str
     first_author: str
     year: str
@@ -80,9 +85,7 @@ def test_docstring_citations_match_references():
     for path, line, docstring in _docstrings():
         for citation in CITATION.finditer(docstring):
             first, year = citation["first"], citation["year"]
-            # The arXiv id that directly follows a citation ("Tan et al. 2025, arXiv:2505.23866") is its paper's.
-            follows = ARXIV.match(docstring, citation.end() + len(re.match(r"[,;]? ?", docstring[citation.end() :])[0]))
-            entry = by_id.get(follows["id"]) if follows else None
+            entry = by_id.get(citation["arxiv"])
             if entry and (entry.first_author, entry.year) != (first, year):
                 problems.append(
                     f"{path}:{line}: '{citation[0]}' cites [{entry.key}] ({entry.first_author} {entry.year})"
@@ -96,5 +99,6 @@ def test_docstring_citations_match_references():
                 problems.append(f"{path}:{line}: arXiv:{arxiv['id']} is not in docs/references.md")
     assert not problems, (
         "docstrings cite papers that docs/references.md does not list, or with another year; use the "
-        "year listed there, or add the paper (one row, its arXiv year):\n" + "\n".join(problems)
+        "year listed there, or add the paper (one row; the page's opening lines say which year):\n"
+        + "\n".join(problems)
     )
