@@ -199,6 +199,18 @@ def _validate_data_source(block: ml_collections.ConfigDict, fail: Callable[[str]
         fail(f"data.read_threads={threads!r} must be an integer >= 0 (0 = read each batch when needed).")
 
 
+def validate_training_set_size(config: ml_collections.ConfigDict, num_train: int) -> None:
+    """Raises ``ValueError`` when a config, valid otherwise, asks for batches larger than ``num_train``.
+
+    The one check that needs the training set's size: ``build_run`` validates the config before it
+    loads the data, then makes this check.
+    """
+    if not optim.get_optimizer_spec(config.optimizer.name).full_batch and config.batch_size > num_train:
+        raise ValueError(
+            f"Bad config: batch_size={config.batch_size} is larger than the training set ({num_train} examples)."
+        )
+
+
 def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> None:
     """Raises one ``ValueError`` naming the bad field and the allowed values.
 
@@ -261,10 +273,10 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
     if not spec.full_batch:
         if config.batch_size <= 0:
             fail(f"batch_size={config.batch_size} must be > 0.")
-        if num_train is not None and config.batch_size > num_train:
-            fail(f"batch_size={config.batch_size} is larger than the training set ({num_train} examples).")
         if m and config.batch_size % m:
             fail(f"optimizer.{opt.name}.m={m} must divide batch_size={config.batch_size}.")
+    if num_train is not None:
+        validate_training_set_size(config, num_train)
     if config.num_epochs <= 0 and config.num_steps <= 0:
         fail("set num_epochs > 0 or num_steps > 0.")
     if min(config.data.val_size, config.data.train_size, config.data.test_size, config.data.pad_to) < 0:
