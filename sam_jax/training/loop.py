@@ -28,8 +28,8 @@ from sam_jax.training import sharding
 from sam_jax.training.build import Run, build_run, check_run_data, load_trained
 from sam_jax.training.checkpoint import Checkpointer
 from sam_jax.training.distributed import is_primary_process, sync_processes
-from sam_jax.training.failures import TrainingDivergedError, disk_full, diverged
 from sam_jax.training.evaluation import Hook, curvature_hook, evaluate, log_spaced_steps, predict
+from sam_jax.training.failures import TrainingDivergedError, disk_full, diverged
 from sam_jax.training.hooks import plot_sharpness
 from sam_jax.training.optimizers import learning_rate_schedule
 from sam_jax.training.preemption import PreemptionWatcher, TrainingPreempted
