@@ -50,7 +50,7 @@ MUTANTS = (
     Mutant(
         "1",
         "build_run ignores mixing.name: mixup / MIT-L are never applied",
-        "sam_jax/training/loop.py",
+        "sam_jax/training/build.py",
         "        mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),\n",
         '        mixing=get_mixing("none"),\n',
         ("tests/test_wiring_objectives.py", "-k", "mixup or mit"),
@@ -58,7 +58,7 @@ MUTANTS = (
     Mutant(
         "2a",
         "the loop drops the loss's hyper-parameters (loss.<name>.<hp> at its default)",
-        "sam_jax/training/loop.py",
+        "sam_jax/training/build.py",
         LOSS_LINE,
         "    loss = get_stateful_loss(config.loss.name)\n",
         LOSS_TESTS,
@@ -66,7 +66,7 @@ MUTANTS = (
     Mutant(
         "2b",
         "the loop trains every stateless loss as cross-entropy",
-        "sam_jax/training/loop.py",
+        "sam_jax/training/build.py",
         LOSS_LINE,
         "    loss = (get_stateful_loss(config.loss.name, **chosen_hparams(config.loss))\n"
         '        if config.loss.name in ("adafocal", "balcal", "crl") else get_stateful_loss("cross_entropy"))\n',

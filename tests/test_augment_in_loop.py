@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sam_jax import data
-from sam_jax.training import build_run, loop, read_metrics, train_and_evaluate, validate_config
+from sam_jax.training import build, build_run, read_metrics, sharding, train_and_evaluate, validate_config
 from sam_jax.training.steps import _AUGMENT_STREAM
 from tests.test_training import digits_config
 
@@ -61,8 +61,8 @@ def test_step_sees_augment_batch_with_the_documented_key(tmp_path):
 def test_no_augmentation_by_default(tmp_path):
     config = digits_config(str(tmp_path))
     assert not (config.data.augment.crop_padding or config.data.augment.flip or config.data.augment.cutout_size)
-    assert loop._augment(config) is None
-    augment = loop._augment(digits_config(str(tmp_path), **AUGMENT))
+    assert build._augment(config) is None
+    augment = build._augment(digits_config(str(tmp_path), **AUGMENT))
     assert isinstance(augment, functools.partial) and augment.func is data.augment_batch
     assert augment.keywords == {"crop_padding": 1, "flip": True, "cutout_size": 0}
 
@@ -88,6 +88,6 @@ def test_bad_augment_flip_names_the_field(tmp_path):
 
 def test_training_batch_must_divide_over_the_devices(tmp_path, monkeypatch):
     # The check raises before it builds a sharding, so a stand-in mesh of 3 devices is enough.
-    monkeypatch.setattr(loop, "_mesh", lambda: types.SimpleNamespace(size=3))
+    monkeypatch.setattr(sharding, "data_mesh", lambda: types.SimpleNamespace(size=3))
     with pytest.raises(ValueError, match=r"batch_size=64 .*3 devices"):
         build_run(digits_config(str(tmp_path)))

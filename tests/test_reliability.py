@@ -34,7 +34,7 @@ from sam_jax.training import (
     read_metrics,
     train_and_evaluate,
 )
-from sam_jax.training import loop, preemption, writers
+from sam_jax.training import build, loop, preemption, writers
 from sam_jax.training.workdir import LOCK_FILE
 from sam_jax.training.steps import model_forward
 from tests.test_training import digits_config
@@ -228,7 +228,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path, make_workdir, monkey
 
     # The only ways to data and compiled programs in train_and_evaluate.
     monkeypatch.setattr(loop, "build_run", must_not_run)
-    monkeypatch.setattr(loop, "load_run_data", must_not_run)
+    monkeypatch.setattr(build, "load_run_data", must_not_run)
     with pytest.raises(WorkdirError, match="Cannot write to workdir"):
         train_and_evaluate(digits_config(make_workdir(str(tmp_path))))
 
@@ -467,7 +467,7 @@ def test_busy_workdir_fails_before_anything_is_loaded_and_a_dead_holder_frees_it
     config = digits_config(workdir, num_steps=2, eval_every_steps=2, eval_at_start=False)
     with monkeypatch.context() as patched:
         patched.setattr(loop, "build_run", _must_not_run)
-        patched.setattr(loop, "load_run_data", _must_not_run)
+        patched.setattr(build, "load_run_data", _must_not_run)
         with pytest.raises(WorkdirBusyError, match=rf"'{workdir}' is in use by pid {holder.pid} on host"):
             train_and_evaluate(config)
     holder.kill()  # SIGKILL: the holder never releases the lock itself

@@ -1,7 +1,8 @@
 """Per-batch training losses from logits, and the batch-mixing methods of the calibration baselines.
 
 ``get_loss(name, **hparams)`` returns ``fn(logits, labels, mask=None)`` (hyper-parameters checked,
-paper defaults for the rest); ``LOSSES`` holds every name with its defaults. Losses with state
+paper defaults for the rest); ``LOSSES`` is the registry (``sam_jax.models.registry.Registry``) of
+every name with its :class:`LossSpec`, defaults and rules. Losses with state
 (``adafocal``, ``crl``, ``balcal``) are trained through ``get_stateful_loss(name, **hparams)``,
 which every name supports (see ``sam_jax.losses.stateful`` for what the train loop calls when);
 their ``LOSSES`` entry is the loss at the initial state. ``docs/losses.md`` lists the methods,
@@ -12,6 +13,7 @@ loss reweights (``csam_descent_loss(base, gamma)``: eq. 4 over any of them).
 Mixup and MIT-L are batch transforms (``mixup`` / ``mixup_loss``, ``mit_mix`` / ``mit_loss``).
 """
 
+import dataclasses
 import functools
 import inspect
 from typing import Callable, Mapping, Optional
@@ -32,7 +34,7 @@ from sam_jax.losses.classification import cross_entropy, cross_entropy_per_examp
 from sam_jax.losses.csam import csam_loss, csam_reweighted, csam_weight
 from sam_jax.losses.focal import dual_focal, dual_focal_per_example, flsd53, flsd53_per_example, focal
 from sam_jax.losses.focal import focal_per_example
-from sam_jax.losses.hparams import check
+from sam_jax.losses.hparams import RULES
 from sam_jax.losses.mixing import (
     MIXINGS,
     MitBatch,
@@ -63,6 +65,7 @@ from sam_jax.losses.smoothing import (
     mbls_per_example,
 )
 from sam_jax.losses.stateful import StatefulLoss, at_initial_state, stateless
+from sam_jax.models.registry import Registry
 
 LossFn = Callable[..., jax.Array]
 
@@ -77,51 +80,66 @@ def _plain(loss_fn: LossFn) -> LossFn:
     return lambda logits, labels, *, mask=None: loss_fn(logits, labels, mask)
 
 
-# name -> loss taking keyword hyper-parameters and mask
-_STATELESS: dict[str, LossFn] = {
-    "cross_entropy": _plain(cross_entropy),
-    "mse": _plain(mse),
-    "label_smoothing": label_smoothing,
-    "focal": focal,
-    "flsd53": flsd53,
-    "dual_focal": dual_focal,
-    "mmce": mmce,
-    "mdca": mdca,
-    "mbls": mbls,
-    "acls": acls,
-    "cpc": cpc,
-    "confidence_penalty": confidence_penalty,
-    "csam": _csam,
-}
-# name -> factory(**hyper-parameters) -> StatefulLoss
-_STATEFUL: dict[str, Callable[..., StatefulLoss]] = {
-    "adafocal": adafocal,
-    "crl": crl,
-    "balcal": balcal,
-}
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: exactly one of ``loss`` and ``stateful``, and its per-example form if any.
+
+    Attributes:
+      loss: ``loss(logits, labels, *, mask=None, **hparams) -> scalar`` of a loss without state.
+      stateful: ``stateful(**hparams) -> StatefulLoss`` of a loss with state (it checks its own
+        hyper-parameters when it is built).
+      per_example: ``per_example(logits, labels, **hparams) -> [B]`` whose batch mean is the loss,
+        for the losses that are one (what CSAM's eq. 4 reweights); None for the others.
+    """
+
+    loss: Optional[LossFn] = None
+    stateful: Optional[Callable[..., StatefulLoss]] = None
+    per_example: Optional[Callable[..., jax.Array]] = None
 
 
-def _hparam_names(name: str) -> tuple[str, ...]:
-    fn = _STATELESS.get(name) or _STATEFUL[name]
-    parameters = inspect.signature(fn).parameters.values()
-    return tuple(p.name for p in parameters if p.default is not inspect.Parameter.empty and p.name != "mask")
+LOSSES: Registry[LossSpec] = Registry("loss")
 
 
-def _check_call(name: str, hparams: dict) -> None:
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
-    known = _hparam_names(name)
-    for hparam in hparams:
-        if hparam not in known:
-            raise ValueError(f"{name}: unknown hyper-parameter {hparam!r}; {name} takes {list(known) or 'none'}.")
-    if name in _STATELESS:
-        check(name, **hparams)
+def _register(name: str, spec: LossSpec) -> None:
+    """Registers ``spec``: its hyper-parameters and defaults are the keyword defaults of its signature.
+
+    Its rules are its ``sam_jax.losses.hparams.RULES``, which the loss function checks as well when
+    called directly (a loss with state that has none there checks its own when built).
+    """
+    parameters = inspect.signature(spec.loss or spec.stateful).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty and p.name != "mask"}
+    LOSSES.register(name, spec, defaults=defaults, rules=RULES.get(name))
 
 
-def _bind(name: str, hparams: dict) -> LossFn:
-    if name in _STATEFUL:
-        return at_initial_state(_STATEFUL[name](**hparams))
-    loss_fn = functools.partial(_STATELESS[name], **hparams)
+# Without ``per_example``, since they are not a mean of per-example terms: MMCE and MDCA (their
+# penalties are functions of the whole batch), AdaFocal, CRL and BalCAL (state, pairs of examples,
+# two heads) and csam itself (already reweighted).
+_register("cross_entropy", LossSpec(loss=_plain(cross_entropy), per_example=cross_entropy_per_example))
+_register("mse", LossSpec(loss=_plain(mse), per_example=mse_per_example))
+_register("label_smoothing", LossSpec(loss=label_smoothing, per_example=label_smoothing_per_example))
+_register("focal", LossSpec(loss=focal, per_example=focal_per_example))
+_register("flsd53", LossSpec(loss=flsd53, per_example=flsd53_per_example))
+_register("dual_focal", LossSpec(loss=dual_focal, per_example=dual_focal_per_example))
+_register("mmce", LossSpec(loss=mmce))
+_register("mdca", LossSpec(loss=mdca))
+_register("mbls", LossSpec(loss=mbls, per_example=mbls_per_example))
+_register("acls", LossSpec(loss=acls, per_example=acls_per_example))
+_register("cpc", LossSpec(loss=cpc, per_example=cpc_per_example))
+_register("confidence_penalty", LossSpec(loss=confidence_penalty, per_example=confidence_penalty_per_example))
+_register("csam", LossSpec(loss=_csam))
+_register("adafocal", LossSpec(stateful=adafocal))
+_register("crl", LossSpec(stateful=crl))
+_register("balcal", LossSpec(stateful=balcal))
+
+PER_EXAMPLE_LOSSES: tuple[str, ...] = tuple(name for name, spec in LOSSES.items() if spec.per_example is not None)
+
+
+def _bind(name: str, hparams: Mapping[str, float]) -> LossFn:
+    """``fn(logits, labels, mask=None)``: loss ``name`` with ``hparams`` (a loss with state at its initial state)."""
+    spec = LOSSES[name]
+    if spec.stateful is not None:
+        return at_initial_state(spec.stateful(**hparams))
+    loss_fn = functools.partial(spec.loss, **hparams)
 
     def loss(logits: jax.Array, labels: jax.Array, mask=None) -> jax.Array:
         return loss_fn(logits, labels, mask=mask)
@@ -129,35 +147,15 @@ def _bind(name: str, hparams: dict) -> LossFn:
     return loss
 
 
-LOSSES: dict[str, LossFn] = {name: _bind(name, {}) for name in (*_STATELESS, *_STATEFUL)}
-
-
-# name -> fn(logits, labels, **hparams) -> [B], for the losses that are a batch mean of per-example
-# terms, which CSAM's reweighting (eq. 4) multiplies. Not here: MMCE and MDCA (their penalties are
-# functions of the whole batch), AdaFocal, CRL and BalCAL (state, pairs of examples, two heads) and
-# csam itself (already reweighted).
-_PER_EXAMPLE: dict[str, Callable[..., jax.Array]] = {
-    "cross_entropy": cross_entropy_per_example,
-    "mse": mse_per_example,
-    "label_smoothing": label_smoothing_per_example,
-    "focal": focal_per_example,
-    "flsd53": flsd53_per_example,
-    "dual_focal": dual_focal_per_example,
-    "mbls": mbls_per_example,
-    "acls": acls_per_example,
-    "cpc": cpc_per_example,
-    "confidence_penalty": confidence_penalty_per_example,
-}
-PER_EXAMPLE_LOSSES: tuple[str, ...] = tuple(_PER_EXAMPLE)
+@functools.cache
+def _at_defaults(name: str) -> LossFn:
+    """Loss ``name`` at its defaults, built once (a jitted step that closes over it traces once)."""
+    return _bind(name, {})
 
 
 def loss_hparam_defaults(name: str) -> dict[str, float]:
     """The hyper-parameters of loss ``name`` with their defaults (the config block ``loss.<name>``)."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
-    fn = _STATELESS.get(name) or _STATEFUL[name]
-    parameters = inspect.signature(fn).parameters
-    return {field: parameters[field].default for field in _hparam_names(name)}
+    return LOSSES.defaults(name)
 
 
 def get_loss(name: str, **hparams: float) -> LossFn:
@@ -172,8 +170,8 @@ def get_loss(name: str, **hparams: float) -> LossFn:
     Raises:
       ValueError: for an unknown loss, an unknown hyper-parameter or an invalid value (named).
     """
-    _check_call(name, hparams)
-    return _bind(name, hparams) if hparams else LOSSES[name]
+    LOSSES.validate(name, hparams)
+    return _bind(name, hparams) if hparams else _at_defaults(name)
 
 
 def get_per_example_loss(name: str, **hparams: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -186,13 +184,14 @@ def get_per_example_loss(name: str, **hparams: float) -> Callable[[jax.Array, ja
     Raises:
       ValueError: for a loss without a per-example form, or as :func:`get_loss`.
     """
-    _check_call(name, hparams)
-    if name not in _PER_EXAMPLE:
+    LOSSES.validate(name, hparams)
+    per_example = LOSSES[name].per_example
+    if per_example is None:
         raise ValueError(
             f"loss {name!r} is not a mean of per-example terms (a batch-level penalty, a loss with "
             f"state or pairs, or csam itself); the losses with a per-example form are {list(PER_EXAMPLE_LOSSES)}."
         )
-    return functools.partial(_PER_EXAMPLE[name], **{**loss_hparam_defaults(name), **hparams})
+    return functools.partial(per_example, **{**LOSSES.defaults(name), **hparams})
 
 
 def csam_descent_loss(base: str, gamma: float, base_hparams: Optional[Mapping[str, float]] = None) -> LossFn:
@@ -216,7 +215,7 @@ def csam_descent_loss(base: str, gamma: float, base_hparams: Optional[Mapping[st
       ValueError: for a base loss without a per-example form (the combination is not defined), a
         bad hyper-parameter or a bad ``gamma``.
     """
-    if base not in _PER_EXAMPLE:
+    if base not in PER_EXAMPLE_LOSSES:
         raise ValueError(
             f"CSAM reweights the training loss per example (eq. 4 of Tan et al. 2025), and {base!r} is not "
             f"a mean of per-example terms, so CSAM over it is not defined; use a loss among "
@@ -231,9 +230,10 @@ def get_stateful_loss(name: str, **hparams: float) -> StatefulLoss:
     Raises:
       ValueError: as :func:`get_loss`.
     """
-    _check_call(name, hparams)
-    if name in _STATEFUL:
-        return _STATEFUL[name](**hparams)
+    LOSSES.validate(name, hparams)
+    spec = LOSSES[name]
+    if spec.stateful is not None:
+        return spec.stateful(**hparams)
     return stateless(_bind(name, hparams))
 
 
@@ -245,6 +245,7 @@ __all__ = [
     "BalcalState",
     "CorrectnessHistory",
     "LOSSES",
+    "LossSpec",
     "MitBatch",
     "PER_EXAMPLE_LOSSES",
     "MixupBatch",

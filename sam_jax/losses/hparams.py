@@ -1,38 +1,25 @@
-"""Rules for loss hyper-parameters, checked by the losses themselves and by ``get_loss``."""
+"""Rules for loss hyper-parameters, checked by the losses themselves and by the loss registry."""
 
-import math
-from typing import Callable
+from sam_jax.models.registry import FINITE_NON_NEGATIVE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Rule
 
-
-def _non_negative(value) -> bool:
-    return isinstance(value, (int, float)) and value >= 0
-
-
-def _unit_interval_open(value) -> bool:
-    return isinstance(value, (int, float)) and 0 <= value < 1
-
-
-def _finite_non_negative(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-
-
-_NON_NEGATIVE = (_non_negative, ">= 0")
-
-# loss name -> hyper-parameter -> (predicate, requirement in words)
-RULES: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
-    "label_smoothing": {"smoothing": (_unit_interval_open, "in [0, 1)")},
-    "focal": {"gamma": _NON_NEGATIVE},
-    "dual_focal": {"gamma": _NON_NEGATIVE},
-    "mmce": {"weight": _NON_NEGATIVE},
-    "mdca": {"weight": _NON_NEGATIVE},
-    "mbls": {"margin": _NON_NEGATIVE, "weight": _NON_NEGATIVE},
-    "acls": {"pos_lambda": _NON_NEGATIVE, "neg_lambda": _NON_NEGATIVE, "alpha": _NON_NEGATIVE, "margin": _NON_NEGATIVE},
-    "cpc": {"lambda_bdc": _NON_NEGATIVE, "lambda_bec": _NON_NEGATIVE},
-    "crl": {"rank_weight": _NON_NEGATIVE},
-    "confidence_penalty": {"weight": _NON_NEGATIVE},
+# loss or mixing name -> hyper-parameter -> its rule; the registries of ``sam_jax.losses`` declare
+# each entry with these, and the functions check their arguments against them when called directly.
+RULES: dict[str, dict[str, Rule]] = {
+    "mixup": {"alpha": POSITIVE},
+    "mit": {"alpha": POSITIVE, "margin": UNIT_INTERVAL},
+    "label_smoothing": {"smoothing": UNIT_INTERVAL},
+    "focal": {"gamma": NON_NEGATIVE},
+    "dual_focal": {"gamma": NON_NEGATIVE},
+    "mmce": {"weight": NON_NEGATIVE},
+    "mdca": {"weight": NON_NEGATIVE},
+    "mbls": {"margin": NON_NEGATIVE, "weight": NON_NEGATIVE},
+    "acls": {"pos_lambda": NON_NEGATIVE, "neg_lambda": NON_NEGATIVE, "alpha": NON_NEGATIVE, "margin": NON_NEGATIVE},
+    "cpc": {"lambda_bdc": NON_NEGATIVE, "lambda_bec": NON_NEGATIVE},
+    "crl": {"rank_weight": NON_NEGATIVE},
+    "confidence_penalty": {"weight": NON_NEGATIVE},
     "csam": {
-        "gamma": (
-            _finite_non_negative,
+        "gamma": Rule(
+            FINITE_NON_NEGATIVE.holds,
             "finite and >= 0 (eq. 4 of Tan et al. 2025; Theorem 3, the entropy-penalty bound, needs "
             "gamma <= 2, and Figure S6 sweeps gamma up to 3)",
         )
@@ -49,5 +36,5 @@ def require(where: str, name: str, value: object, ok: bool, requirement: str) ->
 def check(where: str, **values: object) -> None:
     """Checks ``values`` against ``RULES[where]``; raises ``ValueError`` naming the first bad one."""
     for name, value in values.items():
-        predicate, requirement = RULES[where][name]
-        require(where, name, value, predicate(value), requirement)
+        rule = RULES[where][name]
+        require(where, name, value, rule.holds(value), rule.requirement)

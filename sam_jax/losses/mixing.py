@@ -9,7 +9,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.hparams import require
+from sam_jax.losses.hparams import RULES, check
+from sam_jax.models.registry import Registry
 
 LossFn = Callable[..., jax.Array]
 
@@ -26,7 +27,7 @@ class MixupBatch(NamedTuple):
 
 def check_mixing_alpha(where: str, alpha: float) -> None:
     """Raises ``ValueError`` unless the Beta parameter ``alpha`` is positive."""
-    require(where, "alpha", alpha, alpha > 0, "> 0")
+    check(where, alpha=alpha)
 
 
 def _pair(key: jax.Array, batch_size: int) -> jax.Array:
@@ -86,8 +87,7 @@ class MitBatch(NamedTuple):
 
 def check_mit_hparams(alpha: float, margin: float) -> None:
     """Raises ``ValueError`` naming the first invalid MIT-L hyper-parameter."""
-    check_mixing_alpha("mit", alpha)
-    require("mit", "margin", margin, 0.0 <= margin < 1.0, "in [0, 1)")
+    check("mit", alpha=alpha, margin=margin)
 
 
 def mit_mix(
@@ -185,8 +185,6 @@ def _plain_objective(key, forward, loss_fn, images, labels):
 
 
 def _mixup_objective(alpha: float):
-    check_mixing_alpha("mixup", alpha)
-
     def objective(key, forward, loss_fn, images, labels):
         batch = mixup(key, images, labels, alpha=alpha)
         logits, aux = forward(batch.images)
@@ -196,8 +194,6 @@ def _mixup_objective(alpha: float):
 
 
 def _mit_objective(alpha: float, margin: float):
-    check_mit_hparams(alpha, margin)
-
     def objective(key, forward, loss_fn, images, labels):
         batch = mit_mix(key, images, labels, alpha=alpha, margin=margin)
         logits, aux = forward(jnp.concatenate([batch.images_1, batch.images_2]))
@@ -207,12 +203,11 @@ def _mit_objective(alpha: float, margin: float):
     return objective
 
 
-# name -> (hyper-parameter defaults, factory(**hparams) -> objective)
-MIXINGS: dict[str, tuple[dict[str, float], Callable[..., Callable[..., tuple[jax.Array, jax.Array, Any]]]]] = {
-    "none": ({}, lambda: _plain_objective),
-    "mixup": ({"alpha": 1.0}, _mixup_objective),
-    "mit": ({"alpha": 1.0, "margin": 0.0}, _mit_objective),
-}
+# name -> factory(**hparams) -> objective, with its hyper-parameters and their rules.
+MIXINGS: Registry[Callable[..., Callable[..., tuple[jax.Array, jax.Array, Any]]]] = Registry("mixing")
+MIXINGS.register("none", lambda: _plain_objective)
+MIXINGS.register("mixup", _mixup_objective, defaults={"alpha": 1.0}, rules=RULES["mixup"])
+MIXINGS.register("mit", _mit_objective, defaults={"alpha": 1.0, "margin": 0.0}, rules=RULES["mit"])
 
 
 def get_mixing(name: str, **hparams: float) -> MixedObjective:
@@ -227,10 +222,6 @@ def get_mixing(name: str, **hparams: float) -> MixedObjective:
     Raises:
       ValueError: unknown name or hyper-parameter, or a bad value (named).
     """
-    if name not in MIXINGS:
-        raise ValueError(f"Unknown mixing {name!r}; choose one of {sorted(MIXINGS)}.")
-    defaults, factory = MIXINGS[name]
-    unknown = sorted(set(hparams) - set(defaults))
-    if unknown:
-        raise ValueError(f"{name}: unknown hyper-parameter {unknown[0]!r}; {name} takes {sorted(defaults)}.")
-    return MixedObjective(factory(**{**defaults, **hparams}))
+    hparams = {**MIXINGS.defaults(name), **hparams}
+    MIXINGS.validate(name, hparams)
+    return MixedObjective(MIXINGS[name](**hparams))

@@ -27,14 +27,21 @@ the transformation therefore takes ``prior_precision = delta_0 = N delta`` and u
 ``delta = prior_precision / num_data``.
 """
 
-import numbers
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from sam_jax.optim.gaussian import perturb_by_posterior_noise, standard_normal_like
+from sam_jax.models.registry import NON_NEGATIVE, NON_NEGATIVE_INTEGER
+from sam_jax.optim.gaussian import (
+    POSTERIOR_RULES,
+    average_precision,
+    initial_posterior,
+    perturb_by_posterior_noise,
+    standard_normal_like,
+)
+from sam_jax.optim.hparams import check_hyper_parameters, with_learning_rate
 from sam_jax.optim.states import find_state
 
 GradFn = Callable[[optax.Params], optax.Updates]
@@ -73,30 +80,9 @@ def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num
     return perturb_by_posterior_noise(params, precision, standard_normal_like(key, params), num_data)
 
 
-def _check_bsam_hyper_parameters(**values: float) -> None:
-    """One ``ValueError`` naming every out-of-range bSAM hyper-parameter."""
-    checks = {
-        "rho must be >= 0": values["rho"] >= 0,
-        "num_data must be a positive integer": (
-            isinstance(values["num_data"], numbers.Integral) and values["num_data"] > 0
-        ),
-        "beta1 must lie in [0, 1)": 0 <= values["beta1"] < 1,
-        "beta2 must lie in [0, 1)": 0 <= values["beta2"] < 1,
-        "prior_precision must be >= 0": values["prior_precision"] >= 0,
-        "damping must be >= 0": values["damping"] >= 0,
-        "init_precision must be > 0": values["init_precision"] > 0,
-    }
-    if "num_sub_batches" in values:
-        sub_batches = values["num_sub_batches"]
-        checks["num_sub_batches must be an integer >= 0"] = (
-            isinstance(sub_batches, numbers.Integral) and sub_batches >= 0
-        )
-    if "learning_rate" in values and not callable(values["learning_rate"]):
-        checks["learning_rate must be > 0"] = values["learning_rate"] > 0
-    failed = [message for message, ok in checks.items() if not ok]
-    if failed:
-        got = ", ".join(f"{name}={value}" for name, value in values.items())
-        raise ValueError(f"Bad bSAM hyper-parameters: {'; '.join(failed)} (got {got}).")
+# Algorithm 1's hyper-parameters and what each must be: checked by ``scale_by_bsam`` (and so by
+# ``bsam``), and by the optimizer registry for a config's ``optimizer.bsam`` block.
+RULES = {**POSTERIOR_RULES, "rho": NON_NEGATIVE, "num_sub_batches": NON_NEGATIVE_INTEGER}
 
 
 def scale_by_bsam(
@@ -179,7 +165,9 @@ def scale_by_bsam(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_bsam_hyper_parameters(
+    check_hyper_parameters(
+        "bSAM",
+        RULES,
         rho=rho,
         num_data=num_data,
         prior_precision=prior_precision,
@@ -201,11 +189,7 @@ def scale_by_bsam(
         return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree) if stacked else tree
 
     def init(params: optax.Params) -> BSAMState:
-        return BSAMState(
-            key=jax.random.PRNGKey(seed),
-            momentum=optax.tree.zeros_like(params),
-            precision=optax.tree.full_like(params, init_precision),
-        )
+        return BSAMState(**initial_posterior(params, seed, init_precision))
 
     def update(
         grads: Optional[optax.Updates],
@@ -232,7 +216,7 @@ def scale_by_bsam(
         momentum = jax.tree.map(
             lambda m, ge, w: beta1 * m + (1 - beta1) * (ge + delta * w), state.momentum, g_eps, params
         )
-        precision = jax.tree.map(lambda si, gs: beta2 * si + (1 - beta2) * (gs + delta + damping), s, g_scale)
+        precision = average_precision(s, g_scale, beta2=beta2, delta=delta, damping=damping)
         direction = jax.tree.map(jnp.divide, momentum, precision)
         return direction, BSAMState(key=key, momentum=momentum, precision=precision)
 
@@ -285,18 +269,8 @@ def bsam(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_bsam_hyper_parameters(
-        learning_rate=learning_rate,
-        rho=rho,
-        num_data=num_data,
-        prior_precision=prior_precision,
-        beta1=beta1,
-        beta2=beta2,
-        damping=damping,
-        init_precision=init_precision,
-        num_sub_batches=num_sub_batches,
-    )
-    return optax.chain(
+    return with_learning_rate(
+        "bSAM",
         scale_by_bsam(
             rho,
             num_data,
@@ -308,5 +282,5 @@ def bsam(
             seed=seed,
             num_sub_batches=num_sub_batches,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        learning_rate,
     )

@@ -2,11 +2,48 @@
 
 bSAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1, line 3) and VOGN (Osawa et al. 2019,
 arXiv:1906.02506, Algorithm 1) both keep a per-weight precision ``p`` divided by the number of
-training examples ``N`` and perturb the mean ``w`` by ``z / sqrt(N p)`` with ``z ~ N(0, I)``.
+training examples ``N`` and perturb the mean ``w`` by ``z / sqrt(N p)`` with ``z ~ N(0, I)``. Both
+start from the same state (a key, zero momentum, ``p = init_precision``), average the precision the
+same way (bSAM's line 8, VOGN's line 10) and step along ``momentum / p``; their hyper-parameters
+share the rules of :data:`POSTERIOR_RULES`.
 """
+
+from typing import Any
 
 import jax
 import optax
+
+from sam_jax.models.registry import NON_NEGATIVE, POSITIVE, POSITIVE_INTEGER, UNIT_INTERVAL
+
+# The hyper-parameters bSAM and VOGN share, and what each must be.
+POSTERIOR_RULES = {
+    "num_data": POSITIVE_INTEGER,
+    "beta1": UNIT_INTERVAL,
+    "beta2": UNIT_INTERVAL,
+    "prior_precision": NON_NEGATIVE,
+    "damping": NON_NEGATIVE,
+    "init_precision": POSITIVE,
+}
+
+
+def initial_posterior(params: optax.Params, seed: int, init_precision: float) -> dict[str, Any]:
+    """The fields ``key``, ``momentum`` (zeros) and ``precision`` (``init_precision``) of a first state."""
+    return {
+        "key": jax.random.PRNGKey(seed),
+        "momentum": optax.tree.zeros_like(params),
+        "precision": optax.tree.full_like(params, init_precision),
+    }
+
+
+def average_precision(
+    precision: optax.Updates, curvature: optax.Updates, *, beta2: float, delta: float, damping: float
+) -> optax.Updates:
+    """``p <- beta2 p + (1 - beta2) (h + delta + gamma)`` for the curvature estimate ``h``.
+
+    bSAM's line 8 with ``h = sqrt(s) |g|``; VOGN's line 10 with ``h`` the mean squared per-example
+    gradient (kept as ``p = s + delta + gamma``, see ``sam_jax.optim.vogn``).
+    """
+    return jax.tree.map(lambda p, h: beta2 * p + (1 - beta2) * (h + delta + damping), precision, curvature)
 
 
 def standard_normal_like(key: jax.Array, params: optax.Params) -> optax.Params:

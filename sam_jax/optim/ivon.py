@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sam_jax.models.registry import POSITIVE, UNIT_INTERVAL, Rule
+from sam_jax.optim.hparams import check_hyper_parameters, with_learning_rate
 from sam_jax.optim.sam import GradFn
 from sam_jax.optim.states import find_state
 
@@ -51,22 +53,17 @@ class IVONState(NamedTuple):
     std: optax.Updates  # sigma = 1 / sqrt(lam (h + delta)), the posterior standard deviation (step 7)
 
 
-def _check_ivon_hyper_parameters(**values: float) -> None:
-    """One ``ValueError`` naming every out-of-range IVON hyper-parameter."""
-    checks = {
-        "ess must be > 0": values["ess"] > 0,
-        "hess_init must be > 0": values["hess_init"] > 0,
-        "beta1 must lie in [0, 1)": 0 <= values["beta1"] < 1,
-        "beta2 must lie in [0, 1)": 0 <= values["beta2"] < 1,
-        "weight_decay must be > 0": values["weight_decay"] > 0,
-        "clip_radius must be > 0 (math.inf for no clipping)": values["clip_radius"] > 0,
-    }
-    if "learning_rate" in values and not callable(values["learning_rate"]):
-        checks["learning_rate must be > 0"] = values["learning_rate"] > 0
-    failed = [message for message, ok in checks.items() if not ok]
-    if failed:
-        got = ", ".join(f"{name}={value}" for name, value in values.items())
-        raise ValueError(f"Bad IVON hyper-parameters: {'; '.join(failed)} (got {got}).")
+# Algorithm 1's hyper-parameters and what each must be: checked by ``scale_by_ivon`` (and so by
+# ``ivon``); the optimizer registry checks a config's ``optimizer.ivon`` block against the same rules
+# (there ``ess`` 0 stands for N and ``clip_radius`` 0 for no clipping).
+RULES = {
+    "ess": POSITIVE,
+    "hess_init": POSITIVE,
+    "beta1": UNIT_INTERVAL,
+    "beta2": UNIT_INTERVAL,
+    "weight_decay": POSITIVE,
+    "clip_radius": Rule(POSITIVE.holds, "> 0 (math.inf for no clipping)"),
+}
 
 
 def ivon_sample(params: optax.Params, state: optax.OptState, key: jax.Array) -> optax.Params:
@@ -144,8 +141,15 @@ def scale_by_ivon(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_ivon_hyper_parameters(
-        ess=ess, hess_init=hess_init, beta1=beta1, beta2=beta2, weight_decay=weight_decay, clip_radius=clip_radius
+    check_hyper_parameters(
+        "IVON",
+        RULES,
+        ess=ess,
+        hess_init=hess_init,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        clip_radius=clip_radius,
     )
 
     def posterior_std(hessian: optax.Updates) -> optax.Updates:
@@ -243,16 +247,8 @@ def ivon(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_ivon_hyper_parameters(
-        learning_rate=learning_rate,
-        ess=ess,
-        hess_init=hess_init,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        clip_radius=clip_radius,
-    )
-    return optax.chain(
+    return with_learning_rate(
+        "IVON",
         scale_by_ivon(
             ess,
             hess_init=hess_init,
@@ -262,5 +258,5 @@ def ivon(
             clip_radius=clip_radius,
             seed=seed,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        learning_rate,
     )

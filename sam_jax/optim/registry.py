@@ -14,11 +14,14 @@ to know about an optimizer, so that none of them ever tests an optimizer's name:
 
 Adding an optimizer is one module with its transformation plus one :func:`register` call here (or
 in the user's own code before the config is validated); nothing in ``sam_jax.training`` changes.
+:data:`OPTIMIZERS` is a ``sam_jax.models.registry.Registry`` (the shape models, losses and mixings
+are registered in too): each spec declares the rule of every hyper-parameter (``rules``) and, for
+rules that tie fields together, a ``validate`` of the whole block; bSAM, VOGN and IVON take theirs
+from the tables their factories check (``sam_jax.optim.bsam.RULES``, ...).
 """
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
@@ -27,10 +30,13 @@ import numpy as np
 import optax
 
 from sam_jax.losses import csam_descent_loss
+from sam_jax.models.registry import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Registry, Rule
+from sam_jax.optim.bsam import RULES as BSAM_RULES
 from sam_jax.optim.bsam import bsam, bsam_sample
 from sam_jax.optim.bulk_sgd import bulk_sgd
 from sam_jax.optim.device_sharpness import PER_DEVICE
 from sam_jax.optim.gsam import gsam, gsam_rho_schedule
+from sam_jax.optim.ivon import RULES as IVON_RULES
 from sam_jax.optim.ivon import ivon, ivon_sample
 from sam_jax.optim.looksam import looksam
 from sam_jax.optim.m_sharpness import m_sharpness_sam
@@ -38,6 +44,7 @@ from sam_jax.optim.sam import sam
 from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
 from sam_jax.optim.swag import swag, swag_sample
 from sam_jax.optim.vasso import vasso
+from sam_jax.optim.vogn import RULES as VOGN_RULES
 from sam_jax.optim.vogn import vogn, vogn_sample
 
 Hparams = Mapping[str, Any]
@@ -85,7 +92,8 @@ class OptimizerSpec:
       name: the config name (``optimizer.name``) and the name of its block.
       defaults: hyper-parameter name -> default value.
       build: ``build(hparams, context) -> GradientTransformationExtraArgs``.
-      validate: raises ``ValueError("<field> ...")`` for a bad value in its block.
+      validate: raises ``ValueError("<field> ...")`` for what ``rules`` cannot say (fields that
+        constrain each other).
       reads: ``reads(hparams) -> names`` of the other blocks it uses (a SAM wrapper's base).
       uses_clean_gradient: False when every gradient comes from ``grad_fn`` (bSAM): the step then
         skips the backward pass at ``params``.
@@ -103,6 +111,8 @@ class OptimizerSpec:
       perturbation_radius: ``perturbation_radius(hparams) -> rho`` of a sharpness-aware
         perturbation (for tracking curvature at the perturbed point), or None.
       summary: one line for ``--help`` and the docs.
+      rules: hyper-parameter name -> the ``Rule`` its value must follow (``"sgd.momentum=1.5 must be
+        in [0, 1)."``); every value is also checked to be of its default's type.
     """
 
     name: str
@@ -118,9 +128,15 @@ class OptimizerSpec:
     recompute_batch_stats: bool = False
     perturbation_radius: Callable[[Hparams], Optional[float]] = _nothing
     summary: str = ""
+    rules: Mapping[str, Rule] = dataclasses.field(default_factory=dict)
 
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {}
+OPTIMIZERS: Registry[OptimizerSpec] = Registry(
+    "optimizer",
+    unknown_field="{name}.{field} is not a hyper-parameter of {name}; it has {known}.",
+    broken_rule="{name}.{field}={value} must be {requirement}.",
+    typed=True,
+)
 
 # The optimizer of ``sam_jax.training.default_config()``.
 DEFAULT_OPTIMIZER = "sgd"
@@ -128,17 +144,19 @@ DEFAULT_OPTIMIZER = "sgd"
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:
     """Adds ``spec`` to :data:`OPTIMIZERS` (a name can be registered once)."""
-    if spec.name in OPTIMIZERS:
-        raise ValueError(f"An optimizer named {spec.name!r} is already registered.")
-    OPTIMIZERS[spec.name] = spec
-    return spec
+
+    def validate(hparams: Hparams) -> None:
+        try:
+            spec.validate(hparams)
+        except ValueError as err:
+            raise ValueError(f"{spec.name}.{err}") from err
+
+    return OPTIMIZERS.register(spec.name, spec, defaults=spec.defaults, rules=spec.rules, check=validate)
 
 
 def get_optimizer_spec(name: str) -> OptimizerSpec:
     """The registered spec of ``name``; ``ValueError`` listing the names otherwise."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}.")
-    return OPTIMIZERS[name]
+    return OPTIMIZERS.lookup(name)
 
 
 def hparam_blocks(blocks: Mapping[str, Hparams]) -> dict[str, dict[str, Any]]:
@@ -159,25 +177,9 @@ def validate_hparams(name: str, hparams: Hparams) -> None:
     """Checks the block of ``name``: no unknown field, numbers where numbers are due, then its rules.
 
     Raises:
-      ValueError: naming the field, e.g. ``"sam.rho=-1 must be >= 0"``.
+      ValueError: naming the field, e.g. ``"sam.rho=-1 must be >= 0."``.
     """
-    spec = get_optimizer_spec(name)
-    for field, value in hparams.items():
-        if field not in spec.defaults:
-            raise ValueError(f"{name}.{field} is not a hyper-parameter of {name}; it has {sorted(spec.defaults)}.")
-        default = spec.defaults[field]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{name}.{field}={value!r} must be True or False.")
-        if (
-            isinstance(default, numbers.Number)
-            and not isinstance(default, bool)
-            and (not isinstance(value, numbers.Number) or isinstance(value, bool))
-        ):
-            raise ValueError(f"{name}.{field}={value!r} must be a number.")
-    try:
-        spec.validate(hparams)
-    except ValueError as err:
-        raise ValueError(f"{name}.{err}") from err
+    OPTIMIZERS.validate(name, hparams)
 
 
 def build_optimizer(name: str, context: BuildContext) -> optax.GradientTransformationExtraArgs:
@@ -191,15 +193,17 @@ def build_optimizer(name: str, context: BuildContext) -> optax.GradientTransform
 
 # --------------------------------------------------------------------------- rules
 
+SAM_BASES = ("sgd", "adam", "adamw")
+
+BASE = Rule(lambda value: value in SAM_BASES, f"one of {list(SAM_BASES)}")
+# A whole number >= 1 (a config may give 5.0 for 5).
+WHOLE_POSITIVE = Rule(lambda value: value >= 1 and int(value) == value, "a positive integer")
+WHOLE_NON_NEGATIVE = Rule(lambda value: value >= 0 and int(value) == value, "an integer >= 0")
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _non_negative(hparams: Hparams, *fields: str) -> None:
-    for field in fields:
-        _require(hparams[field] >= 0, f"{field}={hparams[field]} must be >= 0.")
 
 
 def _num_sub_batches(m: int, batch_size: int) -> int:
@@ -207,9 +211,14 @@ def _num_sub_batches(m: int, batch_size: int) -> int:
     return batch_size // m if 0 < m < batch_size else 0
 
 
-def _unit_interval(hparams: Hparams, *fields: str) -> None:
-    for field in fields:
-        _require(0 <= hparams[field] < 1, f"{field}={hparams[field]} must be in [0, 1).")
+def _rules_of(table: Mapping[str, Rule], *fields: str) -> dict[str, Rule]:
+    """The rules of ``fields`` from a factory's table (the fields a config block shares with it)."""
+    return {field: table[field] for field in fields}
+
+
+def _without(hparams: Hparams, *fields: str) -> dict[str, Any]:
+    """``hparams`` less ``fields`` (those the registry reads itself), as keyword arguments of a factory."""
+    return {field: value for field, value in hparams.items() if field not in fields}
 
 
 # --------------------------------------------------------------------------- plain optimizers
@@ -223,17 +232,12 @@ def _sgd(hparams: Hparams, context: BuildContext) -> optax.GradientTransformatio
     )
 
 
-def _check_sgd(hparams: Hparams) -> None:
-    _unit_interval(hparams, "momentum")
-    _non_negative(hparams, "weight_decay")
-
-
 register(
     OptimizerSpec(
         "sgd",
         {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
         _sgd,
-        _check_sgd,
+        rules={"momentum": UNIT_INTERVAL, "weight_decay": NON_NEGATIVE},
         summary="SGD with (Nesterov) momentum; L2 weight decay added to the gradient.",
     )
 )
@@ -243,18 +247,13 @@ register(
         "gd",
         {"weight_decay": 0.0},
         lambda hparams, context: _sgd({**hparams, "momentum": 0.0, "nesterov": False}, context),
-        lambda hparams: _non_negative(hparams, "weight_decay"),
+        rules={"weight_decay": NON_NEGATIVE},
         full_batch=True,
         summary="Full-batch gradient descent (the whole training set every step).",
     )
 )
 
-
-def _check_adam(hparams: Hparams) -> None:
-    _unit_interval(hparams, "b1", "b2")
-    _require(hparams["eps"] > 0, f"eps={hparams['eps']} must be > 0.")
-    _non_negative(hparams, "weight_decay")
-
+ADAM_RULES = {"b1": UNIT_INTERVAL, "b2": UNIT_INTERVAL, "eps": POSITIVE, "weight_decay": NON_NEGATIVE}
 
 register(
     OptimizerSpec(
@@ -262,9 +261,9 @@ register(
         {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         lambda hparams, context: optax.chain(
             optax.add_decayed_weights(hparams["weight_decay"]),
-            optax.adam(context.learning_rate, b1=hparams["b1"], b2=hparams["b2"], eps=hparams["eps"]),
+            optax.adam(context.learning_rate, **_without(hparams, "weight_decay")),
         ),
-        _check_adam,
+        rules=ADAM_RULES,
         summary="Adam (Kingma & Ba 2015, arXiv:1412.6980); L2 weight decay added to the gradient.",
     )
 )
@@ -273,36 +272,18 @@ register(
     OptimizerSpec(
         "adamw",
         {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
-        lambda hparams, context: optax.adamw(
-            context.learning_rate,
-            b1=hparams["b1"],
-            b2=hparams["b2"],
-            eps=hparams["eps"],
-            weight_decay=hparams["weight_decay"],
-        ),
-        _check_adam,
+        lambda hparams, context: optax.adamw(context.learning_rate, **hparams),
+        rules=ADAM_RULES,
         summary="AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101): decoupled weight decay.",
     )
 )
-
-
-def _check_muon(hparams: Hparams) -> None:
-    _unit_interval(hparams, "beta", "adam_b1", "adam_b2")
-    _non_negative(hparams, "weight_decay")
-
 
 register(
     OptimizerSpec(
         "muon",
         {"beta": 0.95, "weight_decay": 0.0, "adam_b1": 0.9, "adam_b2": 0.999},
-        lambda hparams, context: optax.contrib.muon(
-            context.learning_rate,
-            beta=hparams["beta"],
-            weight_decay=hparams["weight_decay"],
-            adam_b1=hparams["adam_b1"],
-            adam_b2=hparams["adam_b2"],
-        ),
-        _check_muon,
+        lambda hparams, context: optax.contrib.muon(context.learning_rate, **hparams),
+        rules={"beta": UNIT_INTERVAL, "adam_b1": UNIT_INTERVAL, "adam_b2": UNIT_INTERVAL, "weight_decay": NON_NEGATIVE},
         summary="Muon (Jordan et al. 2024) via optax.contrib.muon; Adam for non-matrix parameters.",
     )
 )
@@ -310,7 +291,31 @@ register(
 
 # --------------------------------------------------------------------------- SAM family
 
-SAM_BASES = ("sgd", "adam", "adamw")
+
+def _around_base(
+    name: str,
+    defaults: Hparams,
+    build: Callable[[Hparams, BuildContext], optax.GradientTransformationExtraArgs],
+    *,
+    summary: str,
+    rules: Optional[Mapping[str, Rule]] = None,
+    **fields: Any,
+) -> OptimizerSpec:
+    """The spec of a sharpness-aware optimizer: radius ``rho`` >= 0 around the base optimizer ``base``.
+
+    It reads the base's block and reports ``rho`` as its perturbation radius; ``fields`` are the
+    other :class:`OptimizerSpec` fields (``sub_batch_size`` for m-sharpness, ``descent_loss``, ...).
+    """
+    return OptimizerSpec(
+        name,
+        defaults,
+        build,
+        reads=lambda hparams: (hparams["base"],),
+        perturbation_radius=lambda hparams: hparams["rho"],
+        summary=summary,
+        rules={"rho": NON_NEGATIVE, "base": BASE, **(rules or {})},
+        **fields,
+    )
 
 
 def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
@@ -329,29 +334,12 @@ def _sharpness_aware(*, adaptive: bool = False, renormalize: bool = False):
     return build
 
 
-def _check_sam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho")
-    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
-    _require(
-        int(hparams["m"]) == hparams["m"] and hparams["m"] >= PER_DEVICE,
-        f"m={hparams['m']} must be an integer: examples per sub-batch, 0 for none, "
-        f"or {PER_DEVICE} for one sub-batch per device.",
-    )
-
-
-def _check_asam(hparams: Hparams) -> None:
-    _check_sam(hparams)
-    _non_negative(hparams, "eta")
-
-
-def _check_csam(hparams: Hparams) -> None:
-    _check_sam(hparams)
-    gamma = hparams["gamma"]
-    _require(
-        math.isfinite(gamma) and gamma >= 0,
-        f"gamma={gamma} must be finite and >= 0 (eq. 4); Theorem 3 (the entropy-penalty bound) needs "
-        "gamma <= 2, and Figure S6 of Tan et al. 2025 sweeps gamma up to 3.",
-    )
+# m-sharpness: examples per sub-batch, each with its own perturbation.
+M_SHARPNESS = Rule(
+    lambda m: int(m) == m and m >= PER_DEVICE,
+    f"an integer: examples per sub-batch, 0 for none, or {PER_DEVICE} for one sub-batch per device",
+)
+SAM_DEFAULTS = {"rho": 0.05, "m": 0, "base": "sgd"}
 
 
 def _csam_descent_loss(hparams: Hparams, loss_name: str, loss_hparams: Hparams) -> LossFn:
@@ -359,54 +347,61 @@ def _csam_descent_loss(hparams: Hparams, loss_name: str, loss_hparams: Hparams) 
     return csam_descent_loss(loss_name, hparams["gamma"], loss_hparams)
 
 
-_SAM_COMMON = dict(
-    reads=lambda hparams: (hparams["base"],),
-    sub_batch_size=lambda hparams: int(hparams["m"]),
-    perturbation_radius=lambda hparams: hparams["rho"],
-)
+def _m_sharpness_spec(name: str, defaults: Hparams, build, *, summary: str, rules=None, **fields) -> OptimizerSpec:
+    """:func:`_around_base` with m-sharpness: the step splits the batch into sub-batches of ``m``."""
+    return _around_base(
+        name,
+        defaults,
+        build,
+        summary=summary,
+        rules={"m": M_SHARPNESS, **(rules or {})},
+        sub_batch_size=lambda hparams: int(hparams["m"]),
+        **fields,
+    )
+
 
 register(
-    OptimizerSpec(
+    _m_sharpness_spec(
         "sam",
-        {"rho": 0.05, "m": 0, "base": "sgd"},
+        SAM_DEFAULTS,
         _sharpness_aware(),
-        _check_sam,
-        **_SAM_COMMON,
         summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0, "
         "one perturbation per device shard with m = -1.",
     )
 )
 
 register(
-    OptimizerSpec(
+    _m_sharpness_spec(
         "asam",
         {"rho": 0.5, "eta": 0.01, "m": 0, "base": "sgd"},
         _sharpness_aware(adaptive=True),
-        _check_asam,
-        **_SAM_COMMON,
+        rules={"eta": NON_NEGATIVE},
         summary="Adaptive SAM (Kwon et al. 2021, arXiv:2102.11600): rho 0.5 and eta 0.01 as for CIFAR.",
     )
 )
 
 register(
-    OptimizerSpec(
+    _m_sharpness_spec(
         "ssam",
-        {"rho": 0.05, "m": 0, "base": "sgd"},
+        SAM_DEFAULTS,
         _sharpness_aware(renormalize=True),
-        _check_sam,
-        **_SAM_COMMON,
         summary="Stable SAM (arXiv:2401.07250): descent gradient rescaled to the ascent gradient's norm.",
     )
 )
 
 register(
-    OptimizerSpec(
+    _m_sharpness_spec(
         "csam",
         {"rho": 0.05, "gamma": 1.0, "m": 0, "base": "sgd"},
         _sharpness_aware(),
-        _check_csam,
+        rules={
+            "gamma": Rule(
+                lambda gamma: math.isfinite(gamma) and gamma >= 0,
+                "finite and >= 0 (eq. 4); Theorem 3 (the entropy-penalty bound) needs gamma <= 2, and "
+                "Figure S6 of Tan et al. 2025 sweeps gamma up to 3",
+            )
+        },
         descent_loss=_csam_descent_loss,
-        **_SAM_COMMON,
         summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
         "descent step uses the CSAM loss, eq. 4's reweighting of the training loss per example "
         "(cross-entropy: eq. 4; focal, acls: FL+CSAM, ACLS+CSAM of Table S15); gamma 1 gave the lowest "
@@ -414,25 +409,16 @@ register(
     )
 )
 
-
-def _check_vasso(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho")
-    _require(0 < hparams["theta"] <= 1, f"theta={hparams['theta']} must be in (0, 1]; 1 is SAM.")
-    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
-
-
 # No m-sharpness: VaSSO's moving average is of the whole batch's gradient, and one average per
 # sub-batch would be another algorithm.
 register(
-    OptimizerSpec(
+    _around_base(
         "vasso",
         {"rho": 0.05, "theta": 0.9, "base": "sgd"},
         lambda hparams, context: vasso(
             build_optimizer(hparams["base"], context), hparams["rho"], theta=hparams["theta"]
         ),
-        _check_vasso,
-        reads=_SAM_COMMON["reads"],
-        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        rules={"theta": Rule(lambda theta: 0 < theta <= 1, "in (0, 1]; 1 is SAM")},
         summary="VaSSO (Li & Giannakis 2023, arXiv:2309.15639, Sec. 3): SAM whose ascent direction is "
         "a moving average of the gradients, d = (1 - theta) d + theta g; theta 0.9 as in the authors' code.",
     )
@@ -459,52 +445,40 @@ def _gsam(hparams: Hparams, context: BuildContext) -> optax.GradientTransformati
 
 
 def _check_gsam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho", "alpha")
     _require(
         0 <= hparams["rho_min"] <= hparams["rho"],
         f"rho_min={hparams['rho_min']} must be in [0, rho={hparams['rho']}]; rho_min = rho is a constant radius.",
     )
-    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
 
 
 # rho is GSAM's rho_max; the radius falls to rho_min with the learning rate over the run (Algorithm 1,
 # step 0), lr_max and lr_min being the largest and smallest learning rate of the run's steps. No
 # m-sharpness (the decomposition is of the whole batch's gradients).
 register(
-    OptimizerSpec(
+    _around_base(
         "gsam",
         {"rho": 0.05, "rho_min": 0.05, "alpha": 0.2, "base": "sgd"},
         _gsam,
-        _check_gsam,
-        reads=_SAM_COMMON["reads"],
-        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        rules={"alpha": NON_NEGATIVE},
+        validate=_check_gsam,
         summary="GSAM (Zhuang et al. 2022, arXiv:2203.08065, Algorithm 1): SAM's perturbed gradient minus "
         "alpha times the clean gradient's part orthogonal to it; rho_min < rho ties the radius to the "
         "learning rate; alpha 0.2 as in the authors' CIFAR example (juntang-zhuang/GSAM).",
     )
 )
 
-
-def _check_looksam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho", "alpha")
-    _require(
-        hparams["k"] >= 1 and int(hparams["k"]) == hparams["k"],
-        f"k={hparams['k']} must be a positive integer (the SAM gradient every k steps).",
-    )
-    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
-
-
 # No m-sharpness: the stored orthogonal component is of the whole batch's gradients.
 register(
-    OptimizerSpec(
+    _around_base(
         "looksam",
         {"rho": 0.05, "k": 5, "alpha": 0.7, "base": "sgd"},
         lambda hparams, context: looksam(
             build_optimizer(hparams["base"], context), hparams["rho"], k=int(hparams["k"]), alpha=hparams["alpha"]
         ),
-        _check_looksam,
-        reads=_SAM_COMMON["reads"],
-        perturbation_radius=_SAM_COMMON["perturbation_radius"],
+        rules={
+            "alpha": NON_NEGATIVE,
+            "k": Rule(WHOLE_POSITIVE.holds, "a positive integer (the SAM gradient every k steps)"),
+        },
         summary="LookSAM (Liu et al. 2022, arXiv:2203.02714, Algorithm 1): the SAM gradient every k steps, "
         "the clean gradient plus alpha ||g|| / ||g_v|| times the stored orthogonal part g_v in between; "
         "k 5 as its LookSAM-5, alpha 0.7 as the public LookSAM implementation (rollovd/LookSAM).",
@@ -514,13 +488,9 @@ register(
 
 # --------------------------------------------------------------------------- bSAM, BulkSGD
 
-
-def _check_bsam(hparams: Hparams) -> None:
-    _non_negative(hparams, "rho", "prior_precision", "damping", "m")
-    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
-    _unit_interval(hparams, "beta1", "beta2")
-    _require(hparams["init_precision"] > 0, f"init_precision={hparams['init_precision']} must be > 0.")
-
+# The rules bSAM's and VOGN's blocks share with their factories; m (examples per sub-batch) is the
+# registry's own.
+POSTERIOR_FIELDS = ("beta1", "beta2", "prior_precision", "damping", "init_precision")
 
 register(
     OptimizerSpec(
@@ -536,17 +506,12 @@ register(
         },
         lambda hparams, context: bsam(
             context.learning_rate,
-            hparams["rho"],
-            context.num_train,
-            beta1=hparams["beta1"],
-            beta2=hparams["beta2"],
-            prior_precision=hparams["prior_precision"],
-            damping=hparams["damping"],
-            init_precision=hparams["init_precision"],
+            num_data=context.num_train,
             seed=context.seed,
             num_sub_batches=_num_sub_batches(int(hparams["m"]), context.batch_size),
+            **_without(hparams, "m"),
         ),
-        _check_bsam,
+        rules={**_rules_of(BSAM_RULES, "rho", *POSTERIOR_FIELDS), "m": WHOLE_NON_NEGATIVE},
         uses_clean_gradient=False,
         sub_batch_size=lambda hparams: int(hparams["m"]),
         posterior_sample=bsam_sample,
@@ -558,13 +523,7 @@ register(
 
 
 def _check_bulk(hparams: Hparams) -> None:
-    for field in ("num_iters", "k"):
-        _require(
-            hparams[field] >= 1 and int(hparams[field]) == hparams[field],
-            f"{field}={hparams[field]} must be a positive integer.",
-        )
     _require(hparams["k"] < hparams["num_iters"], f"k={hparams['k']} must be < num_iters={hparams['num_iters']}.")
-    _unit_interval(hparams, "momentum")
 
 
 register(
@@ -579,6 +538,7 @@ register(
             seed=context.seed,
         ),
         _check_bulk,
+        rules={"num_iters": WHOLE_POSITIVE, "k": WHOLE_POSITIVE, "momentum": UNIT_INTERVAL},
         summary="BulkSGD (Song, Ahn & Yun 2024, arXiv:2405.16002): SGD with the top-k Hessian "
         "eigendirections projected out of the gradient.",
     )
@@ -586,13 +546,6 @@ register(
 
 
 # --------------------------------------------------------------------------- VOGN
-
-
-def _check_vogn(hparams: Hparams) -> None:
-    _non_negative(hparams, "prior_precision", "damping", "m")
-    _require(int(hparams["m"]) == hparams["m"], f"m={hparams['m']} must be an integer.")
-    _unit_interval(hparams, "beta1", "beta2")
-    _require(hparams["init_precision"] > 0, f"init_precision={hparams['init_precision']} must be > 0.")
 
 
 def _vogn(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
@@ -603,13 +556,9 @@ def _vogn(hparams: Hparams, context: BuildContext) -> optax.GradientTransformati
         context.learning_rate,
         context.num_train,
         context.batch_size,
-        prior_precision=hparams["prior_precision"],
-        beta1=hparams["beta1"],
-        beta2=hparams["beta2"],
-        damping=hparams["damping"],
-        init_precision=hparams["init_precision"],
         num_samples=_num_sub_batches(m, context.batch_size) or 1,
         seed=context.seed,
+        **_without(hparams, "m"),
     )
 
 
@@ -628,7 +577,7 @@ register(
             "m": 0,
         },
         _vogn,
-        _check_vogn,
+        rules={**_rules_of(VOGN_RULES, *POSTERIOR_FIELDS), "m": WHOLE_NON_NEGATIVE},
         uses_clean_gradient=False,
         sub_batch_size=lambda hparams: 1,
         posterior_sample=vogn_sample,
@@ -641,23 +590,6 @@ register(
 
 
 # --------------------------------------------------------------------------- SWAG
-
-
-def _check_swag(hparams: Hparams) -> None:
-    _require(hparams["base"] in SAM_BASES, f"base={hparams['base']!r}; choose one of {list(SAM_BASES)}.")
-    _require(
-        int(hparams["start_step"]) == hparams["start_step"] and hparams["start_step"] >= 0,
-        f"start_step={hparams['start_step']} must be an integer >= 0.",
-    )
-    for field in ("collect_every", "rank"):
-        _require(
-            int(hparams[field]) == hparams[field] and hparams[field] >= 1,
-            f"{field}={hparams[field]} must be a positive integer.",
-        )
-    _require(
-        hparams["collect_learning_rate"] > 0,
-        f"collect_learning_rate={hparams['collect_learning_rate']} must be > 0.",
-    )
 
 
 def _swag(hparams: Hparams, context: BuildContext) -> optax.GradientTransformationExtraArgs:
@@ -675,7 +607,13 @@ register(
         "swag",
         {"base": "sgd", "start_step": 0, "collect_learning_rate": 0.01, "collect_every": 100, "rank": 20},
         _swag,
-        _check_swag,
+        rules={
+            "base": BASE,
+            "start_step": WHOLE_NON_NEGATIVE,
+            "collect_every": WHOLE_POSITIVE,
+            "rank": WHOLE_POSITIVE,
+            "collect_learning_rate": POSITIVE,
+        },
         reads=lambda hparams: (hparams["base"],),
         posterior_sample=swag_sample,
         recompute_batch_stats=True,
@@ -688,13 +626,6 @@ register(
 
 # --------------------------------------------------------------------------- mean-field VI
 
-
-def _check_vi(hparams: Hparams) -> None:
-    _require(hparams["prior_precision"] > 0, f"prior_precision={hparams['prior_precision']} must be > 0.")
-    _require(hparams["init_std"] > 0, f"init_std={hparams['init_std']} must be > 0.")
-    _unit_interval(hparams, "b1", "b2")
-
-
 # prior_precision is that of N(0, I / prior_precision) over the whole training set; the
 # per-example objective divides the KL by N (as bSAM's prior_precision). init_std 1e-3 is well
 # below the scale of standard initialisations, so the first steps are those of Adam on the means.
@@ -702,16 +633,8 @@ register(
     OptimizerSpec(
         "vi",
         {"prior_precision": 1.0, "init_std": 1e-3, "b1": 0.9, "b2": 0.999},
-        lambda hparams, context: mean_field_vi(
-            context.learning_rate,
-            context.num_train,
-            prior_precision=hparams["prior_precision"],
-            init_std=hparams["init_std"],
-            b1=hparams["b1"],
-            b2=hparams["b2"],
-            seed=context.seed,
-        ),
-        _check_vi,
+        lambda hparams, context: mean_field_vi(context.learning_rate, context.num_train, seed=context.seed, **hparams),
+        rules={"prior_precision": POSITIVE, "init_std": POSITIVE, "b1": UNIT_INTERVAL, "b2": UNIT_INTERVAL},
         uses_clean_gradient=False,
         posterior_sample=mean_field_vi_sample,
         summary="Mean-field Gaussian VI, Bayes by Backprop (Blundell et al. 2015, arXiv:1505.05424), "
@@ -721,13 +644,6 @@ register(
 
 
 # --------------------------------------------------------------------------- IVON
-
-
-def _check_ivon(hparams: Hparams) -> None:
-    _non_negative(hparams, "ess", "clip_radius")
-    _require(hparams["hess_init"] > 0, f"hess_init={hparams['hess_init']} must be > 0.")
-    _require(hparams["weight_decay"] > 0, f"weight_decay={hparams['weight_decay']} must be > 0 (Algorithm 1).")
-    _unit_interval(hparams, "beta1", "beta2")
 
 
 def _ivon_posterior_sample(params: Any, opt_state: Any, key: jax.Array, num_train: int) -> Any:
@@ -744,14 +660,15 @@ register(
         lambda hparams, context: ivon(
             context.learning_rate,
             hparams["ess"] or context.num_train,
-            hess_init=hparams["hess_init"],
-            beta1=hparams["beta1"],
-            beta2=hparams["beta2"],
-            weight_decay=hparams["weight_decay"],
             clip_radius=hparams["clip_radius"] or math.inf,
             seed=context.seed,
+            **_without(hparams, "ess", "clip_radius"),
         ),
-        _check_ivon,
+        rules={
+            **_rules_of(IVON_RULES, "hess_init", "beta1", "beta2", "weight_decay"),
+            "ess": NON_NEGATIVE,
+            "clip_radius": NON_NEGATIVE,
+        },
         uses_clean_gradient=False,
         posterior_sample=_ivon_posterior_sample,
         summary="IVON (Shen et al. 2024, arXiv:2402.17641, Algorithm 1): variational online Newton with a "

@@ -38,14 +38,21 @@ evaluated at its own weight sample ``theta_j`` (the independent Monte-Carlo samp
 distributed VOGN; Möllenhoff & Khan use ``S = 16`` sub-batches of a batch of 128).
 """
 
-import numbers
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from sam_jax.optim.gaussian import perturb_by_posterior_noise, standard_normal_like
+from sam_jax.models.registry import POSITIVE_INTEGER
+from sam_jax.optim.gaussian import (
+    POSTERIOR_RULES,
+    average_precision,
+    initial_posterior,
+    perturb_by_posterior_noise,
+    standard_normal_like,
+)
+from sam_jax.optim.hparams import check_hyper_parameters, with_learning_rate
 from sam_jax.optim.states import find_state
 
 GradFn = Callable[[optax.Params], optax.Updates]
@@ -81,29 +88,10 @@ def vogn_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num
     return perturb_by_posterior_noise(params, precision, standard_normal_like(key, params), num_data)
 
 
-def _check_vogn_hyper_parameters(**values: float) -> None:
-    """One ``ValueError`` naming every out-of-range VOGN hyper-parameter."""
-    is_positive_int = lambda v: isinstance(v, numbers.Integral) and v > 0  # noqa: E731
-    checks = {
-        "num_data must be a positive integer": is_positive_int(values["num_data"]),
-        "batch_size must be a positive integer": is_positive_int(values["batch_size"]),
-        "num_samples must be a positive integer that divides batch_size": (
-            is_positive_int(values["num_samples"])
-            and is_positive_int(values["batch_size"])
-            and values["batch_size"] % values["num_samples"] == 0
-        ),
-        "beta1 must lie in [0, 1)": 0 <= values["beta1"] < 1,
-        "beta2 must lie in [0, 1)": 0 <= values["beta2"] < 1,
-        "prior_precision must be >= 0": values["prior_precision"] >= 0,
-        "damping must be >= 0": values["damping"] >= 0,
-        "init_precision must be > 0": values["init_precision"] > 0,
-    }
-    if "learning_rate" in values and not callable(values["learning_rate"]):
-        checks["learning_rate must be > 0"] = values["learning_rate"] > 0
-    failed = [message for message, ok in checks.items() if not ok]
-    if failed:
-        got = ", ".join(f"{name}={value}" for name, value in values.items())
-        raise ValueError(f"Bad VOGN hyper-parameters: {'; '.join(failed)} (got {got}).")
+# VOGN's hyper-parameters and what each must be (``num_samples`` must also divide ``batch_size``):
+# checked by ``scale_by_vogn`` (and so by ``vogn``), and by the optimizer registry for a config's
+# ``optimizer.vogn`` block.
+RULES = {**POSTERIOR_RULES, "batch_size": POSITIVE_INTEGER, "num_samples": POSITIVE_INTEGER}
 
 
 def scale_by_vogn(
@@ -172,7 +160,9 @@ def scale_by_vogn(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_vogn_hyper_parameters(
+    check_hyper_parameters(
+        "VOGN",
+        RULES,
         num_data=num_data,
         batch_size=batch_size,
         prior_precision=prior_precision,
@@ -182,15 +172,13 @@ def scale_by_vogn(
         init_precision=init_precision,
         num_samples=num_samples,
     )
+    if batch_size % num_samples:
+        raise ValueError(f"Bad VOGN hyper-parameters: num_samples={num_samples} must divide batch_size={batch_size}.")
     delta = prior_precision / num_data
     examples_per_sample = batch_size // num_samples
 
     def init(params: optax.Params) -> VOGNState:
-        return VOGNState(
-            key=jax.random.PRNGKey(seed),
-            momentum=optax.tree.zeros_like(params),
-            precision=optax.tree.full_like(params, init_precision),
-        )
+        return VOGNState(**initial_posterior(params, seed, init_precision))
 
     def update(
         grads: Optional[optax.Updates],
@@ -215,7 +203,7 @@ def scale_by_vogn(
         g_hat = jax.tree.map(lambda gi: jnp.mean(gi, axis=0), g)
         h_hat = jax.tree.map(lambda gi: jnp.mean(gi * gi, axis=0), g)
         momentum = jax.tree.map(lambda m, gh, w: beta1 * m + gh + delta * w, state.momentum, g_hat, params)
-        precision = jax.tree.map(lambda p, h: beta2 * p + (1 - beta2) * (h + delta + damping), state.precision, h_hat)
+        precision = average_precision(state.precision, h_hat, beta2=beta2, delta=delta, damping=damping)
         direction = jax.tree.map(jnp.divide, momentum, precision)
         return direction, VOGNState(key=key, momentum=momentum, precision=precision)
 
@@ -259,18 +247,8 @@ def vogn(
     Raises:
       ValueError: for out-of-range hyper-parameters.
     """
-    _check_vogn_hyper_parameters(
-        learning_rate=learning_rate,
-        num_data=num_data,
-        batch_size=batch_size,
-        prior_precision=prior_precision,
-        beta1=beta1,
-        beta2=beta2,
-        damping=damping,
-        init_precision=init_precision,
-        num_samples=num_samples,
-    )
-    return optax.chain(
+    return with_learning_rate(
+        "VOGN",
         scale_by_vogn(
             num_data,
             batch_size,
@@ -282,5 +260,5 @@ def vogn(
             num_samples=num_samples,
             seed=seed,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        learning_rate,
     )

@@ -12,8 +12,9 @@ import ml_collections
 
 from sam_jax.data import DATASETS
 from sam_jax import optim
-from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing, loss_hparam_defaults
+from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing
 from sam_jax.models import MODELS
+from sam_jax.models.registry import Registry
 from sam_jax.training.distributed import default_distributed_config, validate_distributed_config
 from sam_jax.training.hooks.curvature import default_curvature_config, validate_curvature_config
 from sam_jax.training.stopping import validate_early_stop
@@ -23,8 +24,9 @@ SCHEDULES = ("constant", "cosine", "step")
 DATA_FORMATS = ("in_memory", "array_record")
 
 
-def _blocks(names: Iterable[str], defaults: Callable[[str], Mapping[str, Any]]) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({name: dict(defaults(name)) for name in names if defaults(name)})
+def _blocks(registry: Registry) -> ml_collections.ConfigDict:
+    """One block of defaults per registered name that has hyper-parameters."""
+    return ml_collections.ConfigDict({name: registry.defaults(name) for name in registry if registry.defaults(name)})
 
 
 def optimizer_config(name: str = optim.DEFAULT_OPTIMIZER) -> ml_collections.ConfigDict:
@@ -47,14 +49,14 @@ def optimizer_config(name: str = optim.DEFAULT_OPTIMIZER) -> ml_collections.Conf
 
 def mixing_config(name: str = "none") -> ml_collections.ConfigDict:
     """The ``mixing`` block: ``mixing.name`` (none, mixup, mit) and one block per method."""
-    config = _blocks(MIXINGS, lambda n: MIXINGS[n][0])
+    config = _blocks(MIXINGS)
     config.name = name
     return config
 
 
 def loss_config(name: str = "cross_entropy") -> ml_collections.ConfigDict:
     """The ``loss`` block: ``loss.name`` and one block of hyper-parameters per loss that has any."""
-    config = _blocks(LOSSES, loss_hparam_defaults)
+    config = _blocks(LOSSES)
     config.name = name
     return config
 
@@ -141,11 +143,11 @@ def _unread_blocks_unchanged(
     where: str,
     config: ml_collections.ConfigDict,
     read: Iterable[str],
-    defaults: Callable[[str], Mapping[str, Any]],
-    names: Iterable[str],
+    registry: Registry,
 ) -> None:
     """A block the chosen method does not read must keep its defaults: a set field would be ignored."""
-    for name in names:
+    defaults = registry.defaults
+    for name in registry:
         if name in read or name not in config:
             continue
         unknown = sorted(set(config[name].keys()) - set(defaults(name)))
@@ -199,6 +201,18 @@ def _validate_data_source(block: ml_collections.ConfigDict, fail: Callable[[str]
         fail(f"data.read_threads={threads!r} must be an integer >= 0 (0 = read each batch when needed).")
 
 
+def validate_training_set_size(config: ml_collections.ConfigDict, num_train: int) -> None:
+    """Raises ``ValueError`` when a config, valid otherwise, asks for batches larger than ``num_train``.
+
+    The one check that needs the training set's size: ``build_run`` validates the config before it
+    loads the data, then makes this check.
+    """
+    if not optim.get_optimizer_spec(config.optimizer.name).full_batch and config.batch_size > num_train:
+        raise ValueError(
+            f"Bad config: batch_size={config.batch_size} is larger than the training set ({num_train} examples)."
+        )
+
+
 def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> None:
     """Raises one ``ValueError`` naming the bad field and the allowed values.
 
@@ -212,14 +226,9 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
 
     opt = config.optimizer
     _validate_data_source(config.data, fail)
-    if config.model.name not in MODELS:
-        fail(f"model.name={config.model.name!r}; choose one of {sorted(MODELS)}.")
-    if config.loss.name not in LOSSES:
-        fail(f"loss.name={config.loss.name!r}; choose one of {sorted(LOSSES)}.")
-    if opt.name not in optim.OPTIMIZERS:
-        fail(f"optimizer.name={opt.name!r}; choose one of {sorted(optim.OPTIMIZERS)}.")
-    if config.mixing.name not in MIXINGS:
-        fail(f"mixing.name={config.mixing.name!r}; choose one of {sorted(MIXINGS)}.")
+    for where, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", optim.OPTIMIZERS), ("mixing", MIXINGS)):
+        if config[where].name not in registry:
+            fail(f"{where}.name={config[where].name!r}; choose one of {sorted(registry)}.")
     for where, build in (("loss", get_loss), ("mixing", get_mixing)):
         try:
             build(config[where].name, **chosen_hparams(config[where]))
@@ -233,11 +242,9 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
         except ValueError as err:
             fail(f"optimizer.{err}")
     try:
-        _unread_blocks_unchanged("loss", config.loss, (config.loss.name,), loss_hparam_defaults, LOSSES)
-        _unread_blocks_unchanged("mixing", config.mixing, (config.mixing.name,), lambda n: MIXINGS[n][0], MIXINGS)
-        _unread_blocks_unchanged(
-            "optimizer", opt, read, lambda n: optim.get_optimizer_spec(n).defaults, optim.OPTIMIZERS
-        )
+        _unread_blocks_unchanged("loss", config.loss, (config.loss.name,), LOSSES)
+        _unread_blocks_unchanged("mixing", config.mixing, (config.mixing.name,), MIXINGS)
+        _unread_blocks_unchanged("optimizer", opt, read, optim.OPTIMIZERS)
     except ValueError as err:
         fail(str(err))
     spec = optim.get_optimizer_spec(opt.name)
@@ -261,10 +268,10 @@ def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] 
     if not spec.full_batch:
         if config.batch_size <= 0:
             fail(f"batch_size={config.batch_size} must be > 0.")
-        if num_train is not None and config.batch_size > num_train:
-            fail(f"batch_size={config.batch_size} is larger than the training set ({num_train} examples).")
         if m and config.batch_size % m:
             fail(f"optimizer.{opt.name}.m={m} must divide batch_size={config.batch_size}.")
+    if num_train is not None:
+        validate_training_set_size(config, num_train)
     if config.num_epochs <= 0 and config.num_steps <= 0:
         fail("set num_epochs > 0 or num_steps > 0.")
     if min(config.data.val_size, config.data.train_size, config.data.test_size, config.data.pad_to) < 0:

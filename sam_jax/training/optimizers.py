@@ -50,11 +50,11 @@ def make_optimizer(
     opt = config.optimizer
     blocks = optimizer_hparams(config)
     context = optim.BuildContext(
-        learning_rate_schedule(config, total_steps),
-        num_train,
-        config.seed,
-        blocks,
-        run_batch_size(config, num_train),
-        total_steps,
+        learning_rate=learning_rate_schedule(config, total_steps),
+        num_train=num_train,
+        seed=config.seed,
+        blocks=blocks,
+        batch_size=run_batch_size(config, num_train),
+        total_steps=total_steps,
     )
     return optim.build_optimizer(opt.name, context)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import calibration, data
-from sam_jax.training.loop import Run
+from sam_jax.training.build import Run
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import ensemble_size, model_forward
 

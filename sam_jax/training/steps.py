@@ -235,7 +235,10 @@ def make_train_step(
             "accuracy": jnp.mean(jnp.argmax(loss.predict(prediction, state.loss_state), -1) == batch["label"]),
             "update_norm": optax.tree.norm(updates),
         }
-        return TrainState(state.step + 1, params, model_state, opt_state, state.rng, loss_state), metrics
+        new_state = state._replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state, loss_state=loss_state
+        )
+        return new_state, metrics
 
     return train_step
 
