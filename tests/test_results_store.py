@@ -161,3 +161,15 @@ def test_export_appends_what_keep_names_and_report_reads_the_store(tmp_path):
     # Without a store, export writes the same records to <workdir>/compact.
     runner.main(experiment, config, "export")
     assert store.collect(os.path.join(config.workdir, "compact")) == runs
+
+
+def test_restore_in_progress_copies_unfinished_jobs_without_a_checkpoint_here(tmp_path):
+    job = os.path.join("sam", "cross_entropy", "lr0.1", "seed0")
+    other = os.path.join("sgd", "cross_entropy", "lr0.1", "seed0")
+    for path in (job, other):
+        _write(str(tmp_path / "store" / store.IN_PROGRESS_DIR / path / "config.json"), "{}")
+        _write(str(tmp_path / "store" / store.IN_PROGRESS_DIR / path / "checkpoints" / "20" / "state"), "saved")
+    _write(str(tmp_path / "work" / other / "checkpoints" / "40" / "state"), "newer")  # this workdir got further
+    assert store.restore_in_progress(str(tmp_path / "store"), str(tmp_path / "work")) == [job]
+    assert (tmp_path / "work" / job / "checkpoints" / "20" / "state").read_text() == "saved"
+    assert not (tmp_path / "work" / other / "checkpoints" / "20").exists()
