@@ -122,8 +122,7 @@ def export(experiment: Experiment, config: Config, store_dir: str = "") -> str:
     records = experiment.records(config)
     jobs = experiment.jobs(config)
     if store_dir:
-        for path, files in sorted(records.items()):
-            store.append_run(store_dir, path, files)
+        store.append_runs(store_dir, records)
         out = store_dir
     else:
         out = os.path.join(config.workdir, "compact")

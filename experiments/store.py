@@ -15,7 +15,7 @@ A store is a folder (``results/<experiment>/``) holding
   workdir (binary, so kept as folders; ``experiments.grid.export_in_progress`` writes it).
 
 :func:`pack` turns a workdir of compact records into a store, :func:`append_run` adds one finished
-run, and :func:`unpack` writes the records back into a workdir, byte for byte, where
+run (:func:`append_runs` several), and :func:`unpack` writes the records back into a workdir, byte for byte, where
 ``--mode=report`` rebuilds the report and ``--mode=run`` continues the grid. What is kept of a
 finished job is a :class:`Kept` (:func:`compact_records`); what is kept of an unfinished one,
 its newest checkpoint (:func:`export_in_progress`).
@@ -137,20 +137,29 @@ def pack(workdir: str, store: str) -> dict:
     return write_store(store, runs)
 
 
-def append_run(store: str, path: str, files: Mapping[str, str]) -> None:
-    """Adds one run (its directory ``path`` relative to the workdir and its files) to the store.
+def append_runs(store: str, runs: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Adds runs (``{directory relative to the workdir: {file name: text}}``) to the store.
 
-    The run is written as one more gzip member, so the records already committed keep their bytes;
-    a run already in the store is replaced (its later line wins). The manifest is rewritten.
+    The runs that are new or changed are written as one more gzip member, so the records already
+    committed keep their bytes; a run already in the store is replaced (its later line wins). The
+    manifest is rewritten.
+
+    Returns:
+      The paths of the runs written (none when the store already held them all).
     """
     os.makedirs(store, exist_ok=True)
-    runs = read_store(store) if os.path.exists(os.path.join(store, STORE_FILE)) else {}
-    if runs.get(path) == dict(files):
-        return
-    with open(os.path.join(store, STORE_FILE), "ab") as f:
-        f.write(_gzip_member([_line(path, files)]))
-    runs[path] = dict(files)
-    _write_manifest(store, runs)
+    held = read_store(store) if os.path.exists(os.path.join(store, STORE_FILE)) else {}
+    changed = {path: dict(files) for path, files in sorted(runs.items()) if held.get(path) != dict(files)}
+    if changed:
+        with open(os.path.join(store, STORE_FILE), "ab") as f:
+            f.write(_gzip_member(_line(path, files) for path, files in changed.items()))
+        _write_manifest(store, {**held, **changed})
+    return list(changed)
+
+
+def append_run(store: str, path: str, files: Mapping[str, str]) -> None:
+    """Adds one finished run (its directory relative to the workdir and its files); see :func:`append_runs`."""
+    append_runs(store, {path: files})
 
 
 def unpack(store: str, workdir: str, overwrite: bool = True) -> list[str]:
