@@ -10,8 +10,9 @@ first so that an interrupted grid has whole seeds), each resumable, and evaluate
 on the test set: the methods with a posterior (bSAM, VOGN, SWAG) by the average of
 ``table1.posterior_samples`` posterior samples (Sec. 5), the others at their point estimate, with
 accuracy, NLL, ECE over 20 bins and the AUROC of correct vs. wrong predictions (Osawa et al. 2019,
-App. H). The evaluation goes to ``<job>/table1_eval.json`` (small: commit it so that the report can
-be rebuilt without the checkpoints). ``report`` writes ``<workdir>/report/``: Table 1 with the
+App. H). The evaluation goes to ``<job>/table1_eval.json``; ``export --store=<folder>`` keeps it with
+the run's config, summary and metrics in a results store, from which ``report --store=<folder>``
+rebuilds the report without the checkpoints. ``report`` writes ``<workdir>/report/``: Table 1 with the
 paper's numbers in adjacent columns (Markdown and CSV), and for every method with a posterior,
 accuracy/ECE/NLL against the number of posterior samples and (bSAM) a histogram of the posterior
 precision, as ``<label>_posterior_samples.png`` and ``<label>_precision_histogram.png``. ``all``
@@ -19,6 +20,7 @@ precision, as ``<label>_posterior_samples.png`` and ``<label>_precision_histogra
 """
 
 import collections
+import functools
 import json
 import math
 import os
@@ -26,19 +28,18 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments import cli  # noqa: E402
-from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1  # noqa: E402
-from experiments.grid import AfterJob, Job, data_key, expand_grid, parse_shard, run_jobs, shard_jobs  # noqa: E402
-from experiments.tables import markdown_row, markdown_table, write_csv  # noqa: E402
-from sam_jax import calibration, optim  # noqa: E402
-from sam_jax.training import (  # noqa: E402
+from experiments import runner
+from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1
+from experiments.grid import AfterJob, Job, data_key, expand_grid, run_jobs, shard_jobs
+from experiments.runner import Experiment
+from experiments.store import Kept
+from experiments.tables import markdown_row, markdown_table, mean_std, mean_std_cell, write_csv
+from sam_jax import calibration, optim
+from sam_jax.analysis.calibration_figures import plot_posterior_samples, plot_precision_histogram
+from sam_jax.training import (
     Checkpointer,
     Run,
     RunData,
@@ -47,9 +48,8 @@ from sam_jax.training import (  # noqa: E402
     load_trained,
     make_predictive,
 )
-from sam_jax.training.writers import SUMMARY_FILE, to_python  # noqa: E402
+from sam_jax.training.writers import CONFIG_FILE, SUMMARY_FILE, to_python
 
-MODES = ("run", "report", "all")
 EVAL_FILE = "table1_eval.json"
 # Table 1's rows in the paper's order, then the ablations (no paper number).
 METHOD_NAMES = {
@@ -184,19 +184,12 @@ def evaluate_trained(table1: ml_collections.ConfigDict) -> AfterJob:
     return after_job
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
+# Decimal places of each metric in the table.
+DIGITS = {"accuracy": 2, "nll": 3, "ece": 4, "auroc": 3}
 
 
-def _cell(metric: str, mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    digits = {"accuracy": 2, "nll": 3, "ece": 4, "auroc": 3}[metric]
-    return f"{mean:.{digits}f} ({std:.{digits}f})"
-
-
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
-    """Writes Table 1, the sample curve and the precision histogram to ``<workdir>/report``.
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+    """Writes Table 1, the sample curve and the precision histogram to ``out`` (default ``<workdir>/report``).
 
     Returns:
       The report directory.
@@ -204,7 +197,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     Raises:
       ValueError: no job has been evaluated yet.
     """
-    out = os.path.join(config.workdir, "report")
+    out = out or os.path.join(config.workdir, "report")
     os.makedirs(out, exist_ok=True)
     evaluations: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     missing = []
@@ -229,10 +222,11 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
         row: dict[str, Any] = {"method": name, "seeds": len(runs)}
         cells = []
         for metric in METRICS:
-            mean, std = _mean_std([r["test"][metric] for r in runs])
+            mean, std = mean_std([r["test"][metric] for r in runs])
             paper = PAPER_TABLE1[config.data.name].get(label, {}).get(metric, (math.nan, math.nan))
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_paper": paper[0]})
-            cells += [_cell(metric, mean, std), _cell(metric, *paper)]
+            number = f".{DIGITS[metric]}f"
+            cells += [mean_std_cell(m, s, number, parentheses=True) for m, s in ((mean, std), paper)]
         rows.append(row)
         lines.append(markdown_row([name, str(len(runs))] + cells))
     steps = sorted({r["step"] for runs in evaluations.values() for r in runs})
@@ -258,76 +252,53 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
 
 def _sample_curve(label: str, runs: Sequence[dict[str, Any]], out: str) -> None:
     counts = sorted(int(k) for k in runs[0]["sample_curve"])
-    curve_rows = []
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, metric, title in zip(axes, ("accuracy", "ece", "nll"), ("test accuracy (%)", "ECE (20 bins)", "NLL")):
-        means, stds = [], []
-        for k in counts:
-            mean, std = _mean_std([r["sample_curve"][str(k)][metric] for r in runs])
-            means.append(mean)
-            stds.append(std)
-        point_mean, _ = _mean_std([r["point"][metric] for r in runs])
-        ax.errorbar(counts, means, yerr=stds, marker="o", capsize=3, label="posterior average")
-        ax.axhline(point_mean, color="gray", linestyle="--", label="point estimate (trained parameters)")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("posterior samples")
-        ax.set_title(title)
+    curve_rows, panels = [], []
+    for metric, title in zip(("accuracy", "ece", "nll"), ("test accuracy (%)", "ECE (20 bins)", "NLL")):
+        stats = [mean_std([r["sample_curve"][str(k)][metric] for r in runs]) for k in counts]
+        means, stds = [m for m, _ in stats], [s for _, s in stats]
+        panels.append((title, means, stds, mean_std([r["point"][metric] for r in runs])[0]))
         curve_rows += [{"samples": k, "metric": metric, "mean": m, "std": s} for k, m, s in zip(counts, means, stds)]
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{METHOD_NAMES.get(label, label)}: predictive vs. number of posterior samples ({len(runs)} seeds)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{label}_posterior_samples.png"), dpi=120)
-    plt.close(fig)
+    name = METHOD_NAMES.get(label, label)
+    plot_posterior_samples(
+        counts,
+        panels,
+        f"{name}: predictive vs. number of posterior samples ({len(runs)} seeds)",
+        os.path.join(out, f"{label}_posterior_samples.png"),
+    )
     write_csv(os.path.join(out, f"{label}_posterior_samples.csv"), curve_rows)
 
 
 def _precision_histogram(label: str, runs: Sequence[dict[str, Any]], out: str) -> None:
-    edges = np.asarray(runs[0]["precision_histogram"]["log10_edges"])
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for run in runs:
-        ax.stairs(run["precision_histogram"]["counts"], edges, label=run["job"].split("/")[-1])
-    ax.set_yscale("log")
-    ax.set_xlabel("log10 posterior precision N s (per weight)")
-    ax.set_ylabel("weights")
-    ax.set_title(f"{METHOD_NAMES.get(label, label)}: posterior precision")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{label}_precision_histogram.png"), dpi=120)
-    plt.close(fig)
+    plot_precision_histogram(
+        runs[0]["precision_histogram"]["log10_edges"],
+        [(run["job"].split("/")[-1], run["precision_histogram"]["counts"]) for run in runs],
+        f"{METHOD_NAMES.get(label, label)}: posterior precision",
+        os.path.join(out, f"{label}_precision_histogram.png"),
+    )
 
 
-def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1") -> None:
-    """Trains and evaluates one shard of the grid (``run``), writes the report (``report``), or both.
+def run_shard(config: ml_collections.ConfigDict, index: int, count: int) -> None:
+    """Trains and evaluates shard ``index`` of ``count`` of the seed-major job list."""
+    mine = shard_jobs(grid_jobs(config), index, count)
+    run_jobs(
+        mine,
+        compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
+        after_job=evaluate_trained(config.table1),
+    )
+    evaluate_finished(mine, config.table1)
 
-    Args:
-      config: a preset of ``experiments/configs/bsam_table1.py``.
-      mode: one of ``MODES``.
-      shard: ``"i/n"``: train only jobs ``i, i + n, ...`` of the seed-major job list.
-    """
-    if mode not in MODES:
-        raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
-    jobs = grid_jobs(config)
-    if mode in ("run", "all"):
-        index, count = parse_shard(shard)
-        mine = shard_jobs(jobs, index, count)
-        run_jobs(
-            mine,
-            compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
-            after_job=evaluate_trained(config.table1),
-        )
-        evaluate_finished(mine, config.table1)
-    if mode in ("report", "all"):
-        evaluate_finished(jobs, config.table1)
-        out = report(config, jobs)
-        with open(os.path.join(out, "table1.md")) as f:
-            print(f.read())
-        print(f"Report: {out}")
 
+EXPERIMENT = Experiment(
+    name="bsam_table1",
+    default_config=os.path.join(os.path.dirname(__file__), "configs", "bsam_table1.py:quick"),
+    jobs=grid_jobs,
+    report=report,
+    report_file="table1.md",
+    run=run_shard,
+    before_report=lambda config, jobs: evaluate_finished(jobs, config.table1),
+    keep=lambda config, job: Kept(files=(CONFIG_FILE, SUMMARY_FILE, EVAL_FILE), metrics=lambda key: True),
+)
+main = functools.partial(runner.main, EXPERIMENT)
 
 if __name__ == "__main__":
-    cli.run_grid(
-        main,
-        os.path.join(os.path.dirname(__file__), "configs", "bsam_table1.py:quick"),
-        MODES,
-        "Train and evaluate jobs, write the report, or both.",
-    )
+    runner.run_from_command_line(EXPERIMENT)

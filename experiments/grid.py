@@ -8,7 +8,7 @@ A grid config is a run config (``sam_jax.training.default_config``) plus a ``gri
         learning_rates=(...),            # one job per learning rate
         losses=("cross_entropy",),       # and per loss
         learning_rates_by_loss=ConfigDict(mse=(...)),  # optional: other rates for one loss
-        ks=(1, 3, 5),                    # bulk_sgd only: one job per optimizer.bulk_sgd.k
+        axes=(("optimizer.bulk_sgd.k", (1, 3, 5)),),  # optional: one job per value of each config path
         overrides=ConfigDict(...))       # nested fields set on that optimizer's runs
 
 A label names the method in job directories and reports; ``optimizer`` lets two labels run the same
@@ -19,7 +19,11 @@ of its ``base``; see ``sam_jax.training.validate_config``). Per-optimizer settin
 ``overrides``, e.g. ``overrides=ConfigDict({"optimizer": {"sgd": {"momentum": 0.0}}})`` for ``sgd``
 and the same for ``sam`` (whose ``base`` is ``sgd``); ``losses`` sets ``loss.name``.
 
-Each job trains in its own directory ``<workdir>/<optimizer>[_k<k>]/<loss>/lr<lr>/seed<seed>``, so
+``axes`` sweeps any field of the run config, named by its dotted path: the jobs are the product of the
+axes' values (in the order listed), each setting its fields, and the label of a job's group appends
+``_<last part of the path><value>`` per axis (``bulk_sgd_k3`` for ``optimizer.bulk_sgd.k = 3``).
+
+Each job trains in its own directory ``<workdir>/<group>/<loss>/lr<lr>/seed<seed>``, so
 jobs can run in any order, in several processes (``shard_jobs``, or ``run_jobs(exclusive=True)``: each
 process trains the next job that no other one holds), and be interrupted: a job restarts from the
 loop's latest checkpoint (``resume``), and a job whose ``summary.json`` exists is skipped.
@@ -30,7 +34,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -46,18 +49,17 @@ from sam_jax.training import (
     TrainingDivergedError,
     build_run,
     load_run_data,
-    read_metrics,
     train_and_evaluate,
 )
 from sam_jax.training.distributed import is_primary_process
 from sam_jax.training.workdir import try_workdir_lock, workdir_lock
-from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from sam_jax.training.writers import SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
 AfterJob = Callable[["Job", Run], None]
 JobHooks = Callable[["Job", Run], Sequence[Hook]]
-GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "ks", "overrides")
+GRID_FIELDS = ("optimizer", "learning_rates", "losses", "learning_rates_by_loss", "axes", "overrides")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,8 @@ class Job:
 
     Attributes:
       name: the job's directory relative to the grid workdir (``sgd/cross_entropy/lr0.05/seed0``).
-      group: the optimizer label the report groups by (``sgd``, ``bulk_sgd_k3``).
+      group: the label the report groups by: the optimizer's label and its axis values (``sgd``,
+        ``bulk_sgd_k3``).
       config: the complete run config of this job; its ``workdir`` is the job directory.
     """
 
@@ -104,6 +107,11 @@ def _set_nested(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
 
 
 def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
+    if "ks" in spec:
+        raise ValueError(
+            f"grid.optimizers.{name}.ks is replaced by an axis over its config path: "
+            f'axes=(("optimizer.{spec.get("optimizer") or name}.k", {tuple(spec.ks)!r}),).'
+        )
     unknown = set(spec.keys()) - set(GRID_FIELDS)
     if unknown:
         raise ValueError(f"grid.optimizers.{name} has unknown fields {sorted(unknown)}; allowed: {list(GRID_FIELDS)}.")
@@ -119,20 +127,49 @@ def _check_spec(name: str, spec: ml_collections.ConfigDict) -> None:
                 f"grid.optimizers.{name}.learning_rates_by_loss.{loss}={rates!r} must name "
                 "one of its losses and give a nonempty tuple of positive numbers."
             )
-    if spec.get("ks") and spec.get("optimizer", name) != "bulk_sgd":
-        raise ValueError(f"grid.optimizers.{name}.ks is only for bulk_sgd (its optimizer.bulk_sgd.k).")
+    for axis in spec.get("axes") or ():
+        if len(axis) != 2 or not isinstance(axis[0], str) or not tuple(axis[1]):
+            raise ValueError(
+                f"grid.optimizers.{name}.axes has {axis!r}; each axis is (dotted config path, nonempty tuple of "
+                'values), e.g. ("optimizer.bulk_sgd.k", (1, 3, 5)).'
+            )
+
+
+def _set_path(config: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:
+    """Sets the field at the dotted ``path`` of ``config``, which must exist."""
+    *blocks, field = path.split(".")
+    node = config
+    for part in blocks + [field]:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(f"grid.optimizers.{where}.axes names {path!r}, which the run config does not have.")
+        if part != field:
+            node = node[part]
+    node[field] = value
+
+
+def _axis_points(spec: ml_collections.ConfigDict) -> list[tuple[tuple[str, Any], ...]]:
+    """Every combination of the spec's axis values, as ``((path, value), ...)``, in the listed order."""
+    points: list[tuple[tuple[str, Any], ...]] = [()]
+    for path, values in spec.get("axes") or ():
+        points = [point + ((path, value),) for point in points for value in values]
+    return points
+
+
+def _group_label(name: str, point: Sequence[tuple[str, Any]]) -> str:
+    """``name`` followed by ``_<last part of the path><value>`` per axis (``bulk_sgd_k3``)."""
+    return name + "".join(f"_{path.rsplit('.', 1)[-1]}{value}" for path, value in point)
 
 
 def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
-    """All jobs of a grid config, in a fixed order (optimizer, k, loss, learning rate, seed).
+    """All jobs of a grid config, in a fixed order (optimizer, axis values, loss, learning rate, seed).
 
     Args:
       config: a run config with a ``grid`` block (see the module docstring).
 
     Returns:
       The jobs; each config is a copy of ``config`` without ``grid``, with the job's overrides,
-      ``optimizer.name``, ``optimizer.bulk_sgd.k``, ``loss.name``, learning rate, seed, ``workdir``
-      and ``resume=True`` set.
+      ``optimizer.name``, its axis values, ``loss.name``, learning rate, seed, ``workdir`` and
+      ``resume=True`` set.
 
     Raises:
       ValueError: the grid block is missing or malformed.
@@ -148,8 +185,8 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
     jobs = []
     for name, spec in config.grid.optimizers.items():
         _check_spec(name, spec)
-        for k in tuple(spec.get("ks") or ()) or (None,):
-            group = name if k is None else f"{name}_k{k}"
+        for point in _axis_points(spec):
+            group = _group_label(name, point)
             by_loss = spec.get("learning_rates_by_loss") or {}
             for loss in tuple(spec.get("losses") or (config.loss.name,)):
                 for learning_rate in by_loss.get(loss, spec.learning_rates):
@@ -158,8 +195,8 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[Job]:
                         job = ml_collections.ConfigDict(base.to_dict())
                         _set_nested(job, (spec.get("overrides") or ml_collections.ConfigDict()).to_dict(), name)
                         job.optimizer.name = spec.get("optimizer") or name
-                        if k is not None:
-                            job.optimizer.bulk_sgd.k = k
+                        for path, value in point:
+                            _set_path(job, path, value, name)
                         job.loss.name = loss
                         job.optimizer.learning_rate = float(learning_rate)
                         job.seed = int(seed)
@@ -250,56 +287,6 @@ def run_job(
         return summary
 
 
-CHECKPOINT_DIR = "checkpoints"
-IN_PROGRESS_FILES = ("config.json", "metrics.jsonl")
-
-
-def _complete_checkpoints(job: Job) -> list[int]:
-    """The steps of ``job``'s checkpoints that Orbax finished writing, oldest first."""
-    root = os.path.join(job.workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(root):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(root)
-        if name.isdigit() and os.path.exists(os.path.join(root, name, "commit_success.txt"))
-    )
-
-
-def export_in_progress(jobs: Iterable[Job], out: str) -> list[str]:
-    """Copies each started, unfinished job to ``out/<job name>`` so that another machine resumes it.
-
-    A job that is still training when a session ends would start over on the next machine; this
-    keeps its config, its whole ``metrics.jsonl`` and its newest complete checkpoint (about 3 MB
-    for the 2x200 MLP on CIFAR-10 images; the records after that step are dropped on resume, as
-    ``train_and_evaluate`` does). Copying ``out`` into a workdir restores them. Jobs without a
-    complete checkpoint are left out (they would start over anyway). ``out`` is replaced.
-
-    Args:
-      jobs: the grid's jobs; finished ones are left out.
-      out: the destination folder.
-
-    Returns:
-      The names of the jobs copied.
-    """
-    shutil.rmtree(out, ignore_errors=True)
-    copied = []
-    for job in jobs:
-        steps = _complete_checkpoints(job)
-        if job.done or not steps:
-            continue
-        target = os.path.join(out, job.name)
-        os.makedirs(target)
-        for name in IN_PROGRESS_FILES:
-            shutil.copyfile(os.path.join(job.workdir, name), os.path.join(target, name))
-        shutil.copytree(
-            os.path.join(job.workdir, CHECKPOINT_DIR, str(steps[-1])),
-            os.path.join(target, CHECKPOINT_DIR, str(steps[-1])),
-        )
-        copied.append(job.name)
-    return copied
-
-
 @contextlib.contextmanager
 def _compilation_cache(directory: Optional[str]):
     """JAX's persistent compilation cache in ``directory`` for the duration (off when None).
@@ -376,33 +363,3 @@ def run_jobs(
                     elif not job.done:
                         run_job(job, run_data(job.config), after_job, hooks)
             bar.update(1)
-
-
-def export_compact(jobs: Iterable[Job], workdir: str, keys: Sequence[str]) -> str:
-    """Copies the finished ``jobs`` to ``<workdir>/compact``, small enough to commit.
-
-    Each job keeps its ``config.json`` and ``summary.json`` and, of ``metrics.jsonl``, the ``keys``
-    of each record (records with nothing but the step are dropped). The copy is laid out like the
-    grid, so a report (or ``run``, which continues the grid) works on it with
-    ``--config.workdir=<workdir>/compact``.
-
-    Returns:
-      The directory of the copy.
-    """
-    out = os.path.join(workdir, "compact")
-    for job in jobs:
-        if not job.done:
-            continue
-        target = os.path.join(out, os.path.relpath(job.workdir, workdir))
-        os.makedirs(target, exist_ok=True)
-        for name in (CONFIG_FILE, SUMMARY_FILE):
-            if os.path.exists(os.path.join(job.workdir, name)):
-                shutil.copyfile(os.path.join(job.workdir, name), os.path.join(target, name))
-        if not os.path.exists(os.path.join(job.workdir, METRICS_FILE)):
-            continue
-        with open(os.path.join(target, METRICS_FILE), "w") as f:
-            for record in read_metrics(job.workdir):
-                kept = {k: record[k] for k in keys if k in record}
-                if len(kept) > 1:
-                    f.write(json.dumps(kept) + "\n")
-    return out

@@ -22,21 +22,23 @@ the records the report reads) to ``<workdir>/compact/``; ``report`` and ``run`` 
 """
 
 import collections
+import functools
 import json
 import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
 
-from experiments import cli
-from experiments.grid import Job, JobHooks, expand_grid, export_compact, parse_shard, run_jobs, shard_jobs
-from experiments.tables import markdown_table, write_csv
+from experiments import runner
+from experiments.grid import Job, JobHooks, expand_grid
+from experiments.runner import Experiment
+from experiments.store import Kept, kept_keys
+from experiments.tables import markdown_table, mean_std, write_csv
 from sam_jax import data
+from sam_jax.analysis.regime_figures import plot_metrics_vs_learning_rate, plot_ratio_trajectories
 from sam_jax.data import DISPLAY_NAMES
 from sam_jax.losses import get_loss
 from sam_jax.training import Hook, Run, read_metrics
@@ -45,7 +47,6 @@ from sam_jax.training.hooks import make_descent_norm_tracker
 from sam_jax.training.hooks.descent_norm import PREFIX as RATIO_PREFIX
 from sam_jax.training.writers import METRICS_FILE, SUMMARY_FILE
 
-MODES = ("run", "report", "export", "all")
 # Final test metrics of the report: (key in summary.json, label, higher is better, digits).
 METRICS = (
     ("test/accuracy", "test accuracy", True, 4),
@@ -118,12 +119,6 @@ def final_results(jobs: Sequence[Job]) -> dict[tuple[str, float], list[dict[str,
         entry.update({key: math.nan if diverged else float(summary.get(key, math.nan)) for key, *_ in METRICS})
         cells[(job.group, job.config.optimizer.learning_rate)].append(entry)
     return cells
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard deviation (ddof 0) of the finite values; NaN, NaN when there is none."""
-    finite = [v for v in values if math.isfinite(v)]
-    return (float(np.mean(finite)), float(np.std(finite))) if finite else (math.nan, math.nan)
 
 
 def table_rows(cells: Mapping[tuple[str, float], Sequence[Mapping[str, Any]]], seeds: int) -> list[dict[str, Any]]:
@@ -293,54 +288,8 @@ def _ratio_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(markdown_table(header, body))
 
 
-def _plot_metrics(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], path: str, title: str) -> None:
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    axes = fig.subplots(1, len(METRICS))
-    for ax, (key, label, higher, _) in zip(axes, METRICS):
-        metric = key.split("/")[-1]
-        for i, method in enumerate(methods):
-            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["learning_rate"])
-            rates = [r["learning_rate"] for r in mine]
-            means = [r[f"{metric}_mean"] for r in mine]
-            stds = [r[f"{metric}_std"] for r in mine]
-            ax.errorbar(rates, means, yerr=stds, marker="o", ms=4, capsize=3, color=f"C{i}", label=method)
-            diverged = [r["learning_rate"] for r in mine if r["diverged"]]
-            if diverged:
-                ax.plot(diverged, [ax.get_ylim()[0]] * len(diverged), "x", color=f"C{i}", ms=8)
-        finite = [r[f"{metric}_mean"] for r in rows if r[f"{metric}_mean"] > 0]
-        if finite and max(finite) > 100 * min(finite):
-            ax.set_yscale("log")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (peak of the cosine schedule)")
-        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)")
-    axes[0].legend(fontsize=8, title="x: a seed diverged")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-
-
-def _plot_ratio(trajectories: Mapping[tuple[str, float], Sequence], path: str, title: str) -> None:
-    groups = sorted({group for group, _ in trajectories})
-    fig = Figure(figsize=(6 * max(len(groups), 1), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, max(len(groups), 1)))
-    rates = sorted({lr for _, lr in trajectories})
-    palette = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, max(len(rates), 1))]
-    for ax, group in zip(axes, groups):
-        for lr in rates:
-            if (group, lr) not in trajectories:
-                continue
-            steps, mean = _seed_mean(trajectories[(group, lr)])
-            ax.plot(steps, mean, marker=".", ms=3, color=palette[rates.index(lr)], label=f"lr {lr:g}")
-        ax.axhline(1.0, color="k", lw=0.8, ls=":")
-        ax.set_xlabel("step")
-        ax.set_ylabel("||grad at w + e|| / ||grad at w|| (seed mean)")
-        ax.set_title(f"{group}: descent / ascent gradient norm (1: SSAM's step)")
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-
-
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
-    """Writes the report of the finished jobs to ``<workdir>/report``; returns that directory.
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+    """Writes the report of the finished jobs to ``out`` (default ``<workdir>/report``); returns it.
 
     Raises:
       ValueError: no job has finished yet.
@@ -348,7 +297,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     cells = final_results(jobs)
     if not cells:
         raise ValueError(f"No job of the grid has finished under {config.workdir}; run --mode=run first.")
-    out = os.path.join(config.workdir, "report")
+    out = out or os.path.join(config.workdir, "report")
     os.makedirs(out, exist_ok=True)
     # Columns: each comparison's reference before its method (sgd, sam, ssam), then any other label.
     order = [label for pair in config.regime.comparisons for label in reversed(tuple(pair))]
@@ -396,46 +345,28 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job]) -> str:
     with open(os.path.join(out, "ssam_regime.md"), "w") as f:
         f.write("\n\n".join(sections) + "\n")
     title = f"{dataset} / {config.model.name}, {budget}: final test metrics vs learning rate (mean ± std over seeds)"
-    _plot_metrics(rows, methods, os.path.join(out, "metrics_vs_lr.png"), title)
+    metrics = [(key, label, higher) for key, label, higher, _ in METRICS]
+    plot_metrics_vs_learning_rate(rows, methods, metrics, os.path.join(out, "metrics_vs_lr.png"), title)
     if trajectories:
-        _plot_ratio(trajectories, os.path.join(out, "descent_ascent_ratio.png"), f"{dataset} / {config.model.name}")
+        plot_ratio_trajectories(
+            {cell: _seed_mean(runs) for cell, runs in trajectories.items()},
+            os.path.join(out, "descent_ascent_ratio.png"),
+            f"{dataset} / {config.model.name}",
+        )
     return out
 
 
-def main(config: ml_collections.ConfigDict, mode: str = "all", shard: str = "0/1") -> None:
-    """Trains one shard of the grid (``run``), writes the report (``report``), a compact copy
-    (``export``), or runs then reports (``all``).
-
-    Args:
-      config: a preset of ``experiments/configs/ssam_regime.py``.
-      mode: one of ``MODES``.
-      shard: ``"i/n"``: train only jobs ``i, i + n, ...`` of the seed-major job list; processes started
-        with the same shard share its jobs as a queue.
-    """
-    if mode not in MODES:
-        raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
-    jobs = grid_jobs(config)
-    if mode in ("run", "all"):
-        index, count = parse_shard(shard)
-        run_jobs(
-            shard_jobs(jobs, index, count),
-            compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
-            hooks=ratio_hooks(config.regime),
-            exclusive=True,
-        )
-    if mode == "export":
-        print(f"Compact copy of the finished runs: {export_compact(jobs, config.workdir, EXPORT_KEYS)}")
-    if mode in ("report", "all"):
-        out = report(config, jobs)
-        with open(os.path.join(out, "ssam_regime.md")) as f:
-            print(f.read())
-        print(f"Report: {out}")
-
+EXPERIMENT = Experiment(
+    name="ssam_regime",
+    default_config=os.path.join(os.path.dirname(__file__), "configs", "ssam_regime.py:quick"),
+    jobs=grid_jobs,
+    report=report,
+    report_file="ssam_regime.md",
+    hooks=lambda config: ratio_hooks(config.regime),
+    exclusive=True,
+    keep=lambda config, job: Kept(metrics=kept_keys(EXPORT_KEYS)),
+)
+main = functools.partial(runner.main, EXPERIMENT)
 
 if __name__ == "__main__":
-    cli.run_grid(
-        main,
-        os.path.join(os.path.dirname(__file__), "configs", "ssam_regime.py:quick"),
-        MODES,
-        "Train jobs, write the report, a compact copy, or run then report.",
-    )
+    runner.run_from_command_line(EXPERIMENT)

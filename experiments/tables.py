@@ -1,7 +1,36 @@
-"""What the experiment reports share: Markdown tables and CSV files of result rows."""
+"""What the experiment reports share: Markdown tables and CSV files of result rows, mean ± std."""
 
 import csv
-from typing import Any, Iterable, Mapping, Sequence
+import math
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def mean_std(values: Iterable[Optional[float]]) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 0) of the finite values (None, NaN and inf left out);
+    ``(nan, nan)`` when there is none. The one rule every report uses."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return (float(np.mean(finite)), float(np.std(finite))) if finite else (math.nan, math.nan)
+
+
+def mean_std_cell(
+    mean: float,
+    std: float,
+    number: str = ".2f",
+    *,
+    spread_number: Optional[str] = None,
+    scale: float = 1.0,
+    parentheses: bool = False,
+    missing: str = "n/a",
+) -> str:
+    """``mean ± std`` (or ``mean (std)``) after multiplying both by ``scale``; ``missing`` when the
+    mean is NaN. The mean is formatted with ``number``, the std with ``spread_number`` (default:
+    ``number`` without a sign flag, so ``+.2f`` signs the mean only)."""
+    if math.isnan(mean):
+        return missing
+    text, spread = format(scale * mean, number), format(scale * std, spread_number or number.lstrip("+"))
+    return f"{text} ({spread})" if parentheses else f"{text} ± {spread}"
 
 
 def markdown_row(cells: Sequence[str]) -> str:
@@ -12,6 +41,16 @@ def markdown_row(cells: Sequence[str]) -> str:
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]] = ()) -> list[str]:
     """The lines of a Markdown table: ``header``, its separator, then one line per row of cells."""
     return [markdown_row(header), "|" + "---|" * len(header)] + [markdown_row(cells) for cells in rows]
+
+
+def write_table(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Writes ``rows`` to the CSV file ``path`` (every key, full precision) and returns the lines of the
+    Markdown table of the same rows: one column per ``(header, key, format spec)``, each cell
+    ``format(row[key], spec)``."""
+    write_csv(path, rows)
+    return markdown_table(
+        [header for header, _, _ in columns], ([format(row[key], spec) for _, key, spec in columns] for row in rows)
+    )
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:

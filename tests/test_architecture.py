@@ -197,3 +197,22 @@ def test_training_and_evaluation_name_no_optimizer():
         "optimizer names outside sam_jax/optim/registry.py; ask the registry "
         "(e.g. a spec's flag) instead:\n" + "\n".join(found)
     )
+
+
+# The experiment code every driver shares: it reads config paths and never names an optimizer.
+SHARED_EXPERIMENT_MODULES = ("cli.py", "grid.py", "runner.py", "store.py", "tables.py")
+
+
+def test_shared_experiment_code_names_no_optimizer():
+    """No optimizer name in the shared experiment code, as a string (``"bulk_sgd"``) or as an
+    attribute (``job.optimizer.bulk_sgd.k``): a sweep is over config paths, a group label is built
+    from them and never parsed back."""
+    found = []
+    for name in SHARED_EXPERIMENT_MODULES:
+        path = os.path.join(ROOT, "experiments", name)
+        for node in ast.walk(ast.parse(_source(path))):
+            if isinstance(node, ast.Constant) and node.value in OPTIMIZER_NAMES:
+                found.append(f"experiments/{name}:{node.lineno}: {node.value!r}")
+            if isinstance(node, ast.Attribute) and node.attr in OPTIMIZER_NAMES:
+                found.append(f"experiments/{name}:{node.lineno}: .{node.attr}")
+    assert not found, "optimizer names in the shared experiment code; use a config path instead:\n" + "\n".join(found)

@@ -123,7 +123,7 @@ def test_grid_labels_can_share_an_optimizer():
         {
             "sam_a": {"optimizer": "sam", "learning_rates": (0.1,), "overrides": {"optimizer": {"sam": {"rho": 0.1}}}},
             "sam_b": {"optimizer": "sam", "learning_rates": (0.1,)},
-            "bulk": {"optimizer": "bulk_sgd", "learning_rates": (0.1,), "ks": (1, 2)},
+            "bulk": {"optimizer": "bulk_sgd", "learning_rates": (0.1,), "axes": (("optimizer.bulk_sgd.k", (1, 2)),)},
         }
     )
     jobs = {job.group: job for job in grid.expand_grid(config)}
@@ -135,7 +135,7 @@ def test_grid_labels_can_share_an_optimizer():
     config.grid.optimizers = ml_collections.ConfigDict(
         {"x": {"optimizer": "sgd", "learning_rates": (0.1,), "ks": (1,)}}
     )
-    with pytest.raises(ValueError, match="ks is only for bulk_sgd"):
+    with pytest.raises(ValueError, match=r'ks is replaced by .*axes=\(\("optimizer.sgd.k", \(1,\)\),\)'):
         grid.expand_grid(config)
 
 

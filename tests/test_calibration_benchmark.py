@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import calibration_benchmark as driver
+from experiments.calibration_benchmark import evaluation
 from experiments.configs.calibration_benchmark import GROUPS, NAMES, PRESETS, get_config
 from sam_jax import calibration, optim
 from sam_jax.models import create_model
@@ -196,12 +197,12 @@ def test_quick_preset_tunes_trains_evaluates_exports_and_reports(tmp_path):
 def test_ood_images_take_the_model_input_size_and_channels():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(4, 8, 8, 1)).astype(np.uint8)
-    dataset = driver.data.ArrayDataset(images, np.arange(4, dtype=np.int32), 10)
-    gray = driver._as_model_input(dataset, (28, 28, 1))
+    dataset = evaluation.data.ArrayDataset(images, np.arange(4, dtype=np.int32), 10)
+    gray = evaluation._as_model_input(dataset, (28, 28, 1))
     assert gray.images.shape == (4, 28, 28, 1) and gray.images.dtype == np.uint8
     assert np.array_equal(gray.labels, dataset.labels)
-    color = driver._as_model_input(dataset, (32, 32, 3))
+    color = evaluation._as_model_input(dataset, (32, 32, 3))
     assert color.images.shape == (4, 32, 32, 3)
     assert np.array_equal(color.images[..., 0], color.images[..., 2])
-    same = driver._as_model_input(dataset, (8, 8, 1))
+    same = evaluation._as_model_input(dataset, (8, 8, 1))
     assert np.array_equal(same.images, images)

@@ -1,7 +1,8 @@
 """docs/calibration_benchmark.md says only what its committed files show.
 
 A result in that page is cited as a reference-style Markdown link ``[<file>: <rows>][<ref>]``
-whose ``[<ref>]: <path>`` points at a committed file under ``docs/results/``:
+whose ``[<ref>]: <path>`` points at a committed report file under ``docs/results/`` or at a run record
+in a results store (``../results/<experiment>/runs.jsonl.gz#<path of the file in the workdir>``):
 
 - a CSV, with rows named by their key columns joined by ``/`` (``label`` in most report tables,
   ``rho/gamma/metric`` in ``table_s4.csv``, ``method/prediction`` in ``table1.csv``,
@@ -25,6 +26,8 @@ import re
 from typing import Iterator
 
 import pytest
+
+from experiments import store
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 PAGE = os.path.join(DOCS, "calibration_benchmark.md")
@@ -98,31 +101,45 @@ def _json_values(node, fields: list[str]) -> list[float]:
     return values
 
 
-def _jsonl_values(path: str, keys: list[str]) -> list[float]:
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+def _jsonl_values(text: str, file: str, keys: list[str]) -> list[float]:
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     values = []
     for key in keys:
         found = [r[key] for r in records if key in r]
-        assert found, f"{os.path.basename(path)} has no key {key!r}"
+        assert found, f"{file} has no key {key!r}"
         values.extend(float(v) for v in found)
     return values
 
 
+def _run_record(path: str) -> str:
+    """The text of ``<store>/runs.jsonl.gz#<file in the workdir>`` (``path`` relative to docs/)."""
+    store_file, member = path.split("#", 1)
+    assert os.path.basename(store_file) == store.STORE_FILE, f"{path} does not name a results store"
+    runs = store.read_store(os.path.dirname(os.path.join(DOCS, store_file)))
+    directory, name = os.path.split(member)
+    assert name in runs.get(directory, {}), f"the store {store_file} has no {member}"
+    return runs[directory][name]
+
+
 def cited_values(file: str, rows: str, path: str) -> list[float]:
-    """The numbers a citation ``[file: rows][ref]`` with ``[ref]: path`` (relative to docs/) points at."""
-    assert os.path.basename(path) == file, f"citation names {file} but links {path}"
-    full = os.path.join(DOCS, path)
-    assert os.path.isfile(full), f"{path} is not a committed file"
+    """The numbers a citation ``[file: rows][ref]`` points at: ``[ref]: path`` is a committed file
+    relative to docs/, or a run record in a results store, ``<store>/runs.jsonl.gz#<its path>``."""
+    assert os.path.basename(path.split("#")[-1]) == file, f"citation names {file} but links {path}"
     keys = [k.strip() for k in (rows or "").split(",") if k.strip()]
-    if file.endswith(".csv"):
-        assert keys, f"a citation of {file} names its rows"
-        return _csv_values(full, keys)
+    if "#" in path:
+        text = _run_record(path)
+    else:
+        full = os.path.join(DOCS, path)
+        assert os.path.isfile(full), f"{path} is not a committed file"
+        if file.endswith(".csv"):
+            assert keys, f"a citation of {file} names its rows"
+            return _csv_values(full, keys)
+        with open(full, encoding="utf-8") as f:
+            text = f.read()
     if file.endswith(".jsonl"):
         assert keys, f"a citation of {file} names its keys"
-        return _jsonl_values(full, keys)
-    with open(full, encoding="utf-8") as f:
-        return _json_values(json.load(f), keys)
+        return _jsonl_values(text, file, keys)
+    return _json_values(json.loads(text), keys)
 
 
 def matches(number: str, values: list[float]) -> bool:

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 from experiments import curvature_calibration as driver
-from experiments import grid
+from experiments import grid, store
 from experiments.configs.curvature_calibration import CIFAR10_EOS_LEARNING_RATES, get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, read_metrics, validate_config
@@ -41,7 +41,8 @@ def test_expand_grid_names_and_fields(tmp_path):
     config.grid.seeds = (0, 1)
     jobs = grid.expand_grid(config)
     spec = config.grid.optimizers
-    expected = sum(len(s.learning_rates) * len(s.losses) * max(len(s.ks), 1) for s in spec.values()) * 2
+    expected = sum(len(s.learning_rates) * len(s.losses) * math.prod(len(v) for _, v in s.axes) for s in spec.values())
+    expected *= 2  # seeds
     assert len(jobs) == expected
     assert len({job.workdir for job in jobs}) == len(jobs)
     by_name = {job.name: job for job in jobs}
@@ -93,7 +94,9 @@ def test_expand_grid_is_deterministic():
     "change, message",
     [
         (lambda c: c.grid.optimizers.sgd.update({"learning_rates": ()}), "learning_rates"),
-        (lambda c: c.grid.optimizers.sgd.update({"ks": (1,)}), "only for bulk_sgd"),
+        (lambda c: c.grid.optimizers.sgd.update({"ks": (1,)}), "replaced by an axis"),
+        (lambda c: c.grid.optimizers.sgd.update({"axes": (("optimizer.sgd.no_such", (1,)),)}), "does not have"),
+        (lambda c: c.grid.optimizers.sgd.update({"axes": (("optimizer.sgd.momentum",),)}), "each axis"),
         (lambda c: c.grid.optimizers.gd.learning_rates_by_loss.update({"hinge": (0.1,)}), "one of its losses"),
         (lambda c: c.grid.optimizers.sgd.overrides.update({"no_such_field": 1}), "no_such_field"),
     ],
@@ -103,6 +106,27 @@ def test_expand_grid_rejects_bad_grids(change, message):
     change(config)
     with pytest.raises(ValueError, match=message):
         grid.expand_grid(config)
+
+
+def test_grid_axes_sweep_any_config_path():
+    """An axis is a dotted config path: the jobs are the product of the axes, labelled by them."""
+    config = get_config("quick")
+    config.grid.optimizers = {
+        "sgd": {
+            "learning_rates": (0.1,),
+            "axes": (("optimizer.sgd.momentum", (0.0, 0.9)), ("model.kwargs.activation", ("tanh", "relu"))),
+        }
+    }
+    jobs = grid.expand_grid(config)
+    assert [job.group for job in jobs] == [
+        "sgd_momentum0.0_activationtanh",
+        "sgd_momentum0.0_activationrelu",
+        "sgd_momentum0.9_activationtanh",
+        "sgd_momentum0.9_activationrelu",
+    ]
+    last = jobs[-1].config
+    assert (last.optimizer.sgd.momentum, last.model.kwargs.activation) == (0.9, "relu")
+    assert jobs[-1].name == os.path.join("sgd_momentum0.9_activationrelu", "cross_entropy", "lr0.1", "seed0")
 
 
 def test_expand_grid_needs_grid_block():
@@ -502,7 +526,7 @@ def test_quick_preset_end_to_end(tmp_path):
     ]
     for job in jobs:
         assert job.done
-        records = [r for r in driver.read_metrics(job.workdir) if "train/ece" in r]
+        records = [r for r in read_metrics(job.workdir) if "train/ece" in r]
         assert [r["step"] for r in records] == list(range(0, config.num_steps + 1, config.eval_every_steps))
         keys = tracked + (["curvature/batch_sharpness"] if job.config.optimizer.name != "gd" else [])
         for record in records:
@@ -533,7 +557,7 @@ def test_quick_preset_end_to_end(tmp_path):
         for job in jobs:
             if (job.group, job.config.loss.name) == (row["optimizer"], row["loss"]):
                 value = _expected_correlation(
-                    driver.read_metrics(job.workdir), "full", "train/ece", job.config.eval_every_steps
+                    read_metrics(job.workdir), "full", "train/ece", job.config.eval_every_steps
                 )
                 per_rate.setdefault(job.config.optimizer.learning_rate, []).append(value)
         expected = np.mean([np.mean(values) for values in per_rate.values()])
@@ -609,7 +633,7 @@ def test_an_unfinished_job_exported_with_its_checkpoint_resumes_elsewhere(tmp_pa
     # What a kill between the checkpoints at steps 20 and 40 leaves: no summary, no step-40 checkpoint.
     os.remove(os.path.join(interrupted.workdir, "summary.json"))
     shutil.rmtree(os.path.join(interrupted.workdir, "checkpoints", "40"))
-    assert grid.export_in_progress([interrupted, whole], str(tmp_path / "carried")) == ["sgd/run"]
+    assert store.export_in_progress([interrupted, whole], str(tmp_path / "carried")) == ["sgd/run"]
     copied = sorted(os.listdir(tmp_path / "carried" / "sgd" / "run" / "checkpoints"))
     assert copied == ["20"]
     resumed = job(tmp_path / "elsewhere")

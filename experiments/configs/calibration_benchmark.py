@@ -29,7 +29,8 @@ Every method is one entry of ``config.methods``: the optimizer, the training los
 rate (0 = the tuned one), nested overrides of the run config (model, mixing, hyper-parameter
 blocks), the group it belongs to, and its seeds (empty = ``benchmark.seeds``). ``benchmark.groups``
 says which groups run. Nothing here is method-specific code: each method is a run config of the
-one train loop.
+one train loop. (The module is longer than 400 lines because it is a table: one entry per method of
+the paper's tables, each with the setting its own paper cites; splitting it would scatter that table.)
 """
 
 from typing import Any, Optional

@@ -55,7 +55,7 @@ HORIZON_REFERENCE_EVERY = 25
 
 
 def _optimizer(
-    learning_rates, losses=("cross_entropy",), ks=(), mse_rates=MSE_LEARNING_RATES, **overrides
+    learning_rates, losses=("cross_entropy",), axes=(), mse_rates=MSE_LEARNING_RATES, **overrides
 ) -> ml_collections.ConfigDict:
     by_loss = {"mse": mse_rates} if "mse" in losses else {}
     return ml_collections.ConfigDict(
@@ -63,7 +63,7 @@ def _optimizer(
             "learning_rates": tuple(learning_rates),
             "losses": tuple(losses),
             "learning_rates_by_loss": by_loss,
-            "ks": tuple(ks),
+            "axes": tuple(axes),
             "overrides": overrides,
         }
     )
@@ -97,7 +97,7 @@ def _grid(
             "sam": _optimizer(learning_rates["sam"], optimizer={"sam": {"rho": 0.05, "base": "sgd"}, **sgd}),
             "bulk_sgd": _optimizer(
                 learning_rates["bulk_sgd"],
-                ks=bulk_ks,
+                axes=(("optimizer.bulk_sgd.k", tuple(bulk_ks)),),
                 optimizer={"bulk_sgd": {"num_iters": bulk_num_iters, "momentum": 0.0}},
             ),
         }
