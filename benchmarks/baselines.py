@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sam_jax.training import build_run, default_config, load_run_data
 from benchmarks.timing import time_steps
+from sam_jax.training import build_run, default_config, load_run_data
 
 ENSEMBLE_SIZE = 4
 DEEP_ENSEMBLE_SIZE = 5

@@ -12,9 +12,9 @@ import platform
 import statistics
 import time
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam_jax import calibration as cal
 

@@ -12,6 +12,7 @@ Usage: python -m benchmarks.curvature [--iters 10,20,30,50,80] [--steps 300]
 """
 
 import argparse
+import contextlib
 import importlib.metadata
 import time
 
@@ -23,11 +24,11 @@ from jax.flatten_util import ravel_pytree
 
 jax.config.update("jax_enable_x64", True)  # float64 is opt-in per array below; float32 stays default
 
+from benchmarks.timing import median_time  # noqa: E402
 from sam_jax import curvature  # noqa: E402
 from sam_jax.losses import cross_entropy  # noqa: E402
 from sam_jax.models import MLP  # noqa: E402
 from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker  # noqa: E402
-from benchmarks.timing import median_time  # noqa: E402
 
 MODEL = MLP(num_classes=10, widths=(128, 128), activation="tanh")
 
@@ -134,10 +135,8 @@ def eigenvalue_accuracy(iters, reps):
     reference = reference_spectrum(params, batch)
     v0 = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(1), a.shape, a.dtype), params)
     solvers = {"sam_jax": None}
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # matfree is optional
         solvers[f"matfree {importlib.metadata.version('matfree')}"] = matfree_solver
-    except importlib.metadata.PackageNotFoundError:
-        pass  # matfree is optional: only our solver is measured
     print(
         "\n## Top Hessian eigenvalues vs Lanczos iterations (float64; bookkeeping = run time "
         "minus that of a loop of as many linearised HVPs, relative to the latter)\n\n"

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "tests", "configs", "stress.py")
@@ -69,7 +69,7 @@ def stress(
     parallel: int = 1,
     config: str = DEFAULT_CONFIG,
     timeout: float = 600.0,
-    out: Optional[str] = None,
+    out: str | None = None,
 ) -> dict:
     """Runs the train CLI ``runs`` times (``parallel`` at once) beside ``busy`` spinning processes.
 

@@ -35,7 +35,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,10 +44,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from benchmarks.timing import time_steps
 from sam_jax.data import ArrayDataset
 from sam_jax.training import Run, RunData, build_run, default_config
 from sam_jax.training.steps import donating_train_step
-from benchmarks.timing import time_steps
 
 CIFAR = ((32, 32, 3), 10)
 IMAGENET = ((224, 224, 3), 1000)

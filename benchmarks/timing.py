@@ -1,7 +1,8 @@
 """Timing helpers shared by the benchmarks: wall time of jitted work, waited for on the device."""
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import median_time
 from experiments.configs.curvature_calibration import get_config
 from experiments.grid import expand_grid
 from sam_jax.curvature import gauss_newton_operator, gnvp, ritz_pairs
@@ -37,7 +38,6 @@ from sam_jax.losses import get_loss
 from sam_jax.training import Hook, build_run, train_and_evaluate
 from sam_jax.training.hooks.curvature import REFERENCE_ITERS_FACTOR, WARM_START_NOISE, warm_start_vector
 from sam_jax.training.loop import log_spaced_steps
-from benchmarks.timing import median_time
 
 
 def job_config(name: str, steps: int):

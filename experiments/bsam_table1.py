@@ -1,4 +1,4 @@
-"""Möllenhoff & Khan (2023, arXiv:2210.01620), "SAM as an Optimal Relaxation of Bayes", Table 1.
+"""Möllenhoff & Khan (2022, arXiv:2210.01620), "SAM as an Optimal Relaxation of Bayes", Table 1.
 
     python -m experiments.bsam_table1 --config=experiments/configs/bsam_table1.py:quick
     python -m experiments.bsam_table1 --config=...:fmnist --mode=run --shard=0/2   # and 1/2
@@ -24,7 +24,8 @@ import functools
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +91,7 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[s
 DIAGONAL_POSTERIORS = (optim.BSAMState, optim.VOGNState)
 
 
-def _posterior_precision(opt_state: Any) -> Optional[np.ndarray]:
+def _posterior_precision(opt_state: Any) -> np.ndarray | None:
     """The per-weight precision ``s`` of a diagonal Gaussian posterior in ``opt_state``; None without one."""
     found = [
         leaf
@@ -188,7 +189,7 @@ def evaluate_trained(table1: ml_collections.ConfigDict) -> AfterJob:
 DIGITS = {"accuracy": 2, "nll": 3, "ece": 4, "auroc": 3}
 
 
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | None = None) -> str:
     """Writes Table 1, the sample curve and the precision histogram to ``out`` (default ``<workdir>/report``).
 
     Returns:

@@ -1,4 +1,4 @@
-"""Möllenhoff & Khan (2023, arXiv:2210.01620), Fig. 3 and Fig. 5(c), App. G.1: bSAM against an exact posterior.
+"""Möllenhoff & Khan (2022, arXiv:2210.01620), Fig. 3 and Fig. 5(c), App. G.1: bSAM against an exact posterior.
 
     python -m experiments.bsam_toy_posterior
     python -m experiments.bsam_toy_posterior --config=experiments/configs/bsam_toy_posterior.py:quick
@@ -26,10 +26,10 @@ import numpy as np
 import optax
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments import cli  # noqa: E402
-from sam_jax import optim  # noqa: E402
+from experiments import cli
+from sam_jax import optim
 
 
 def make_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ drivers can import any number of driver modules.
 import importlib.util
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 from absl import app, flags, logging

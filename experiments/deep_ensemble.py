@@ -1,4 +1,4 @@
-"""Deep ensembles (Lakshminarayanan et al. 2017, arXiv:1612.01474) as one experiment.
+"""Deep ensembles (Lakshminarayanan et al. 2016, arXiv:1612.01474) as one experiment.
 
     python -m experiments.deep_ensemble --config=experiments/configs/deep_ensemble.py:quick
     python -m experiments.deep_ensemble --config=...:fmnist --mode=run --shard=0/2   # and 1/2

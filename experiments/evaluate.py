@@ -5,7 +5,7 @@
 Predictions go through ``sam_jax.training.make_predictive``: a deep ensemble
 (``--config.ensemble=runs/b,runs/c``), MC-dropout (``--config.mc_dropout_samples=K``) or, for runs
 whose optimizer learns a posterior (bSAM, mean-field VI), ``--config.posterior_samples`` samples from
-it (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5: 32 samples); a multi-member model
+it (Möllenhoff & Khan 2022, arXiv:2210.01620, Sec. 5: 32 samples); a multi-member model
 (BatchEnsemble, MIMO, rank-1 BNN) averages its members in every case. Writes
 ``evaluation.json``, ``reliability_test.png`` and, when corruption files exist, ``corruptions.csv``
 to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
@@ -13,7 +13,8 @@ to ``<checkpoint>/evaluation`` (or ``--config.output_dir``).
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 import numpy as np

@@ -34,7 +34,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -248,9 +249,9 @@ class RunDataCache:
 
 def run_job(
     job: Job,
-    run_data: Optional[RunData] = None,
-    after_job: Optional[AfterJob] = None,
-    hooks: Optional[JobHooks] = None,
+    run_data: RunData | None = None,
+    after_job: AfterJob | None = None,
+    hooks: JobHooks | None = None,
 ) -> dict[str, Any]:
     """Trains one job (resuming from its checkpoint) unless its ``summary.json`` exists.
 
@@ -288,7 +289,7 @@ def run_job(
 
 
 @contextlib.contextmanager
-def _compilation_cache(directory: Optional[str]):
+def _compilation_cache(directory: str | None):
     """JAX's persistent compilation cache in ``directory`` for the duration (off when None).
 
     JAX decides once per process whether the cache is on, so it is reset on entry and exit.
@@ -325,10 +326,10 @@ def claim_job(job: Job) -> Iterator[bool]:
 def run_jobs(
     jobs: Iterable[Job],
     progress: bool = True,
-    compilation_cache_dir: Optional[str] = None,
-    after_job: Optional[AfterJob] = None,
-    hooks: Optional[JobHooks] = None,
-    run_data: Optional[RunDataCache] = None,
+    compilation_cache_dir: str | None = None,
+    after_job: AfterJob | None = None,
+    hooks: JobHooks | None = None,
+    run_data: RunDataCache | None = None,
     exclusive: bool = False,
 ) -> None:
     """Runs jobs one after another, loading each dataset once; a tqdm bar counts finished jobs.

@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import os
 import tempfile
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
 from absl import flags
@@ -83,12 +83,12 @@ class Experiment:
     jobs: Callable[[Config], list[Job]]
     report: Callable[[Config, Sequence[Job], str], str]
     report_file: str
-    run: Optional[Callable[[Config, int, int], None]] = None
-    after_job: Optional[Callable[[Config], AfterJob]] = None
-    hooks: Optional[Callable[[Config], JobHooks]] = None
+    run: Callable[[Config, int, int], None] | None = None
+    after_job: Callable[[Config], AfterJob] | None = None
+    hooks: Callable[[Config], JobHooks] | None = None
     exclusive: bool = False
     order: Callable[[Config, list[Job]], list[Job]] = _as_listed
-    before_report: Optional[Callable[[Config, Sequence[Job]], None]] = None
+    before_report: Callable[[Config, Sequence[Job]], None] | None = None
     keep: Callable[[Config, Job], Kept] = _keep_config_and_summary
     grid_files: Callable[[Config], Sequence[str]] = _no_grid_files
 

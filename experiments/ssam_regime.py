@@ -26,7 +26,8 @@ import functools
 import json
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
@@ -140,7 +141,7 @@ def table_rows(cells: Mapping[tuple[str, float], Sequence[Mapping[str, Any]]], s
     return rows
 
 
-def compare(row: Optional[Mapping[str, Any]], reference: Optional[Mapping[str, Any]], metric: str, higher: bool) -> str:
+def compare(row: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, metric: str, higher: bool) -> str:
     """Whether ``row``'s method beats ``reference``'s at one learning rate on ``metric``.
 
     ``"better"``: both have every planned seed, the method none diverged, and its mean is better
@@ -228,7 +229,7 @@ def ratio_rows(trajectories: Mapping[tuple[str, float], Sequence]) -> list[dict[
     return rows
 
 
-def _cell(row: Optional[Mapping[str, Any]], metric: str, digits: int) -> str:
+def _cell(row: Mapping[str, Any] | None, metric: str, digits: int) -> str:
     if row is None:
         return "not run"
     text = f"{row[f'{metric}_mean']:.{digits}g} ± {row[f'{metric}_std']:.{digits}g}"
@@ -288,7 +289,7 @@ def _ratio_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(markdown_table(header, body))
 
 
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | None = None) -> str:
     """Writes the report of the finished jobs to ``out`` (default ``<workdir>/report``); returns it.
 
     Raises:

@@ -18,7 +18,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,7 @@ def make_problem(name: str, config: ml_collections.ConfigDict) -> SaddleProblem:
     raise ValueError(f"Unknown saddle problem {name!r}; use quartic_saddle or linear_network.")
 
 
-def optimizer_blocks(name: str, rho: Optional[float], momentum: float) -> dict[str, dict[str, Any]]:
+def optimizer_blocks(name: str, rho: float | None, momentum: float) -> dict[str, dict[str, Any]]:
     """Every optimizer block at its defaults, with ``name``'s radius and its SGD base's momentum set."""
     blocks = hparam_blocks({})
     base = blocks[name].get("base", name)
@@ -70,7 +71,7 @@ def has_radius(name: str) -> bool:
 
 
 def optimizer_factory(
-    name: str, rho: Optional[float], momentum: float
+    name: str, rho: float | None, momentum: float
 ) -> Callable[[jax.Array], optax.GradientTransformation]:
     """``learning_rate -> transformation`` of the registered optimizer ``name`` (the rate may be traced)."""
     blocks = optimizer_blocks(name, rho, momentum)
@@ -103,7 +104,7 @@ def run_cell_grid(problem: SaddleProblem, make_tx: Callable, config: ml_collecti
 
 
 def run_rows(
-    problem: SaddleProblem, method: str, rho: Optional[float], runs: Trajectory, config: ml_collections.ConfigDict
+    problem: SaddleProblem, method: str, rho: float | None, runs: Trajectory, config: ml_collections.ConfigDict
 ) -> list[dict]:
     """One row per run of :func:`run_cell_grid`'s output."""
     threshold = escape_threshold(problem, config.escape_fraction)
@@ -219,7 +220,7 @@ def _escape_maps(problem: str, summary: Sequence[dict], config: ml_collections.C
     )
 
 
-def _contour(problem: SaddleProblem) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _contour(problem: SaddleProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The loss on a grid of the two coordinates, for a problem whose parameters are those coordinates."""
     if problem.name != "quartic_saddle":
         return None

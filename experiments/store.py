@@ -28,7 +28,7 @@ import io
 import json
 import os
 import shutil
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from experiments.grid import Job
 from sam_jax.training import read_metrics
@@ -226,7 +226,7 @@ class Kept:
     the keys of each record that ``metrics`` accepts (no ``metrics.jsonl`` when None)."""
 
     files: tuple[str, ...] = (CONFIG_FILE, SUMMARY_FILE)
-    metrics: Optional[Callable[[str], bool]] = None
+    metrics: Callable[[str], bool] | None = None
 
 
 def kept_keys(keys: Sequence[str]) -> Callable[[str], bool]:

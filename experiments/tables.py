@@ -2,12 +2,13 @@
 
 import csv
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 
-def mean_std(values: Iterable[Optional[float]]) -> tuple[float, float]:
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and standard deviation (ddof 0) of the finite values (None, NaN and inf left out);
     ``(nan, nan)`` when there is none. The one rule every report uses."""
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -19,7 +20,7 @@ def mean_std_cell(
     std: float,
     number: str = ".2f",
     *,
-    spread_number: Optional[str] = None,
+    spread_number: str | None = None,
     scale: float = 1.0,
     parentheses: bool = False,
     missing: str = "n/a",

@@ -4,7 +4,8 @@
 so that optimizer steps can be checked against a float64 reference that does not use JAX.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -12,11 +12,9 @@ import pkgutil
 import re
 import subprocess
 import sys
-from typing import Iterator
-
+from collections.abc import Iterator
 
 import sam_jax
-
 from sam_jax.optim import OPTIMIZERS
 
 # Lowest layer first. A module may import its own package and the packages of lower layers only;
@@ -136,10 +134,10 @@ def test_bare_import_is_light_and_reaches_every_layer():
     )
     code = (
         "import sys; import sam_jax; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', *%r}), "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'jax', 'flax', 'optax', *{HEAVY!r}}}), "
         "sorted(m for m in sys.modules if m.startswith('sam_jax.'))); "
         "import optax; sam_jax.optim.sam(optax.sgd(0.1), rho=0.05); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % (HEAVY, set(HEAVY))
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

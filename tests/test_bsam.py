@@ -1,5 +1,5 @@
 """bSAM (``sam_jax.optim.bsam``, ``scale_by_bsam``) against a NumPy float64 transcription of Algorithm 1 of
-Möllenhoff & Khan (2023), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620."""
+Möllenhoff & Khan (2022), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620."""
 
 import chex
 import jax
@@ -193,7 +193,7 @@ class BsamTest(chex.TestCase):
             w = {k: w[k] - 0.3 * gm[k] / s[k] for k in w}
 
         sub_x, sub_y = jnp.asarray(x).reshape(num_sub, m, -1), jnp.asarray(y).reshape(num_sub, m, -1)
-        stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_x, sub_y)  # noqa: E731
+        stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_x, sub_y)
         tx = optim.bsam(0.3, rho, NUM_DATA, **HYPER, num_sub_batches=num_sub)
         step = jax.jit(_step_fn(tx, stacked_grad_fn))
         ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)

@@ -1,4 +1,4 @@
-"""The 2-D toy posterior of Möllenhoff & Khan (2023, arXiv:2210.01620, Fig. 3 and App. G.1):
+"""The 2-D toy posterior of Möllenhoff & Khan (2022, arXiv:2210.01620, Fig. 3 and App. G.1):
 the Laplace precision against the closed-form logistic-regression Hessian, the grid integrals against
 closed forms, and the quick preset end to end."""
 

@@ -1,4 +1,4 @@
-"""The calibration benchmark of Tan et al. (2026, arXiv:2505.23866): every method's run config, the
+"""The calibration benchmark of Tan et al. (2025, arXiv:2505.23866): every method's run config, the
 tuned hyper-parameters, the evaluation suite against the metrics it wraps, and the quick preset end
 to end (tuning, training, evaluation, ensembles, export and the report rebuilt from the export)."""
 

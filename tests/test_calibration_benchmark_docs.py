@@ -17,13 +17,14 @@ citation in its paragraph. Numbers that name a setting (after "rho", "gamma", "l
 "weight decay", "dropout", "Sec.", "arXiv:") are not results and are not checked.
 """
 
+import contextlib
 import csv
 import fnmatch
 import json
 import math
 import os
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -77,10 +78,8 @@ def _csv_values(path: str, rows: list[str]) -> list[float]:
         assert matched, f"{os.path.basename(path)} has no row {pattern!r} (rows are named by {'/'.join(columns)})"
         for record in matched:
             for value in record.values():
-                try:
+                with contextlib.suppress(ValueError):
                     values.append(float(value))
-                except ValueError:
-                    pass
     return values
 
 

@@ -3,9 +3,9 @@
 import fractions
 
 import chex
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from sam_jax import calibration as cal

@@ -3,16 +3,15 @@ one-call summary, against plain NumPy float64 references."""
 
 import functools
 
-import numpy as np
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from sam_jax import calibration as cal
 from sam_jax.calibration import summary
-import flax.linen as nn
-
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -197,7 +196,7 @@ def test_predictive_average_ensemble_and_sampled_forms():
 
     key = jax.random.PRNGKey(0)
     shift = jnp.asarray(rng.standard_normal((7, 3)))
-    sample = lambda k: shift + jax.random.normal(k, (7, 3))  # noqa: E731
+    sample = lambda k: shift + jax.random.normal(k, (7, 3))
     sampled = cal.predictive_average(sample, key=key, num_samples=4)
     expected = np.mean([softmax(np.asarray(sample(k))) for k in jax.random.split(key, 4)], axis=0)
     np.testing.assert_allclose(sampled, expected, rtol=1e-12)

@@ -21,7 +21,6 @@ from sam_jax.losses import (
 )
 from sam_jax.losses.classification import masked_mean
 
-
 pytestmark = pytest.mark.usefixtures("float64")
 
 

@@ -105,7 +105,7 @@ def _random_direction(problem, seed=0):
 
 def test_hvp_matches_dense_hessian(problem):
     v, v_tree = _random_direction(problem)
-    loss = lambda p: problem["loss_fn"](p, problem["batch"])  # noqa: E731
+    loss = lambda p: problem["loss_fn"](p, problem["batch"])
     product = jax.jit(curvature.hvp, static_argnums=0)(loss, problem["params"], v_tree)
     assert _relative(ravel_pytree(product)[0], problem["hessian"] @ v) < 1e-10
     operator_product = jax.jit(lambda p, u: curvature.hessian_operator(loss, p)(u))
@@ -146,7 +146,7 @@ def test_top_hessian_eigenpairs(problem):
 def test_tolerance_stops_early_with_bounding_residual_norms(problem, which):
     hessian = problem["hessian"]
     spectrum = np.linalg.eigvalsh(hessian)
-    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])  # noqa: E731
+    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])
 
     @jax.jit
     def run(params):
@@ -171,7 +171,7 @@ def test_tolerance_stops_early_with_bounding_residual_norms(problem, which):
 
 def test_per_pair_tolerances_stop_when_each_pair_meets_its_own(problem):
     hessian = problem["hessian"]
-    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])  # noqa: E731
+    matvec = lambda v: problem["unravel"](jnp.asarray(hessian) @ ravel_pytree(v)[0])
 
     def run(tol):
         return jax.jit(lambda p: curvature.ritz_pairs(matvec, p, k=2, num_iters=60, tol=tol))(problem["params"])
@@ -192,7 +192,7 @@ def test_warm_start_from_a_nearby_operator_takes_fewer_steps(problem):
     nearby = hessian + 1e-3 * np.abs(np.linalg.eigvalsh(hessian)).max() * (noise + noise.T) / 2
 
     def pairs(matrix, v0):
-        matvec = lambda v: problem["unravel"](jnp.asarray(matrix) @ ravel_pytree(v)[0])  # noqa: E731
+        matvec = lambda v: problem["unravel"](jnp.asarray(matrix) @ ravel_pytree(v)[0])
         return curvature.ritz_pairs(matvec, problem["params"], k=1, num_iters=60, tol=1e-6, v0=v0)
 
     previous = pairs(nearby, None)
@@ -256,7 +256,7 @@ def test_batch_sharpness_matches_dense(problem):
     batch = problem["batch"]
     batches = jax.tree.map(lambda a: a.reshape((2, -1) + a.shape[1:]), batch)
     value = jax.jit(lambda p, b: curvature.batch_sharpness(problem["loss_fn"], p, b))(problem["params"], batches)
-    loss = lambda t, b: problem["loss_fn"](problem["unravel"](t), b)  # noqa: E731
+    loss = lambda t, b: problem["loss_fn"](problem["unravel"](t), b)
     grad_and_hessian = jax.jit(lambda t, b: (jax.grad(loss)(t, b), jax.hessian(loss)(t, b)))
     ratios = []
     for i in range(2):
@@ -275,7 +275,7 @@ def test_hutchinson_trace_within_three_standard_errors(problem):
 
 
 def test_lanczos_quadrature_is_exact_for_low_moments(problem):
-    loss = lambda p: problem["loss_fn"](p, problem["batch"])  # noqa: E731
+    loss = lambda p: problem["loss_fn"](p, problem["batch"])
     matvec = curvature.hessian_operator(loss, problem["params"])
     v, v_tree = _random_direction(problem, seed=2)
     num_iters = 4
@@ -340,7 +340,7 @@ def test_tracking_in_your_own_jit_compiles_once(float64):
 
 
 def test_eigenvalues_rejects_bad_arguments(problem):
-    matvec = lambda v: v  # noqa: E731
+    matvec = lambda v: v
     with pytest.raises(ValueError, match="num_iters"):
         curvature.eigenvalues(matvec, problem["params"], k=11, num_iters=10)
     with pytest.raises(ValueError, match="which"):

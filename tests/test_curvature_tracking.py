@@ -106,7 +106,7 @@ def test_warm_started_tracking_converges_in_fewer_steps_and_matches_its_referenc
     """A tolerance stops Lanczos early, a warm start from the previous point needs fewer steps,
     and the logged cold 3x-longer reference agrees with the tracked value to the tolerance."""
     config = _warm_config("hessian,gauss_newton", 30, 1e-4, reference_every=2)
-    apply = lambda p, state, x: TinyBNConv().apply({"params": p, **state}, x)  # noqa: E731
+    apply = lambda p, state, x: TinyBNConv().apply({"params": p, **state}, x)
     tracker = make_curvature_tracker(config, apply, cross_entropy, batch_size=BATCH_SIZE)
     args = (setup["state"], setup["images"], setup["labels"])
     nearby = jax.tree.map(lambda a: a * 1.001, setup["params"])

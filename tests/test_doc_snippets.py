@@ -21,8 +21,8 @@ import runpy
 import subprocess
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

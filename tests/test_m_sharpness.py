@@ -57,7 +57,7 @@ def numpy_m_sharpness(params, batch, m, rho, adaptive=False, eta=0.0, renormaliz
 def run_m_sharpness(tx, params, batch, m, step_fn=jax.jit) -> list[dict]:
     sub_batches = optim.split_into_sub_batches(jax.tree.map(jnp.asarray, batch), m)
     per_sub_batch_grad = jax.vmap(jax.grad(loss), in_axes=(None, 0))
-    stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_batches)  # noqa: E731
+    stacked_grad_fn = lambda stacked: jax.vmap(jax.grad(loss))(stacked, sub_batches)
 
     return run_steps(tx, params, lambda p: per_sub_batch_grad(p, sub_batches), stacked_grad_fn, NUM_STEPS, step_fn)
 

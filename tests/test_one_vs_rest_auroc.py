@@ -8,7 +8,6 @@ from sklearn.metrics import roc_auc_score
 
 from sam_jax import calibration as cal
 
-
 pytestmark = pytest.mark.usefixtures("float64")
 
 

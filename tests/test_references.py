@@ -9,7 +9,8 @@ years in two places.
 import ast
 import os
 import re
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import sam_jax
 
@@ -19,7 +20,7 @@ REFERENCES = os.path.join(ROOT, "docs", "references.md")
 NAME = r"[A-Z][\w'-]*[a-z\u00df-\u00ff](?: [A-Z][\w'-]*[a-z])?"
 ARXIV_ID = r"\d{4}\.\d{4,5}"
 ARXIV = re.compile(rf"arXiv:(?P<id>{ARXIV_ID})")
-# "Foret et al. 2021", "Möllenhoff & Khan (2023", "Wen, Tran and Ba, 2020", "Brier 1950"; an arXiv id
+# "Foret et al. 2020", "Möllenhoff & Khan (2022", "Wen, Tran and Ba, 2020", "Brier 1950"; an arXiv id
 # right after the year ("Tan et al. 2025, arXiv:2505.23866") names the paper.
 CITATION = re.compile(
     rf"(?<![\w'-])(?P<first>{NAME})(?: et al\.|(?:, {NAME})* (?:&|and) {NAME})?,? \(?(?P<year>(?:19|20)\d\d)\b"

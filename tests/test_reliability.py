@@ -21,22 +21,25 @@ from sam_jax import calibration, data, losses
 from sam_jax.data import prefetch
 from sam_jax.training import (
     PREEMPTED_EXIT_CODE,
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     DiskFullError,
     Hook,
     TrainingDivergedError,
     TrainingPreempted,
     WorkdirBusyError,
     WorkdirError,
+    build,
     build_run,
     load_run_data,
+    loop,
+    preemption,
     read_metrics,
     train_and_evaluate,
+    writers,
 )
-from sam_jax.training import build, loop, preemption, writers
-from sam_jax.training.workdir import LOCK_FILE
 from sam_jax.training.steps import model_forward
+from sam_jax.training.workdir import LOCK_FILE
 from tests.test_training import digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,10 +75,9 @@ def test_prefetcher_thread_is_joined_on_break_exception_and_exit():
         next(batches)
     assert not batches.thread_alive  # joined when the block is left early (``break``)
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with data.prefetch_to_device(endless(), size=1) as batches:
-            next(batches)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), data.prefetch_to_device(endless(), size=1) as batches:
+        next(batches)
+        raise RuntimeError("boom")
     assert not batches.thread_alive
 
     abandoned = data.prefetch_to_device(endless(), size=1)
@@ -114,6 +116,7 @@ def test_no_background_thread_outlives_the_loop(tmp_path):
     assert not _prefetch_threads()
 
 
+@pytest.mark.slow  # it keeps both cores busy on purpose; `python -m benchmarks.stress_exit` is the full check
 def test_cli_exit_codes_are_zero_under_load():
     """Short version of ``python -m benchmarks.stress_exit`` (which runs 50 and more)."""
     report = stress(runs=2, busy=2, parallel=2)

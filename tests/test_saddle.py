@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from experiments import ssam_saddle
 from experiments.configs.ssam_saddle import get_config

@@ -1,6 +1,6 @@
 """SAM, ASAM and SSAM (``sam_jax.optim.sam``) against a NumPy float64 reference on a tiny model."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import chex
 import jax

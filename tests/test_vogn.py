@@ -1,6 +1,6 @@
 """VOGN (``sam_jax.optim.vogn``) against a NumPy float64 transcription of Algorithm 1 of Osawa et al. (2019),
 "Practical Deep Learning with Bayesian Principles", arXiv:1906.02506, with per-example gradients and one
-weight sample per sub-batch (Möllenhoff & Khan 2023, App. H)."""
+weight sample per sub-batch (Möllenhoff & Khan 2022, App. H)."""
 
 import chex
 import jax

@@ -14,7 +14,8 @@ steps, so a field the loop dropped on the way to the transformation cannot go un
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +50,8 @@ from sam_jax.training import (
     build_run,
     check_run_data,
     default_config,
-    optimizer_hparams,
     learning_rate_schedule,
+    optimizer_hparams,
     train_and_evaluate,
     validate_config,
 )
@@ -80,7 +81,7 @@ RUN_DATA = _run_data()
 
 
 def tiny_config(
-    name: str = "sgd", blocks: Optional[Mapping[str, Mapping[str, Any]]] = None, **optimizer_fields
+    name: str = "sgd", blocks: Mapping[str, Mapping[str, Any]] | None = None, **optimizer_fields
 ) -> ml_collections.ConfigDict:
     """An MLP (one hidden layer of 8, float64 compute) on ``RUN_DATA``; ``blocks`` override
     ``optimizer.<block>.<field>``, ``optimizer_fields`` the top-level ``optimizer.*``."""
@@ -208,7 +209,7 @@ class Case:
     overrides: Mapping[str, Mapping[str, Any]]
     reference: Callable[..., optax.GradientTransformation]
     m: Callable[[Mapping], int] = lambda b: 0
-    descent_gamma: Callable[[Mapping], Optional[float]] = lambda b: None
+    descent_gamma: Callable[[Mapping], float | None] = lambda b: None
     clean_gradient: bool = True
     # Jit the reference step once, with the float hyper-parameters as traced arguments: cheaper
     # than eager where the step has many distinct ops (Adam) or loops that recompile at every

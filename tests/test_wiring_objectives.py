@@ -11,7 +11,8 @@ defaults and checks that the defaults would give other steps, so a value the loo
 """
 
 import itertools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -165,7 +166,7 @@ def test_loop_trains_the_configured_loss_with_its_hyperparameters(name):
 @pytest.mark.parametrize("optimizer", ["sam", "csam"])
 def test_sharpness_aware_steps_use_the_configured_loss(optimizer):
     """SAM's ascent and descent gradients are those of the configured loss; CSAM ascends on it and
-    descends on it reweighted per example by eq. (4)'s factor (Tan et al. 2026, arXiv:2505.23866)."""
+    descends on it reweighted per example by eq. (4)'s factor (Tan et al. 2025, arXiv:2505.23866)."""
     rho, gamma = 0.2, 1.5
     name, hparams = "focal", LOSS_CASES["focal"]
     block = {"rho": rho, "gamma": gamma} if optimizer == "csam" else {"rho": rho}

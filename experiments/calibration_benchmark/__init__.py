@@ -1,4 +1,4 @@
-"""Tan et al. (2026, arXiv:2505.23866): SAM calibrates better than SGD, CSAM better still, than every baseline.
+"""Tan et al. (2025, arXiv:2505.23866): SAM calibrates better than SGD, CSAM better still, than every baseline.
 
     python -m experiments.calibration_benchmark --config=experiments/configs/calibration_benchmark.py:quick
     python -m experiments.calibration_benchmark --config=...:fmnist --mode=run --shard=0/2   # and 1/2

@@ -1,11 +1,12 @@
 """The calibration benchmark's evaluation of a finished job, the Figure 2 tracking and a shard's run
-(Tan et al. 2026, arXiv:2505.23866)."""
+(Tan et al. 2025, arXiv:2505.23866)."""
 
 import collections
 import json
 import os
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -220,7 +221,7 @@ def evaluate_job(
 class Evaluator:
     """Evaluates finished jobs (as the grid's ``after_job`` and afterwards), caching the OOD sets."""
 
-    def __init__(self, bench: ml_collections.ConfigDict, run_data: Optional[RunDataCache] = None):
+    def __init__(self, bench: ml_collections.ConfigDict, run_data: RunDataCache | None = None):
         self.bench = bench
         self.ood_sets: dict[str, dict[str, Any]] = {}
         self.run_data = run_data or RunDataCache()

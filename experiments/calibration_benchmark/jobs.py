@@ -1,9 +1,10 @@
-"""The calibration benchmark's grid: SGD's search, then every method's jobs (Tan et al. 2026, arXiv:2505.23866)."""
+"""The calibration benchmark's grid: SGD's search, then every method's jobs (Tan et al. 2025, arXiv:2505.23866)."""
 
 import json
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -14,7 +15,6 @@ from experiments.store import Kept
 from sam_jax import optim
 from sam_jax.training import optimizer_hparams
 from sam_jax.training.writers import CONFIG_FILE, SUMMARY_FILE, to_python
-
 
 EVAL_FILE = "benchmark_eval.json"
 ENSEMBLE_FILE = "ensemble_eval.json"
@@ -60,7 +60,7 @@ def tune_jobs(config: ml_collections.ConfigDict) -> list[Job]:
     return expand_grid(_grid_config(config, os.path.join(config.workdir, TUNE_DIR), seeds, optimizers))
 
 
-def tuned_hparams(config: ml_collections.ConfigDict) -> Optional[dict[str, Any]]:
+def tuned_hparams(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """``{"learning_rate", "weight_decay", ...}`` for SGD-based methods; None while the search runs.
 
     Without a search (empty ``benchmark.tune_learning_rates``) these are ``benchmark.learning_rate``
@@ -79,7 +79,7 @@ def tuned_hparams(config: ml_collections.ConfigDict) -> Optional[dict[str, Any]]
     jobs = tune_jobs(config)
     if not all(job.done for job in jobs):
         return None
-    per_seed: dict[tuple[float, float], list[Optional[float]]] = {}
+    per_seed: dict[tuple[float, float], list[float | None]] = {}
     for job in jobs:
         with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
             summary = json.load(f)

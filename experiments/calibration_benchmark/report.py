@@ -3,7 +3,8 @@
 
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -18,7 +19,6 @@ from sam_jax.analysis.calibration_figures import (
     plot_post_hoc_ece,
     plot_sam_geometry,
 )
-
 
 # The columns of Table 3 / S5 (in %), and the suite's key of each.
 TABLE3_COLUMNS = (
@@ -35,7 +35,7 @@ def _pct(mean: float, std: float) -> str:
     return mean_std_cell(mean, std, scale=100)
 
 
-def _paper_cell(value: Optional[tuple[float, float]]) -> str:
+def _paper_cell(value: tuple[float, float] | None) -> str:
     return "—" if value is None else mean_std_cell(*value)
 
 
@@ -44,7 +44,7 @@ def _table(
     title: str,
     labels: Sequence[str],
     columns: Sequence[tuple[str, Sequence[str], str]],
-    paper: Optional[Mapping[str, Sequence[Optional[tuple[float, float]]]]],
+    paper: Mapping[str, Sequence[tuple[float, float] | None]] | None,
     paper_caption: str,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """A Markdown table (ours, and the paper's beside each column when given) and its CSV rows.
@@ -75,14 +75,14 @@ def _table(
     return lines + [""], rows
 
 
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | None = None) -> str:
     """Writes the tables and figures of the method jobs among ``jobs`` to ``out`` (default
     ``<workdir>/report``); returns that directory.
 
     Raises:
       ValueError: the search is unfinished, or no job has been evaluated yet.
     """
-    from experiments.configs.calibration_benchmark import paper_tables  # noqa: PLC0415
+    from experiments.configs.calibration_benchmark import paper_tables
 
     jobs = [job for job in jobs if job.group in config.methods]
     if not jobs:
@@ -247,7 +247,7 @@ def _table1(
     results: Results,
     config: ml_collections.ConfigDict,
     out: str,
-    paper: Optional[Mapping[str, Any]],
+    paper: Mapping[str, Any] | None,
     caption: str,
 ) -> list[str]:
     """Table 1: vanilla (mean over members), MC-dropout (mean over members) and the ensemble of them."""

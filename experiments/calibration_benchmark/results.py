@@ -1,10 +1,11 @@
 """The evaluations of a calibration benchmark grid by method, with the CSAM chosen on validation
-(Tan et al. 2026, arXiv:2505.23866)."""
+(Tan et al. 2025, arXiv:2505.23866)."""
 
 import collections
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -13,7 +14,6 @@ from experiments.configs.calibration_benchmark import NAMES
 from experiments.grid import Job
 from experiments.tables import mean_std
 from sam_jax.training import read_metrics
-
 
 CSAM_GAMMAS = {"csam_g05": 0.5, "csam_g10": 1.0, "csam_g20": 2.0}
 BEST_CSAM = "csam_best"
@@ -43,7 +43,7 @@ class Results:
                     self.ensembles[label] = json.load(f)
         self.best_csam = self._choose_csam()
 
-    def _choose_csam(self) -> Optional[str]:
+    def _choose_csam(self) -> str | None:
         """The CSAM gamma of Table 3 with the lowest mean validation ECE (the paper tunes gamma in
         {0.5, 1, 2}; we choose on validation, never on test)."""
         scored = [

@@ -1,4 +1,4 @@
-"""Möllenhoff & Khan (2023, arXiv:2210.01620), Table 1 (no data augmentation): the grid presets.
+"""Möllenhoff & Khan (2022, arXiv:2210.01620), Table 1 (no data augmentation): the grid presets.
 
     python -m experiments.bsam_table1 --config=experiments/configs/bsam_table1.py:quick
 
@@ -153,10 +153,10 @@ def table6_overrides(dataset: str) -> dict[str, tuple[str, float, dict]]:
     """
     decay = {label: n_delta / TRAIN_SIZES[dataset] for label, (_, _, n_delta, _) in TABLE6[dataset].items()}
     rows = TABLE6[dataset]
-    sgd = lambda label: {"momentum": rows[label][1], "weight_decay": decay[label]}  # noqa: E731
-    adam = lambda label: {"b1": rows[label][1], "b2": 0.999, "weight_decay": decay[label]}  # noqa: E731
+    sgd = lambda label: {"momentum": rows[label][1], "weight_decay": decay[label]}
+    adam = lambda label: {"b1": rows[label][1], "b2": 0.999, "weight_decay": decay[label]}
     alpha_s, beta_s, n_delta_s, rho_s = rows["bsam"]
-    bsam = lambda damping: {  # noqa: E731
+    bsam = lambda damping: {
         "bsam": {
             "rho": rho_s,
             "beta1": beta_s,

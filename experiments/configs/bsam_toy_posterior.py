@@ -1,4 +1,4 @@
-"""Möllenhoff & Khan (2023, arXiv:2210.01620), Fig. 3, Fig. 5(c) and App. G.1: the 2-D toy posterior.
+"""Möllenhoff & Khan (2022, arXiv:2210.01620), Fig. 3, Fig. 5(c) and App. G.1: the 2-D toy posterior.
 
     python -m experiments.bsam_toy_posterior                                              # default
     python -m experiments.bsam_toy_posterior --config=experiments/configs/bsam_toy_posterior.py:quick
@@ -34,7 +34,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # their differences are on an input grid.
     config.weight_grid = ml_collections.ConfigDict({"low": -10.0, "high": 45.0, "points": 551})
     config.input_grid = ml_collections.ConfigDict({"low": -6.0, "high": 6.0, "points": 81})
-    # SAM (Foret et al. 2021, eq. 2) on the full batch, gradient descent with momentum as its base,
+    # SAM (Foret et al. 2020, eq. 2) on the full batch, gradient descent with momentum as its base,
     # the loss with the prior's L2 term; Laplace at its solution.
     config.sam = ml_collections.ConfigDict({"rho": 0.05, "learning_rate": 0.5, "momentum": 0.9, "steps": 3000})
     # bSAM (Algorithm 1) on the full batch: N = num_points, its prior_precision above; one run per

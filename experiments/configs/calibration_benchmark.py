@@ -1,4 +1,4 @@
-"""Tan et al. (2026, arXiv:2505.23866), "SAM calibrates better": SGD vs SAM vs CSAM vs the baselines.
+"""Tan et al. (2025, arXiv:2505.23866), "SAM calibrates better": SGD vs SAM vs CSAM vs the baselines.
 
     python -m experiments.calibration_benchmark --config=experiments/configs/calibration_benchmark.py:quick
 
@@ -33,7 +33,7 @@ one train loop. (The module is longer than 400 lines because it is a table: one 
 the paper's tables, each with the setting its own paper cites; splitting it would scatter that table.)
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import ml_collections
 
@@ -131,7 +131,7 @@ def methods(
       ensemble_seeds: the seeds of Table 1's members (its ensemble is all of them).
       dropout_rate: the dropout of Table 1's models (MC-dropout).
     """
-    wrapped = lambda name, **kwargs: {"name": name, "kwargs": {"backbone": backbone, **kwargs}}  # noqa: E731
+    wrapped = lambda name, **kwargs: {"name": name, "kwargs": {"backbone": backbone, **kwargs}}
     # The committed bSAM runs of this benchmark used damping 0.05 (Table 6's gamma column, VOGN's
     # damping; bSAM's own is Algorithm 1's 0.1): kept here so that those runs match this config.
     # Switching to "bsam" (gamma 0.1) needs those runs trained again.
@@ -203,7 +203,7 @@ def methods(
 # SGD-based method SGD's tuned setting). Only settings checked against a source are given; None
 # marks a baseline whose own setting could not be checked offline, which then keeps SGD's tuned
 # setting (the docs list them). The schedule's boundaries are fractions of training.
-OWN_SETTINGS: dict[str, Optional[dict[str, Any]]] = {
+OWN_SETTINGS: dict[str, dict[str, Any] | None] = {
     # Mukhoti et al. 2020 (arXiv:2002.09437), the authors' code (torrvision/focal_calibration):
     # SGD, momentum 0.9, batch 128, learning rate 0.1, weight decay 5e-4, x0.1 at epochs 150 and 250
     # of 350; gamma 3 is their FL-3, one of the settings of their CIFAR-10 scripts (the library default).

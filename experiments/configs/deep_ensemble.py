@@ -1,4 +1,4 @@
-"""A deep ensemble (Lakshminarayanan et al. 2017, arXiv:1612.01474) as one experiment: K runs of one
+"""A deep ensemble (Lakshminarayanan et al. 2016, arXiv:1612.01474) as one experiment: K runs of one
 config that differ only in their seed, evaluated by averaging their probabilities.
 
     python -m experiments.deep_ensemble --config=experiments/configs/deep_ensemble.py:quick

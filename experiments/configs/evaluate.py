@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.output_dir = ""  # default: <checkpoint>/evaluation
     config.ensemble = ""  # comma-separated further run directories: deep ensemble with `checkpoint`
     config.mc_dropout_samples = 0  # K stochastic passes (needs a model with dropout_rate > 0)
-    # Samples from the posterior of an optimizer that learns one (bSAM; Möllenhoff & Khan 2023,
+    # Samples from the posterior of an optimizer that learns one (bSAM; Möllenhoff & Khan 2022,
     # arXiv:2210.01620, use 32); 0 = predict with the mean. Ignored for point-estimate optimizers.
     config.posterior_samples = 32
     config.ood_dataset = ""  # e.g. "mnist" for a Fashion-MNIST run, "svhn" for CIFAR-10

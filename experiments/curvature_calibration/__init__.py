@@ -19,7 +19,7 @@ enough to commit: ``report`` on that copy rebuilds the report, and ``run`` on it
 
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

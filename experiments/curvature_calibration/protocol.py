@@ -1,10 +1,10 @@
 """The protocol of the reproduction of Morosini et al. (2026, arXiv:2604.20614), Table 1: its rows,
 the paper's numbers, the thresholds, and the trajectory windows of the report's variants."""
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
-
 
 # Table 1 rows: the paper's "Test" is held-out data; we use the validation split.
 TABLE_ROWS = (("train", "ece"), ("train", "kce"), ("val", "ece"), ("val", "kce"))
@@ -58,7 +58,7 @@ LOWEST_ACCURACY_AFTER = f"lowest_train_accuracy_after_{PRE_INTERPOLATION_ACCURAC
 HIGHEST_ECE_AFTER = f"highest_train_ece_after_{PRE_INTERPOLATION_ACCURACY:g}"
 # The report's Table 1 variants: (description, sharpness key, window). A window takes a run's records
 # and its config and returns the filter of the records it keeps (None = all).
-RecordFilter = Optional[Callable[[Mapping[str, Any]], bool]]
+RecordFilter = Callable[[Mapping[str, Any]], bool] | None
 Window = Callable[[Sequence[Mapping[str, Any]], ml_collections.ConfigDict], RecordFilter]
 
 
@@ -99,7 +99,7 @@ def _log_spaced_only(
     return lambda r: not regular(r)
 
 
-def first_step_at(records: Sequence[Mapping[str, Any]], accuracy: float) -> Optional[int]:
+def first_step_at(records: Sequence[Mapping[str, Any]], accuracy: float) -> int | None:
     """The first evaluated step whose train accuracy is >= ``accuracy`` (None if none)."""
     return next((int(r["step"]) for r in records if r.get("train/accuracy", -1.0) >= accuracy), None)
 

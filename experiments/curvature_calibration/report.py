@@ -4,10 +4,13 @@ figures and the App. D check of MSE's confidence (Morosini et al. 2026, arXiv:26
 import collections
 import math
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
+from experiments.curvature_calibration.protocol import EOS_OPTIMIZERS, PAPER_TABLE1, TABLE_ROWS, VARIANTS
+from experiments.curvature_calibration.runs import load_run, protocol_report, run_rows
 from experiments.grid import Job
 from experiments.tables import markdown_table, mean_std_cell, write_csv, write_table
 from sam_jax.analysis import (
@@ -20,10 +23,6 @@ from sam_jax.analysis import (
 )
 from sam_jax.calibration import mse_optimum_confidence
 from sam_jax.data import DISPLAY_NAMES, NUM_CLASSES
-
-
-from experiments.curvature_calibration.protocol import EOS_OPTIMIZERS, PAPER_TABLE1, TABLE_ROWS, VARIANTS
-from experiments.curvature_calibration.runs import load_run, protocol_report, run_rows
 
 
 def _paper(group: str, split: str, metric: str) -> str:
@@ -133,7 +132,7 @@ def _mse_rows(jobs: Sequence[Job], records: dict[str, list]) -> list[dict[str, A
     return rows
 
 
-def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: Optional[str] = None) -> str:
+def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | None = None) -> str:
     """Writes Table 1, the figures and the MSE check to ``out`` (default ``<workdir>/report``).
 
     Args:

@@ -5,14 +5,10 @@ import collections
 import json
 import math
 import os
-from typing import Any, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import ml_collections
-
-from experiments.grid import Job
-from sam_jax.training import read_metrics
-from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
-
 
 from experiments.curvature_calibration.protocol import (
     FIRST_STEP_REACHED,
@@ -24,6 +20,9 @@ from experiments.curvature_calibration.protocol import (
     PRE_INTERPOLATION_ACCURACY,
     first_step_at,
 )
+from experiments.grid import Job
+from sam_jax.training import read_metrics
+from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 
 def read_summary(job: Job) -> dict[str, Any]:

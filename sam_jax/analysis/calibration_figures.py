@@ -1,12 +1,13 @@
-"""Figures of the calibration benchmark (Tan et al. 2026, arXiv:2505.23866, Figures 2, 3 and S6)
-and of a posterior's predictive (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5).
+"""Figures of the calibration benchmark (Tan et al. 2025, arXiv:2505.23866, Figures 2, 3 and S6)
+and of a posterior's predictive (Möllenhoff & Khan 2022, arXiv:2210.01620, Sec. 5).
 
 Each function draws on a :class:`matplotlib.figure.Figure` (no pyplot state, no backend switch) and
 writes one PNG; the inputs are plain numbers and metric records, so a report decides what to draw.
 """
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure

@@ -6,7 +6,8 @@ References:
 """
 
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -92,7 +93,7 @@ def plot_ece_vs_sharpness(
     groups: Mapping[str, Mapping[float, Runs]],
     path: str,
     split: str = "train",
-    title: Optional[str] = None,
+    title: str | None = None,
     dpi: int = 90,
 ) -> None:
     """Figure A1: ECE against GN sharpness along each trajectory, one panel per optimizer.

@@ -4,7 +4,8 @@ against the learning rate, and SAM's descent / ascent gradient-norm ratio along 
 Each function draws on a :class:`matplotlib.figure.Figure` (no pyplot state) and writes one PNG.
 """
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np

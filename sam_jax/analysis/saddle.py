@@ -13,7 +13,7 @@ Two problems whose saddle is at ``params = 0``:
 - :func:`quartic_saddle`: ``f(x, y) = x^2 / 2 - y^2 / 2 + y^4 / 4``, Hessian ``diag(1, -1)`` at 0,
   minima ``(0, +-1)`` with ``f = -1/4``;
 - :func:`linear_network`: ``L(W1, W2) = ||W2 W1 - A||_F^2 / 2``, a two-layer linear network on
-  whitened inputs (Saxe et al. 2014, arXiv:1312.6120); at 0 the Hessian's eigenvalues are
+  whitened inputs (Saxe et al. 2013, arXiv:1312.6120); at 0 the Hessian's eigenvalues are
   ``+-sigma_i(A)`` (a strict saddle), the global minima are ``W2 W1 = A`` with loss 0.
 
 :func:`simulate` runs any optax transformation from a point near the saddle, with optional Gaussian
@@ -21,7 +21,8 @@ gradient noise (SGD's noise, one sample per step shared by every gradient of tha
 mini-batch is), and :func:`escape_step` finds the first step whose loss is below a threshold.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Figures of the saddle-escape study (``sam_jax.analysis.saddle``): trajectories and escape-time maps."""
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -16,7 +16,7 @@ def plot_trajectories(
     path: str,
     title: str,
     threshold: float,
-    contour: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
+    contour: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     dpi: int = 110,
 ) -> None:
     """Four panels: the path in the problem's two coordinates, the paths that end above the escape
@@ -82,7 +82,7 @@ def plot_escape_maps(
     escaped: Mapping[tuple[float, str], np.ndarray],
     seeds: int,
     learning_rates: Sequence[float],
-    rhos: Sequence[Optional[float]],
+    rhos: Sequence[float | None],
     num_steps: int,
     path: str,
     title: str,

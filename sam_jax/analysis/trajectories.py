@@ -11,7 +11,8 @@ References:
 """
 
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def trajectory_correlation(
     records: Sequence[Mapping[str, Any]],
     metric: str,
     sharpness: str = "curvature/gauss_newton_top1",
-    keep: Optional[Callable[[Mapping[str, Any]], bool]] = None,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> float:
     """Pearson correlation over one run between ``metric`` and ``sharpness`` (Table 1, one cell entry).
 

@@ -7,7 +7,7 @@ evaluation batch gives the value of the unpadded one.
 
 import functools
 import inspect
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ from sam_jax.losses.validation import check_labels, check_probabilities, is_conc
 
 
 def check_predictions(
-    name: str, predictions: jax.Array, labels: jax.Array, mask: Optional[jax.Array], *, probabilities: bool = True
+    name: str, predictions: jax.Array, labels: jax.Array, mask: jax.Array | None, *, probabilities: bool = True
 ) -> None:
     """Raises ``ValueError`` unless ``predictions [N, K>=2]``, ``labels [N]``, ``mask [N]`` agree.
 
@@ -94,7 +94,7 @@ def float_dtype(x: jax.Array) -> jnp.dtype:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def example_weights(mask: Optional[jax.Array], num_examples: int, dtype: jnp.dtype) -> jax.Array:
+def example_weights(mask: jax.Array | None, num_examples: int, dtype: jnp.dtype) -> jax.Array:
     """Per-example weights ``[N]``: ones when ``mask`` is None, else ``mask`` cast to ``dtype``."""
     if mask is None:
         return jnp.ones((num_examples,), dtype)

@@ -8,9 +8,9 @@ to the confidences' dtype, so that a confidence stored as exactly ``float32(k / 
 these edge values one bin low; see docs/calibration.md.)
 """
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def equal_width_edges(num_bins: int, dtype: jnp.dtype) -> jax.Array:

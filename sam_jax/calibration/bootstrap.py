@@ -1,6 +1,7 @@
 """Bootstrap confidence intervals for any metric (Efron & Tibshirani 1993, percentile method)."""
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

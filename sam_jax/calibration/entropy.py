@@ -10,8 +10,6 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
@@ -26,7 +24,7 @@ def binary_entropy(p: jax.Array) -> jax.Array:
 
 
 @_common.checked_jit()
-def true_class_entropy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def true_class_entropy(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Mean binary entropy ``H(p_y)`` of the true-class probability (Tan et al. 2025, Theorem 1, Fig. S5).
 
     Args:

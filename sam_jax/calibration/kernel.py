@@ -21,13 +21,10 @@ so rounding is no worse than in the direct double sum (float32 agrees with float
 1e-7 relative on 1e6 examples).
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 from sam_jax.calibration import _common
-
 
 # exp(0.5 / h) must stay finite in float32 after summing millions of terms; see the docstring.
 _MIN_BANDWIDTH = 0.01
@@ -35,7 +32,7 @@ _MIN_BANDWIDTH = 0.01
 
 @_common.checked_jit(static_argnames=("bandwidth",))
 def kernel_calibration_error(
-    probs: jax.Array, labels: jax.Array, *, bandwidth: float = 0.4, mask: Optional[jax.Array] = None
+    probs: jax.Array, labels: jax.Array, *, bandwidth: float = 0.4, mask: jax.Array | None = None
 ) -> jax.Array:
     """Top-label kernel calibration error (MMCE, Kumar et al. 2018) with a Laplacian kernel.
 

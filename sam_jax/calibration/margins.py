@@ -10,7 +10,6 @@ References:
 """
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +40,7 @@ def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @_common.checked_jit(probabilities=False)
-def margin_moment(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def margin_moment(logits: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Empirical exponential margin moment ``Q_D = mean_i exp(-m_i)``.
 
     Morosini et al. (2026, arXiv:2604.20614), Sec. 4.2.

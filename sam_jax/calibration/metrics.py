@@ -15,10 +15,10 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
   Morosini, Gjika, Poggio & Beneventano, 2026. Too Sharp, Too Sure: When Calibration Follows
   Curvature. arXiv:2604.20614.
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ from sam_jax.losses.classification import masked_mean
 _CLASSWISE_CHUNK_ELEMENTS = 1 << 22
 
 
-def _top_label_gaps(probs: jax.Array, labels: jax.Array, mask: Optional[jax.Array]):
+def _top_label_gaps(probs: jax.Array, labels: jax.Array, mask: jax.Array | None):
     """Top-label confidence, weighted gap ``w * (confidence - correct)`` and weights."""
     dtype = _common.float_dtype(probs)
     confidence, prediction = _common.top_label(probs.astype(dtype))
@@ -46,7 +46,7 @@ def _sum_abs_bin_gaps(gaps: jax.Array, bins: jax.Array, num_bins: int) -> jax.Ar
 
 
 @_common.checked_jit(static_argnames=("num_bins",))
-def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: jax.Array | None = None) -> jax.Array:
     """Top-label expected calibration error with equal-width bins (Guo et al. 2017).
 
     Tan et al. (2025, arXiv:2505.23866), Sec. 3.1 (``M = 15``); Morosini et al. (2026,
@@ -70,7 +70,7 @@ def ece(probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Option
 
 @_common.checked_jit(static_argnames=("num_bins",))
 def adaptive_ece(
-    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: jax.Array | None = None
 ) -> jax.Array:
     """Top-label ECE with equal-mass bins (AdaECE; Nguyen & O'Connor 2015, Mukhoti et al. 2020).
 
@@ -97,7 +97,7 @@ def adaptive_ece(
 
 @_common.checked_jit(static_argnames=("num_bins",))
 def max_calibration_error(
-    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: jax.Array | None = None
 ) -> jax.Array:
     """Maximum calibration error ``max_b |acc(B_b) - conf(B_b)|`` over non-empty equal-width bins.
 
@@ -124,7 +124,7 @@ def max_calibration_error(
 
 @_common.checked_jit(static_argnames=("num_bins",))
 def classwise_ece(
-    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: jax.Array | None = None
 ) -> jax.Array:
     """Classwise ECE (Kull et al. 2019), the "ClasswiseECE" of Tan et al. (2025, arXiv:2505.23866).
 
@@ -177,7 +177,7 @@ def classwise_ece(
 
 
 @_common.checked_jit()
-def accuracy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def accuracy(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Fraction of examples whose ``argmax`` (first index on ties) equals the label.
 
     Args:
@@ -195,7 +195,7 @@ def accuracy(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] =
 
 
 @jax.jit
-def mean_confidence(probs: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def mean_confidence(probs: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Average top-label confidence ``mean_i max_k p_ik``.
 
     Args:
@@ -211,8 +211,8 @@ def mean_confidence(probs: jax.Array, *, mask: Optional[jax.Array] = None) -> ja
 
 
 @_common.checked_jit()
-def nll(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Negative log-likelihood ``mean_i -log p_{i, y_i}`` (Möllenhoff & Khan 2023, arXiv:2210.01620, Sec. 5).
+def nll(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """Negative log-likelihood ``mean_i -log p_{i, y_i}`` (Möllenhoff & Khan 2022, arXiv:2210.01620, Sec. 5).
 
     Probabilities are floored at the dtype's smallest normal number so that a zero probability
     gives a large finite value. From logits, ``sam_jax.losses.cross_entropy`` is more accurate.
@@ -233,7 +233,7 @@ def nll(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None
 
 
 @_common.checked_jit()
-def brier(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def brier(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Multi-class Brier score ``mean_i sum_k (p_ik - 1[y_i = k])^2`` (Brier 1950), in ``[0, 2]``.
 
     Args:
@@ -262,7 +262,7 @@ class BinStatistics(NamedTuple):
 
 @_common.checked_jit(static_argnames=("num_bins",))
 def bin_statistics(
-    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: Optional[jax.Array] = None
+    probs: jax.Array, labels: jax.Array, num_bins: int = 15, *, mask: jax.Array | None = None
 ) -> BinStatistics:
     """Mean confidence, accuracy and weight of each equal-width bin (a reliability diagram's data).
 

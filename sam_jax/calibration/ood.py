@@ -10,10 +10,8 @@ macro-averaged) AUROC of the predicted probabilities.
 References:
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
 """
-
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,7 @@ from sam_jax.calibration import _common
 
 
 def max_probability_score(probs: jax.Array) -> jax.Array:
-    """Maximum softmax probability ``max_k p_k`` per row (Hendrycks & Gimpel 2017)."""
+    """Maximum softmax probability ``max_k p_k`` per row (Hendrycks & Gimpel 2016)."""
     return jnp.max(probs, axis=-1)
 
 
@@ -31,7 +29,7 @@ def negative_entropy_score(probs: jax.Array) -> jax.Array:
     return jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)
 
 
-def _check_scores(name: str, scores: jax.Array, mask: Optional[jax.Array]) -> None:
+def _check_scores(name: str, scores: jax.Array, mask: jax.Array | None) -> None:
     if scores.ndim != 1 or scores.shape[0] < 1:
         raise ValueError(
             f"auroc: {name} must be a non-empty 1-D array of per-example scores, got "
@@ -46,8 +44,8 @@ def auroc(
     scores_in: jax.Array,
     scores_out: jax.Array,
     *,
-    mask_in: Optional[jax.Array] = None,
-    mask_out: Optional[jax.Array] = None,
+    mask_in: jax.Array | None = None,
+    mask_out: jax.Array | None = None,
 ) -> jax.Array:
     """Area under the ROC curve for separating in- from out-of-distribution scores.
 
@@ -81,10 +79,10 @@ def auroc(
     return wins / (_common.safe_total(weights_in) * _common.safe_total(weights_out))
 
 
-def misclassification_auroc(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def misclassification_auroc(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """AUROC of the maximum probability for telling correct from wrong predictions.
 
-    The AUROC of Möllenhoff & Khan (2023, arXiv:2210.01620), Tables 1-2, which follows Osawa et al.
+    The AUROC of Möllenhoff & Khan (2022, arXiv:2210.01620), Tables 1-2, which follows Osawa et al.
     (2019, arXiv:1906.02506), App. H: correctly classified test inputs are the positives,
     misclassified ones the negatives, and the score is the confidence ``max_k p_k``. This is the
     exact area (Mann-Whitney, ties one half); the authors' code approximates it with 2,500
@@ -108,7 +106,7 @@ def misclassification_auroc(probs: jax.Array, labels: jax.Array, *, mask: Option
 
 
 @_common.checked_jit()
-def one_vs_rest_auroc(probs: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def one_vs_rest_auroc(probs: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Multi-class AUROC: macro average over classes of the one-vs-rest AUROC of ``p_k``.
 
     For each class ``k`` the score ``p_ik`` separates the examples labelled ``k`` (positives) from

@@ -2,17 +2,17 @@
 
 Deep ensembles, MC-dropout, posterior samples (bSAM, mean-field VI) and the members of one
 multi-member model (BatchEnsemble, MIMO, Rank-1 BNN, whose logits carry a member axis ``[N, M, K]``)
-all approximate ``p(y | x, D)`` by an average of softmax probabilities (Möllenhoff & Khan 2023,
+all approximate ``p(y | x, D)`` by an average of softmax probabilities (Möllenhoff & Khan 2022,
 Sec. 5: 32 samples from the bSAM posterior; Tan et al. 2025, Table 1: ensembles and MC-dropout of
-size 5; Wen et al. 2020, Havasi et al. 2021, Dusenberry et al. 2020: the mean over members).
+size 5; Wen et al. 2020, Havasi et al. 2020, Dusenberry et al. 2020: the mean over members).
 
 References:
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620.
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,10 @@ def member_average_log_probs(logits: jax.Array) -> jax.Array:
 
 
 def predictive_average(
-    logit_fns: Union[Sequence[LogitFn], SampleLogitFn],
+    logit_fns: Sequence[LogitFn] | SampleLogitFn,
     *,
-    key: Optional[jax.Array] = None,
-    num_samples: Optional[int] = None,
+    key: jax.Array | None = None,
+    num_samples: int | None = None,
 ) -> jax.Array:
     """Averages softmax probabilities over ensemble members or random samples.
 

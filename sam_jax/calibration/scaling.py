@@ -11,11 +11,11 @@ References:
   arXiv:1706.04599.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam_jax.calibration import _common
 from sam_jax.calibration.metrics import ece
@@ -39,7 +39,7 @@ def fit_temperature(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
     bounds: tuple[float, float] = (0.01, 100.0),
     tolerance: float = 1e-6,
     max_iterations: int = 100,
@@ -99,8 +99,8 @@ def tce(
     labels_test: jax.Array,
     num_bins: int = 15,
     *,
-    mask_val: Optional[jax.Array] = None,
-    mask_test: Optional[jax.Array] = None,
+    mask_val: jax.Array | None = None,
+    mask_test: jax.Array | None = None,
 ) -> jax.Array:
     """ECE on the test split after temperature scaling fitted on the validation split ("TCE").
 
@@ -146,9 +146,7 @@ class IsotonicCalibrator(NamedTuple):
         return jnp.where(totals > 0, mapped / jnp.where(totals > 0, totals, 1), uniform)
 
 
-def fit_isotonic(
-    probs_val: jax.Array, labels_val: jax.Array, *, mask: Optional[jax.Array] = None
-) -> IsotonicCalibrator:
+def fit_isotonic(probs_val: jax.Array, labels_val: jax.Array, *, mask: jax.Array | None = None) -> IsotonicCalibrator:
     """Fits one-vs-rest isotonic regression per class (Zadrozny & Elkan 2002), via scikit-learn.
 
     For each class ``k``, a non-decreasing map ``g_k`` minimises

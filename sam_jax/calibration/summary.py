@@ -1,7 +1,6 @@
 """All calibration metrics of one evaluation in a single jitted call (for the train loop)."""
 
 import functools
-from typing import Optional
 
 import jax
 
@@ -54,10 +53,10 @@ def calibration_metrics(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    mask: Optional[jax.Array] = None,
-    val_logits: Optional[jax.Array] = None,
-    val_labels: Optional[jax.Array] = None,
-    val_mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
+    val_logits: jax.Array | None = None,
+    val_labels: jax.Array | None = None,
+    val_mask: jax.Array | None = None,
     num_bins: int = 15,
     loss: str = "cross_entropy",
 ) -> dict[str, float]:

@@ -9,7 +9,8 @@ References:
 Not jitted here (``spectral_density`` takes a callable); call it inside your own ``jax.jit``.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ once per pass, is what keeps this bookkeeping small next to the matrix-vector pr
 bases (matfree instead runs two classical passes over the whole preallocated basis each step).
 """
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

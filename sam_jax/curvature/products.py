@@ -13,7 +13,8 @@ statistics and applies the model in inference mode, so the curvature is that of 
 model computes at evaluation time (no dependence of the normalisation on the batch).
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

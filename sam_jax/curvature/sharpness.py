@@ -15,7 +15,8 @@ callable argument would retrace for every new closure. Call them inside your own
 (see "Tracking curvature in your own loop" in ``docs/curvature.md``).
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

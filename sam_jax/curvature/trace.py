@@ -7,7 +7,8 @@ References:
 Not jitted here (the functions take callables); call them inside your own ``jax.jit``.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

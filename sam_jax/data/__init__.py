@@ -7,7 +7,8 @@ ArrayRecord files (:func:`write_array_record`, ``python -m sam_jax.data.to_array
 streamed from them (:func:`open_array_record`; the ``streaming`` extra).
 """
 
-from sam_jax.data.array_record_format import ArrayRecordMetadata, read_metadata as read_array_record_metadata
+from sam_jax.data.array_record_format import ArrayRecordMetadata
+from sam_jax.data.array_record_format import read_metadata as read_array_record_metadata
 from sam_jax.data.array_record_writer import write_array_record
 from sam_jax.data.augment import augment_batch, cutout, random_crop, random_crop_and_flip, random_flip
 from sam_jax.data.catalog import CIFAR10_CORRUPTIONS, DATASETS, DISPLAY_NAMES, NUM_CLASSES
@@ -21,8 +22,8 @@ from sam_jax.data.image_archive import (
     read_image_archive,
 )
 from sam_jax.data.image_folder import image_folder_classes, read_image_folder
-from sam_jax.data.padding import pad_to_size
 from sam_jax.data.normalization import Normalizer, fit_normalizer, normalize
+from sam_jax.data.padding import pad_to_size
 from sam_jax.data.pipeline import epoch_permutation, eval_batches, num_batches, train_batches
 from sam_jax.data.prefetch import prefetch_to_device
 from sam_jax.data.readers import (

@@ -19,7 +19,8 @@ grain's ``ArrayRecordDataSource`` needs for fast reads by key (it logs an error 
 import json
 import math
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

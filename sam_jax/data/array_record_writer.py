@@ -5,7 +5,7 @@ an iterator that decodes one image at a time, e.g. :func:`sam_jax.data.read_imag
 """
 
 import os
-from typing import Iterable, Optional, Union
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,12 +24,12 @@ STREAMING_EXTRA_HINT = "install the streaming extra: pip install -e '.[streaming
 
 
 def write_array_record(
-    examples: Union[ArrayDataset, Iterable[tuple[np.ndarray, int]]],
+    examples: ArrayDataset | Iterable[tuple[np.ndarray, int]],
     directory: str,
     *,
     name: str,
     split: str,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     examples_per_shard: int = 10_000,
 ) -> ArrayRecordMetadata:
     """Writes one split, in the order given, as ArrayRecord shards plus ``labels.npy`` and ``metadata.json``.
@@ -75,7 +75,7 @@ def write_array_record(
 
     labels: list[int] = []
     shards: list[str] = []
-    image_shape: Optional[tuple[int, ...]] = None
+    image_shape: tuple[int, ...] | None = None
     writer = None
     try:
         for index, (image, label) in enumerate(examples):

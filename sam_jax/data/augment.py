@@ -13,7 +13,7 @@ import jax.numpy as jnp
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
     """Zero-pads each image by ``padding`` pixels per side and crops it back at a random offset.
 
-    The standard CIFAR augmentation with ``padding=4`` (He et al. 2016, "Deep Residual Learning
+    The standard CIFAR augmentation with ``padding=4`` (He et al. 2015, "Deep Residual Learning
     for Image Recognition", arXiv:1512.03385, Sec. 4.2): each example shifts by an offset drawn
     uniformly from ``{-padding, ..., padding}`` along height and width, independently.
 

@@ -8,7 +8,7 @@ shrinks (antialiased), e.g. ``image_size=64`` for a 64x64 ImageNet.
 """
 
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

@@ -29,7 +29,7 @@ import inspect
 import json
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
@@ -110,8 +110,8 @@ def _save(path: str, array: np.ndarray) -> None:
 def make_cifar10_c(
     out: str,
     *,
-    data_dir: Optional[str] = None,
-    cache_dir: Optional[str] = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
     corruptions: Sequence[str] = BENCHMARK_CORRUPTIONS,
     limit: int = 0,
     seed: int = 0,

@@ -6,7 +6,8 @@ Float images are used as they are.
 """
 
 import functools
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 

@@ -8,7 +8,7 @@ NumPy indexing from the in-memory arrays, or, for a split streamed from ArrayRec
 in the same order (:func:`sam_jax.data.streamed.read_ahead`).
 """
 
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def train_batches(
     epoch: int,
     start_batch: int = 0,
     shuffle: bool = True,
-    process_rows: Optional[np.ndarray] = None,
+    process_rows: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """One epoch of full training batches, in the order of :func:`epoch_permutation`.
 
@@ -120,7 +120,7 @@ def train_batches(
     return _batches(ds, batch_at, start_batch, total)
 
 
-def eval_batches(ds: ArrayDataset, batch_size: int, process_rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
+def eval_batches(ds: ArrayDataset, batch_size: int, process_rows: np.ndarray | None = None) -> Iterator[Batch]:
     """All examples in stored order, in batches of exactly ``batch_size`` with a ``"mask"``.
 
     The last batch is padded with zero images and label 0 up to ``batch_size`` so that a

@@ -13,7 +13,8 @@ import logging
 import queue
 import threading
 import weakref
-from typing import Any, Iterable, Iterator, NamedTuple, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 
@@ -34,7 +35,7 @@ class _Failure(NamedTuple):
 _END = object()
 
 
-def _to_device(item: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:
+def _to_device(item: Any, sharding: jax.sharding.Sharding | None) -> Any:
     """``item`` on the devices of ``sharding``; with several processes, ``item`` is this process's part."""
     if sharding is None:
         return jax.device_put(item)
@@ -49,7 +50,7 @@ class DevicePrefetcher(Iterator[Any]):
     that the thread is joined as soon as the consumer stops early.
     """
 
-    def __init__(self, iterator: Iterable[Any], size: int, sharding: Optional[jax.sharding.Sharding]):
+    def __init__(self, iterator: Iterable[Any], size: int, sharding: jax.sharding.Sharding | None):
         self._source = iter(iterator)
         self._sharding = sharding
         self._ready: queue.Queue = queue.Queue(maxsize=size)

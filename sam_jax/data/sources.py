@@ -24,7 +24,7 @@ from sam_jax.data import debian, tfds_source
 from sam_jax.data.catalog import validate_request
 from sam_jax.data.dataset import ArrayDataset
 from sam_jax.data.digits import load_digits_split
-from sam_jax.data.image_archive import ARCHIVES, ARCHIVE_SUFFIXES, find_archive, read_image_archive
+from sam_jax.data.image_archive import ARCHIVE_SUFFIXES, ARCHIVES, find_archive, read_image_archive
 from sam_jax.data.local import FOLDERS, expected_files, load_from_folder
 
 DATA_DIR_ENV = "SAM_JAX_DATA_DIR"

@@ -12,7 +12,8 @@ imports grain only when a split is opened.
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,8 @@ class StreamedImages:
     source: Any
     record_labels: np.ndarray
     image_shape: tuple[int, int, int]
-    keys: Optional[np.ndarray] = None
-    transform: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    keys: np.ndarray | None = None
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
     dtype: np.dtype = np.dtype(np.uint8)
     read_threads: int = 0
 
@@ -117,7 +118,7 @@ class StreamedImages:
             return self._read(self._positions([index]))[0]
         return self._read(self._positions(index))
 
-    def __array__(self, dtype: Optional[np.dtype] = None, copy: Optional[bool] = None) -> np.ndarray:
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         """Reads every image into one array (the whole split must fit in memory)."""
         if copy is False:
             raise ValueError("StreamedImages are read from files: an array of them is always a copy.")

@@ -11,6 +11,7 @@ TFDS prepares a dataset offline from the files it would download when they are i
 :data:`TFDS_DOWNLOADS`; it checks their size and SHA-256 against its registered checksums.
 """
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -100,10 +101,8 @@ def _keep_tensorflow_off_gpus() -> None:
         return
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    try:
+    with contextlib.suppress(RuntimeError):
         tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass
 
 
 def _check_download_hosts_resolve(builder, tfds_dir: str) -> None:

@@ -16,7 +16,7 @@ Each split goes to ``<out>/<split>/`` (layout: ``sam_jax.data.array_record_forma
 """
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -33,7 +33,7 @@ def convert_dataset(
     out: str,
     *,
     splits: Sequence[str] = ("train", "test"),
-    data_dir: Optional[str] = None,
+    data_dir: str | None = None,
     examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD,
 ) -> dict[str, ArrayRecordMetadata]:
     """Writes the splits of a registered dataset, as ``load_dataset`` returns them, to ``<out>/<split>/``.

@@ -16,7 +16,7 @@ Mixup and MIT-L are batch transforms (``mixup`` / ``mixup_loss``, ``mit_mix`` / 
 import dataclasses
 import functools
 import inspect
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import jax
 
@@ -32,8 +32,14 @@ from sam_jax.losses.balcal import (
 )
 from sam_jax.losses.classification import cross_entropy, cross_entropy_per_example, mse, mse_per_example
 from sam_jax.losses.csam import csam_loss, csam_reweighted, csam_weight
-from sam_jax.losses.focal import dual_focal, dual_focal_per_example, flsd53, flsd53_per_example, focal
-from sam_jax.losses.focal import focal_per_example
+from sam_jax.losses.focal import (
+    dual_focal,
+    dual_focal_per_example,
+    flsd53,
+    flsd53_per_example,
+    focal,
+    focal_per_example,
+)
 from sam_jax.losses.hparams import RULES
 from sam_jax.losses.mixing import (
     MIXINGS,
@@ -92,9 +98,9 @@ class LossSpec:
         for the losses that are one (what CSAM's eq. 4 reweights); None for the others.
     """
 
-    loss: Optional[LossFn] = None
-    stateful: Optional[Callable[..., StatefulLoss]] = None
-    per_example: Optional[Callable[..., jax.Array]] = None
+    loss: LossFn | None = None
+    stateful: Callable[..., StatefulLoss] | None = None
+    per_example: Callable[..., jax.Array] | None = None
 
 
 LOSSES: Registry[LossSpec] = Registry("loss")
@@ -194,7 +200,7 @@ def get_per_example_loss(name: str, **hparams: float) -> Callable[[jax.Array, ja
     return functools.partial(per_example, **{**LOSSES.defaults(name), **hparams})
 
 
-def csam_descent_loss(base: str, gamma: float, base_hparams: Optional[Mapping[str, float]] = None) -> LossFn:
+def csam_descent_loss(base: str, gamma: float, base_hparams: Mapping[str, float] | None = None) -> LossFn:
     """CSAM's descent loss over the training loss ``base``: eq. (4)'s factor times its per-example value.
 
     Tan et al. (2025, arXiv:2505.23866), eq. (4) for ``base = "cross_entropy"``, where it equals

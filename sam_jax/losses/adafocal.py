@@ -6,12 +6,12 @@ on every training step. Both are pure and jit-safe, so the state checkpoints wit
 and a resumed run continues bit-identically.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import _log_one_minus_true_prob, masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _log_one_minus_true_prob, _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import require
 from sam_jax.losses.stateful import StatefulLoss, keep_state, model_logits
 from sam_jax.losses.validation import check_labels
@@ -51,7 +51,7 @@ def _bin_of(values: jax.Array, edges: jax.Array) -> jax.Array:
 
 
 def adafocal_loss(
-    logits: jax.Array, labels: jax.Array, state: AdaFocalState, *, mask: Optional[jax.Array] = None
+    logits: jax.Array, labels: jax.Array, state: AdaFocalState, *, mask: jax.Array | None = None
 ) -> jax.Array:
     """Mean AdaFocal loss: ``-(1 - p_y)^g log p_y`` if ``g >= 0``, else ``-(1 + p_y)^|g| log p_y``.
 
@@ -102,7 +102,7 @@ def adafocal_update(
     val_logits: jax.Array,
     val_labels: jax.Array,
     *,
-    val_mask: Optional[jax.Array] = None,
+    val_mask: jax.Array | None = None,
     lam: float = 1.0,
     gamma_max: float = 20.0,
     gamma_min: float = -2.0,

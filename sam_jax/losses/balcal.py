@@ -15,12 +15,12 @@ References:
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import require
 from sam_jax.losses.stateful import StatefulLoss, keep_state
 from sam_jax.losses.validation import check_labels
@@ -46,7 +46,7 @@ def balcal_init(lambda_init: float = 0.8) -> BalcalState:
 
 
 def balcal_class_scale(
-    labels: jax.Array, num_classes: int, mask: Optional[jax.Array] = None, dtype: jnp.dtype = jnp.float32
+    labels: jax.Array, num_classes: int, mask: jax.Array | None = None, dtype: jnp.dtype = jnp.float32
 ) -> jax.Array:
     """Per-class scale ``s_k = sqrt((n / u) / n_k)`` of the ETF logits for one batch, ``[K]``.
 
@@ -61,7 +61,7 @@ def balcal_class_scale(
 
 
 def balcal_loss(
-    logits: jax.Array, labels: jax.Array, state: BalcalState, *, mask: Optional[jax.Array] = None
+    logits: jax.Array, labels: jax.Array, state: BalcalState, *, mask: jax.Array | None = None
 ) -> jax.Array:
     """``lam * CE(z_lin) + (1 - lam) * CE(z_etf * s)`` for stacked ``logits [B, 2, K]``.
 
@@ -98,7 +98,7 @@ def _confidence_and_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.
 
 
 def balcal_update(
-    state: BalcalState, logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None, delta: float = 1.0
+    state: BalcalState, logits: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None, delta: float = 1.0
 ) -> BalcalState:
     """Re-fits ``lam`` once per epoch from the training set's stacked logits ``[N, 2, K]``.
 

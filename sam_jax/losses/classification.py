@@ -5,8 +5,6 @@ or the weighted mean when a ``mask [B]`` (1 for real examples, 0 for padding) is
 padded final evaluation batch gives the exact full-data value.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,7 +12,7 @@ import optax
 from sam_jax.losses.validation import check_labels
 
 
-def masked_mean(values: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Weighted mean ``sum(m * v) / sum(m)``; the plain mean when ``mask`` is None.
 
     The one masked mean of the package: the losses reduce their per-example values with it and the
@@ -67,13 +65,13 @@ def cross_entropy_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array
     return -_true_class_log_prob(logits, labels)[1]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean softmax cross-entropy -log p_y."""
     check_labels(labels, logits.shape[-1], mask=mask, where="cross_entropy")
     return _masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), mask)
 
 
-def mse(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+def mse(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean squared error to one-hot targets, 0.5 * ||f(x) - e_y||^2 summed over classes.
 
     The MSE variant of Morosini et al. 2026, "Too Sharp, Too Sure" (arXiv:2604.20614), Appendix D:

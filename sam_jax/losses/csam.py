@@ -16,12 +16,12 @@ perturbed weights; for cross-entropy this is eq. (4). This is our inference from
 """
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import cross_entropy_per_example, masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _true_class_log_prob, cross_entropy_per_example, masked_mean
 from sam_jax.losses.validation import check_labels
 
 PerExampleLoss = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, K], labels [B]) -> [B]
@@ -70,7 +70,7 @@ def csam_reweighted(per_example_loss: PerExampleLoss, gamma: float, *, stop_grad
     """
     _check_gamma(gamma)
 
-    def loss(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    def loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         check_labels(labels, logits.shape[-1], mask=mask, where="csam")
         _, log_p = _true_class_log_prob(logits, labels)
         weight = csam_weight(log_p, gamma)
@@ -87,7 +87,7 @@ def csam_loss(
     gamma: float,
     *,
     stop_gradient_weight: bool = False,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Mean over the batch of eq. (4): ``-log p`` if ``p <= 1/2``, else ``-(1 + p)^(-gamma) log p``.
 

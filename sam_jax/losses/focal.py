@@ -6,12 +6,10 @@ as ``exp(gamma * log(base))`` from log-space quantities, so the losses and their
 finite for float32 logits as large as ``1e4`` in magnitude.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import _log_one_minus_true_prob, masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _log_one_minus_true_prob, _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import check
 from sam_jax.losses.validation import check_labels
 
@@ -24,7 +22,7 @@ def focal_per_example(logits: jax.Array, labels: jax.Array, gamma: jax.Array) ->
     return -jnp.exp(gamma * _log_one_minus_true_prob(logits, labels)) * log_p
 
 
-def focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 3.0, mask: Optional[jax.Array] = None) -> jax.Array:
+def focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 3.0, mask: jax.Array | None = None) -> jax.Array:
     """Focal loss, mean of ``-(1 - p_y)^gamma log p_y``; ``gamma = 0`` is cross-entropy.
 
     The default ``gamma = 3`` is the fixed-gamma setting (FL-3) Mukhoti et al. recommend for
@@ -48,7 +46,7 @@ def focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 3.0, mask: Opt
     return masked_mean(focal_per_example(logits, labels, gamma), mask)
 
 
-def flsd53(logits: jax.Array, labels: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+def flsd53(logits: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """FLSD-53: focal loss with the sample-dependent ``gamma = 5`` if ``p_y < 0.2``, else ``3``.
 
     Mukhoti et al. pick ``gamma`` per example from its current ``p_y`` so that the focal
@@ -78,9 +76,7 @@ def flsd53_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return focal_per_example(logits, labels, jax.lax.stop_gradient(gamma))
 
 
-def dual_focal(
-    logits: jax.Array, labels: jax.Array, *, gamma: float = 5.0, mask: Optional[jax.Array] = None
-) -> jax.Array:
+def dual_focal(logits: jax.Array, labels: jax.Array, *, gamma: float = 5.0, mask: jax.Array | None = None) -> jax.Array:
     """Dual Focal loss, mean of ``-(1 - p_y + p_j)^gamma log p_y``.
 
     ``p_j`` is the largest probability strictly below ``p_y`` ("the highest logit ranked after the

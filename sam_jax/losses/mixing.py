@@ -4,7 +4,8 @@ Both are pure functions of a PRNG key and the batch, meant to run inside the jit
 a key split from the step's key, so a resumed run draws the same mixing as an uninterrupted one.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ class MixupBatch(NamedTuple):
     labels_a: jax.Array  # [B] the original labels
     labels_b: jax.Array  # [B] labels[perm]
     lam: jax.Array  # scalar mixing weight ~ Beta(alpha, alpha)
-    mask: Optional[jax.Array]  # [B] mask * mask[perm] (None without a mask): pairs of real examples
+    mask: jax.Array | None  # [B] mask * mask[perm] (None without a mask): pairs of real examples
 
 
 def check_mixing_alpha(where: str, alpha: float) -> None:
@@ -35,7 +36,7 @@ def _pair(key: jax.Array, batch_size: int) -> jax.Array:
 
 
 def mixup(
-    key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: float = 1.0, mask: Optional[jax.Array] = None
+    key: jax.Array, images: jax.Array, labels: jax.Array, *, alpha: float = 1.0, mask: jax.Array | None = None
 ) -> MixupBatch:
     """Mixes every example with a random partner: ``x~ = lam x_i + (1 - lam) x_perm(i)``.
 
@@ -43,7 +44,7 @@ def mixup(
     ``key`` only. ``alpha = 1`` (``lam`` uniform) is the paper's CIFAR setting.
 
     References:
-      Zhang, Cisse, Dauphin and Lopez-Paz, 2018, "mixup: Beyond Empirical Risk Minimization",
+      Zhang, Cisse, Dauphin and Lopez-Paz, 2017, "mixup: Beyond Empirical Risk Minimization",
       arXiv:1710.09412.
 
     Args:
@@ -82,7 +83,7 @@ class MitBatch(NamedTuple):
     labels_b: jax.Array  # [B] labels[perm]
     lam_1: jax.Array  # scalar
     lam_2: jax.Array  # scalar, lam_1 - lam_2 > margin
-    mask: Optional[jax.Array]  # [B] mask * mask[perm] (None without a mask)
+    mask: jax.Array | None  # [B] mask * mask[perm] (None without a mask)
 
 
 def check_mit_hparams(alpha: float, margin: float) -> None:
@@ -97,7 +98,7 @@ def mit_mix(
     *,
     alpha: float = 1.0,
     margin: float = 0.0,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> MitBatch:
     """Two mixups of the same pairs, with weights on either side of 1/2 (MIT).
 
@@ -213,7 +214,7 @@ MIXINGS.register("mit", _mit_objective, defaults={"alpha": 1.0, "margin": 0.0}, 
 def get_mixing(name: str, **hparams: float) -> MixedObjective:
     """The train-step objective of batch-mixing method ``name`` (``none``, ``mixup``, ``mit``).
 
-    Mixup (Zhang et al. 2018, arXiv:1710.09412) trains on ``lam x_i + (1 - lam) x_j`` with the loss
+    Mixup (Zhang et al. 2017, arXiv:1710.09412) trains on ``lam x_i + (1 - lam) x_j`` with the loss
     mixed the same way; MIT-L (Wang et al. 2023, CVPR) trains on the outputs of the raw pair
     recovered from two mixtures. The key is the step's, so a resumed run mixes exactly as an
     uninterrupted one. With MIT-L the model sees both mixtures in one forward pass (BatchNorm

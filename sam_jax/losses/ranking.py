@@ -5,12 +5,12 @@ how often it was classified correctly. ``crl_loss`` reads it; ``crl_update`` add
 after every training step. Both are pure and jit-safe; the history checkpoints with the train state.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import check
 from sam_jax.losses.stateful import StatefulLoss, keep_state, model_logits
 from sam_jax.losses.validation import check_labels
@@ -41,7 +41,7 @@ def crl_loss(
     *,
     indices: jax.Array,
     rank_weight: float = 1.0,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """CE + ``rank_weight * mean_i max(0, -g(c_i, c_j) (kappa_i - kappa_j) + |c_i - c_j|)``.
 
@@ -83,7 +83,7 @@ def crl_update(
     labels: jax.Array,
     *,
     indices: jax.Array,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> CorrectnessHistory:
     """Adds one training batch to the history (call after every step, with that step's logits).
 

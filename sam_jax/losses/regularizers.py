@@ -1,11 +1,9 @@
 """Cross-entropy plus a calibration regulariser: MMCE, MDCA, CPC and the confidence penalty."""
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import check
 from sam_jax.losses.validation import check_labels
 
@@ -13,13 +11,13 @@ MMCE_KERNEL_WIDTH = 0.4  # width of the Laplacian kernel on confidences (Kumar e
 MMCE_SQRT_EPS = 1e-10  # keeps d sqrt(x)/dx finite at MMCE^2 = 0 (e.g. all correct, r = 1)
 
 
-def _example_weights(mask: Optional[jax.Array], size: int, dtype) -> jax.Array:
+def _example_weights(mask: jax.Array | None, size: int, dtype) -> jax.Array:
     """Per-example weights summing to 1 (uniform, or the mask normalised)."""
     weights = jnp.ones(size, dtype) if mask is None else mask.astype(dtype)
     return weights / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def mmce_squared(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+def mmce_squared(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """``MMCE_m^2 = sum_ij w_i w_j (c_i - r_i)(c_j - r_j) k(r_i, r_j)`` with ``w = 1/m`` (no checks).
 
     ``r`` is the top-1 confidence, ``c = 1[argmax = y]`` and ``k(r, r') = exp(-|r - r'| / 0.4)``.
@@ -32,7 +30,7 @@ def mmce_squared(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]
     return residual @ kernel @ residual
 
 
-def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Optional[jax.Array] = None) -> jax.Array:
+def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: jax.Array | None = None) -> jax.Array:
     """CE + ``weight * sqrt(MMCE_m^2 + 1e-10)``: the maximum mean calibration error as regulariser.
 
     ``MMCE_m`` (the batch estimate of Kumar et al.) is the RKHS distance between confidence and
@@ -60,7 +58,7 @@ def mmce(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Opt
     return masked_mean(-log_p, mask) + weight * penalty
 
 
-def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Optional[jax.Array] = None) -> jax.Array:
+def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: jax.Array | None = None) -> jax.Array:
     """CE + ``weight * (1/K) sum_k |mean_i p_ik - mean_i 1[y_i = k]|`` (MDCA).
 
     The multi-class difference between average confidence and accuracy of every class over the
@@ -89,7 +87,7 @@ def mdca(logits: jax.Array, labels: jax.Array, *, weight: float = 1.0, mask: Opt
 
 
 def confidence_penalty(
-    logits: jax.Array, labels: jax.Array, *, weight: float = 0.1, mask: Optional[jax.Array] = None
+    logits: jax.Array, labels: jax.Array, *, weight: float = 0.1, mask: jax.Array | None = None
 ) -> jax.Array:
     """Confidence penalty: CE ``- weight * H(p)`` with ``H(p) = -sum_k p_k log p_k``.
 
@@ -127,7 +125,7 @@ def cpc(
     *,
     lambda_bdc: float = 0.1,
     lambda_bec: float = 1.0,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Calibration by pairwise constraints: CE + ``lambda_bdc * BDC + lambda_bec * BEC``.
 

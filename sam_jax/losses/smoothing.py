@@ -1,22 +1,20 @@
 """Label smoothing and its logit-margin variants: LS, MbLS and ACLS."""
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
-from sam_jax.losses.classification import masked_mean, _true_class_log_prob
+from sam_jax.losses.classification import _true_class_log_prob, masked_mean
 from sam_jax.losses.hparams import check
 from sam_jax.losses.validation import check_labels
 
 
 def label_smoothing(
-    logits: jax.Array, labels: jax.Array, *, smoothing: float = 0.1, mask: Optional[jax.Array] = None
+    logits: jax.Array, labels: jax.Array, *, smoothing: float = 0.1, mask: jax.Array | None = None
 ) -> jax.Array:
     """Cross-entropy to the smoothed target ``(1 - smoothing) e_y + smoothing / K``.
 
     Per example ``-(1 - smoothing) log p_y - (smoothing / K) sum_k log p_k``; ``smoothing = 0`` is
-    cross-entropy. Default ``0.1`` as in Szegedy et al. (2016) and Müller et al.
+    cross-entropy. Default ``0.1`` as in Szegedy et al. (2015) and Müller et al.
 
     References:
       Müller, Kornblith and Hinton, 2019, "When Does Label Smoothing Help?", arXiv:1906.02629
@@ -43,7 +41,7 @@ def label_smoothing_per_example(logits: jax.Array, labels: jax.Array, *, smoothi
 
 
 def mbls(
-    logits: jax.Array, labels: jax.Array, *, margin: float = 10.0, weight: float = 0.1, mask: Optional[jax.Array] = None
+    logits: jax.Array, labels: jax.Array, *, margin: float = 10.0, weight: float = 0.1, mask: jax.Array | None = None
 ) -> jax.Array:
     """Margin-based label smoothing: CE + ``weight * mean_k max(0, max_j z_j - z_k - margin)``.
 
@@ -86,7 +84,7 @@ def acls(
     neg_lambda: float = 0.1,
     alpha: float = 0.1,
     margin: float = 10.0,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Adaptive and conditional label smoothing: CE + ``alpha * R(z)``.
 

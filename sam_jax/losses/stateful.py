@@ -16,7 +16,8 @@ treat all losses alike:
 4. Predictions (metrics, calibration) use ``spec.predict(logits, state)``.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 
@@ -30,7 +31,7 @@ class StatefulLoss(NamedTuple):
     loss: Callable[..., jax.Array]  # (logits, labels, state, *, mask=None, indices=None) -> scalar
     step_update: Callable[..., Any]  # (state, logits, labels, *, mask=None, indices=None) -> state
     epoch_update: Callable[..., Any]  # (state, logits, labels, *, mask=None) -> state
-    epoch_split: Optional[str]  # split whose logits epoch_update needs: "validation", "train", None
+    epoch_split: str | None  # split whose logits epoch_update needs: "validation", "train", None
     predict: Callable[[jax.Array, Any], jax.Array]  # (model logits, state) -> prediction logits
 
 
@@ -59,7 +60,7 @@ def at_initial_state(spec: StatefulLoss) -> LossFn:
     gives cross-entropy, AdaFocal its initial gamma, BalCAL its initial weight.
     """
 
-    def loss(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    def loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         state = spec.init(labels.shape[0], logits.shape[-1])
         return spec.loss(logits, labels, state, mask=mask, indices=jax.numpy.arange(labels.shape[0]))
 

@@ -7,21 +7,17 @@ checks raise a ``ValueError`` naming the bad value instead. They run only on con
 check their batches on the host before the call.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def is_concrete(*arrays: Optional[jax.Array]) -> bool:
+def is_concrete(*arrays: jax.Array | None) -> bool:
     """True when none of ``arrays`` is a tracer (the call is not being traced by ``jit``/``grad``)."""
     return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def check_labels(
-    labels: jax.Array, num_classes: int, *, mask: Optional[jax.Array] = None, where: str = "labels"
-) -> None:
+def check_labels(labels: jax.Array, num_classes: int, *, mask: jax.Array | None = None, where: str = "labels") -> None:
     """Raises ``ValueError`` unless every (unmasked) label is an integer in ``[0, num_classes)``.
 
     Args:
@@ -48,7 +44,7 @@ def check_labels(
 
 
 def check_probabilities(
-    probs: jax.Array, *, mask: Optional[jax.Array] = None, atol: float = 1e-3, where: str = "probabilities"
+    probs: jax.Array, *, mask: jax.Array | None = None, atol: float = 1e-3, where: str = "probabilities"
 ) -> None:
     """Raises ``ValueError`` unless every (unmasked) row of ``probs [N, K]`` is a distribution.
 

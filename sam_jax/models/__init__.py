@@ -6,7 +6,8 @@ Every model is called as ``model.apply(variables, x, train=bool, ...)``; ``varia
 """
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 

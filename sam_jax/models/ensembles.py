@@ -15,14 +15,15 @@ so every member sees every example; BatchNorm statistics are shared by the membe
 References:
   Wen, Tran and Ba, 2020, "BatchEnsemble: an Alternative Approach to Efficient Ensemble and Lifelong
   Learning", arXiv:2002.06715.
-  Havasi, Jenatton, Fort, Liu, Snoek, Lakshminarayanan, Dai and Tran, 2021, "Training independent
+  Havasi, Jenatton, Fort, Liu, Snoek, Lakshminarayanan, Dai and Tran, 2020, "Training independent
   subnetworks for robust prediction", arXiv:2010.06610.
   Dusenberry, Jerfel, Wen, Ma, Snoek, Heller, Lakshminarayanan and Tran, 2020, "Efficient and
   Scalable Bayesian Neural Nets with Rank-1 Factors", arXiv:2005.07186.
 """
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -251,7 +252,7 @@ def mimo_member_indices(key: jax.Array, batch_size: int, ensemble_size: int, inp
 
 
 class MIMO(nn.Module):
-    """Multi-input multi-output ensemble over ``backbone`` (Havasi et al. 2021, arXiv:2010.06610).
+    """Multi-input multi-output ensemble over ``backbone`` (Havasi et al. 2020, arXiv:2010.06610).
 
     The M members' inputs are concatenated along the channel (last) axis, a ``[B, H, W]`` input
     getting a channel axis first; the backbone is built with ``M * C`` outputs, read as ``[B, M, C]``.

@@ -63,7 +63,7 @@ def batch_norm(
 class FilterResponseNorm(nn.Module):
     """Filter response normalisation, optionally followed by a thresholded linear unit (TLU).
 
-    Singh & Krishnan 2020, "Filter Response Normalization Layer: Eliminating Batch Dependence in
+    Singh & Krishnan 2019, "Filter Response Normalization Layer: Eliminating Batch Dependence in
     the Training of Deep Neural Networks", arXiv:1911.09737, Sec. 3:
     ``y = gamma * x / sqrt(mean_{H,W}(x^2) + eps) + beta`` per example and channel, then
     ``z = max(y, tau)``. It uses no batch statistics, so it has no model state and behaves the
@@ -111,7 +111,7 @@ class TLU(nn.Module):
 
 
 class ShakeDrop(nn.Module):
-    """ShakeDrop regularisation of a residual branch (Yamada et al. 2019, "ShakeDrop
+    """ShakeDrop regularisation of a residual branch (Yamada et al. 2018, "ShakeDrop
     Regularization for Deep Residual Learning", arXiv:1802.02375, Sec. 3).
 
     In training each example draws ``b ~ Bernoulli(survival)``, ``alpha ~ U[-1, 1]`` and

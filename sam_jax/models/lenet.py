@@ -1,4 +1,4 @@
-"""LeNet-5 with ReLU activations (the Fashion-MNIST model of Möllenhoff & Khan 2023, arXiv:2210.01620, Table 1)."""
+"""LeNet-5 with ReLU activations (the Fashion-MNIST model of Möllenhoff & Khan 2022, arXiv:2210.01620, Table 1)."""
 
 import flax.linen as nn
 import jax

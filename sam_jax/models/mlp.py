@@ -1,6 +1,6 @@
 """Fully connected classifier (the 2x200 tanh MLP of Morosini et al. 2026, arXiv:2604.20614, Sec. 3)."""
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax

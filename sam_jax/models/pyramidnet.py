@@ -1,5 +1,5 @@
-"""Additive PyramidNet for CIFAR (Han et al. 2017, "Deep Pyramidal Residual Networks",
-arXiv:1610.02915) with optional ShakeDrop (Yamada et al. 2019, arXiv:1802.02375)."""
+"""Additive PyramidNet for CIFAR (Han et al. 2016, "Deep Pyramidal Residual Networks",
+arXiv:1610.02915) with optional ShakeDrop (Yamada et al. 2018, arXiv:1802.02375)."""
 
 from typing import Any
 
@@ -47,11 +47,11 @@ class PyramidNet(nn.Module):
     and a linear head. PyramidNet-110 with alpha = 48 has 1.7M parameters (the PyramidNet
     paper's CIFAR results table); this is the CIFAR PyramidNet that Tan et al. (ICLR 2026,
     "Towards Understanding the Calibration Benefits of Sharpness-Aware Minimization") train.
-    Foret et al. 2021 (arXiv:2010.01412) use PyramidNet-272 with alpha = 200 and
+    Foret et al. 2020 (arXiv:2010.01412) use PyramidNet-272 with alpha = 200 and
     bottleneck blocks, which this class does not build.
 
     With ``shakedrop=True`` block l of L gets ShakeDrop with survival probability
-    ``p_l = 1 - (l / L) (1 - final_survival)`` (Yamada et al. 2019, arXiv:1802.02375, the linear decay
+    ``p_l = 1 - (l / L) (1 - final_survival)`` (Yamada et al. 2018, arXiv:1802.02375, the linear decay
     rule with p_L = 0.5); it then needs a ``"dropout"`` rng when ``train``.
 
     Attributes:

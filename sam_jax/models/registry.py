@@ -20,7 +20,8 @@ so that code and tests that treated the registries as dicts keep working. It liv
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Generic, Iterator, Mapping, MutableMapping, NamedTuple, Optional, TypeVar
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 Hparams = Mapping[str, Any]
@@ -131,8 +132,8 @@ class Registry(MutableMapping[str, T], Generic[T]):
         name: str,
         value: T,
         *,
-        defaults: Optional[Hparams] = None,
-        rules: Optional[Mapping[str, Rule]] = None,
+        defaults: Hparams | None = None,
+        rules: Mapping[str, Rule] | None = None,
         check: Check = no_check,
     ) -> T:
         """Adds ``name`` (once) with its hyper-parameter ``defaults``, their ``rules`` and a ``check``.

@@ -1,4 +1,4 @@
-"""CIFAR ResNets with 6n+2 layers (He et al. 2016, "Deep Residual Learning for Image
+"""CIFAR ResNets with 6n+2 layers (He et al. 2015, "Deep Residual Learning for Image
 Recognition", arXiv:1512.03385, Sec. 4.2), with BatchNorm or filter response normalisation."""
 
 from typing import Any
@@ -17,7 +17,7 @@ class CifarBasicBlock(nn.Module):
     """Post-activation basic block: conv3x3 -> norm -> act -> conv3x3 -> norm, + shortcut -> act.
 
     With ``normalization="frn"`` every norm + ReLU pair becomes FRN + TLU, the norm before the
-    addition is FRN alone and the ReLU after the addition becomes a TLU (Singh & Krishnan 2020,
+    addition is FRN alone and the ReLU after the addition becomes a TLU (Singh & Krishnan 2019,
     arXiv:1911.09737, Sec. 3, replace every BN + ReLU by FRN + TLU).
     """
 
@@ -52,12 +52,12 @@ class CifarBasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: a 3x3 conv with 16 filters, three stages of n basic blocks
     with 16, 32 and 64 filters (stride 2 at the start of stages 2 and 3), global average pooling
-    and a linear head (He et al. 2016, arXiv:1512.03385, Sec. 4.2).
+    and a linear head (He et al. 2015, arXiv:1512.03385, Sec. 4.2).
 
     With the default option-A shortcuts the parameter counts are those of the paper's Table 6:
     0.27M (ResNet-20), 0.46M (ResNet-32), 0.85M (ResNet-56). ``normalization="frn"`` gives the
     ResNet-20-FRN of Izmailov et al. 2021 ("What Are Bayesian Neural Network Posteriors Really
-    Like?", arXiv:2104.14421) used by Möllenhoff & Khan 2023 ("SAM as an Optimal Relaxation of
+    Like?", arXiv:2104.14421) used by Möllenhoff & Khan 2022 ("SAM as an Optimal Relaxation of
     Bayes", arXiv:2210.01620); it has no batch statistics, so no model state.
 
     Attributes:

@@ -1,8 +1,9 @@
-"""ImageNet ResNets (He et al. 2016, "Deep Residual Learning for Image Recognition",
+"""ImageNet ResNets (He et al. 2015, "Deep Residual Learning for Image Recognition",
 arXiv:1512.03385, Table 1), shaped like torchvision's: projection (option B) shortcuts where the
 shape changes, stride on the 3x3 convolution of bottleneck blocks ("ResNet v1.5")."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

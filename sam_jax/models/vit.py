@@ -1,4 +1,4 @@
-"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words: Transformers for
+"""Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words: Transformers for
 Image Recognition at Scale", arXiv:2010.11929)."""
 
 from typing import Any

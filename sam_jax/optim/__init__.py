@@ -59,6 +59,7 @@ from sam_jax.optim.registry import (
     validate_hparams,
 )
 from sam_jax.optim.sam import SAMState, ascent_perturbation, global_norm, match_norm, orthogonal_component, sam
+from sam_jax.optim.swag import SWAGState, swag, swag_sample
 from sam_jax.optim.variational import (
     MeanFieldVIState,
     bayes_by_backprop,
@@ -66,7 +67,6 @@ from sam_jax.optim.variational import (
     mean_field_vi,
     mean_field_vi_sample,
 )
-from sam_jax.optim.swag import SWAGState, swag, swag_sample
 from sam_jax.optim.vasso import VASSOState, vasso
 from sam_jax.optim.vogn import VOGNState, scale_by_vogn, vogn, vogn_sample
 

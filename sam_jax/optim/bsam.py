@@ -1,7 +1,7 @@
 """Bayesian SAM (bSAM) as an optax gradient transformation.
 
 References:
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
   (Algorithm 1; App. E.3, eqs. 29-31).
 
 bSAM learns a diagonal Gaussian posterior ``N(w, 1 / (N s))`` over the weights: ``w`` is the mean
@@ -27,7 +27,8 @@ the transformation therefore takes ``prior_precision = delta_0 = N delta`` and u
 ``delta = prior_precision / num_data``.
 """
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ class BSAMState(NamedTuple):
 def bsam_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num_data: int) -> optax.Params:
     """Draws one sample from the bSAM posterior ``N(w, 1 / (N s))``.
 
-    Möllenhoff & Khan (2023, arXiv:2210.01620), Algorithm 1, line 11; the paper's predictive
+    Möllenhoff & Khan (2022, arXiv:2210.01620), Algorithm 1, line 11; the paper's predictive
     distribution averages the softmax of ``K = 32`` such samples.
 
     Args:
@@ -99,7 +100,7 @@ def scale_by_bsam(
 ) -> optax.GradientTransformationExtraArgs:
     """Bayesian SAM without its learning rate: Algorithm 1, lines 3-8, returning ``gm / s``.
 
-    Möllenhoff & Khan (2023), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620,
+    Möllenhoff & Khan (2022), "SAM as an Optimal Relaxation of Bayes", arXiv:2210.01620,
     Algorithm 1 (eqs. 29-31 of App. E.3). Chain it with ``optax.scale_by_learning_rate(alpha)`` for
     line 9, ``w <- w - alpha gm / s``; ``alpha`` enters nowhere else, so any ``optax.Schedule`` of
     the step count works. ``bsam`` is that chain.
@@ -192,12 +193,12 @@ def scale_by_bsam(
         return BSAMState(**initial_posterior(params, seed, init_precision))
 
     def update(
-        grads: Optional[optax.Updates],
+        grads: optax.Updates | None,
         state: BSAMState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
-        noise: Optional[optax.Params] = None,
+        grad_fn: GradFn | None = None,
+        noise: optax.Params | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, BSAMState]:
         del grads, extra_args
@@ -236,7 +237,7 @@ def bsam(
     seed: int = 0,
     num_sub_batches: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    """Bayesian SAM, Algorithm 1 of Möllenhoff & Khan (2023, arXiv:2210.01620), with its learning rate.
+    """Bayesian SAM, Algorithm 1 of Möllenhoff & Khan (2022, arXiv:2210.01620), with its learning rate.
 
     ``optax.chain(scale_by_bsam(rho, num_data, ...), optax.scale_by_learning_rate(learning_rate))``;
     see ``scale_by_bsam`` for the step, the arguments and the ``noise`` test hook. Its state is the

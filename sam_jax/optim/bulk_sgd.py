@@ -16,7 +16,8 @@ steps on the current batch's Hessian, so it costs one linearisation of the gradi
 ``num_iters`` Hessian-vector products on top of the base optimizer.
 """
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,10 +98,10 @@ def project_out_top_hessian_directions(
     def update(
         updates: optax.Updates,
         state: HessianProjectionState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
-        hvp_fn: Optional[HvpFn] = None,
+        grad_fn: GradFn | None = None,
+        hvp_fn: HvpFn | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, HessianProjectionState]:
         del extra_args

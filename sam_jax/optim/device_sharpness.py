@@ -1,6 +1,6 @@
 """m-sharpness across devices: every device perturbs the weights with the gradient of its own shard.
 
-Foret et al. (2021, Sec. 4.1) ran SAM data-parallel with ``pmap``: each accelerator
+Foret et al. (2020, Sec. 4.1) ran SAM data-parallel with ``pmap``: each accelerator
 computed the ascent perturbation ``e_d = rho * g_d / ||g_d||`` from the gradient ``g_d`` of its
 local shard of the batch, took the descent gradient at ``w + e_d`` on that same shard, and only the
 descent gradients were averaged across devices. That is m-sharpness with ``m`` the per-device batch
@@ -16,11 +16,12 @@ keeping one running average per device and averaging them before evaluation, as 
 of Foret et al. (google-research/sam) does.
 
 References:
-  Foret, Kleiner, Mobahi & Neyshabur, 2021. Sharpness-Aware Minimization for Efficiently
+  Foret, Kleiner, Mobahi & Neyshabur, 2020. Sharpness-Aware Minimization for Efficiently
   Improving Generalization. ICLR 2021, arXiv:2010.01412.
 """
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import optax
@@ -35,7 +36,7 @@ DATA_AXIS = "data"
 
 
 def device_vmap(
-    fn: Callable[..., Any], mesh: Mesh, in_axes: Sequence[Optional[int]], *, axis_name: str = DATA_AXIS
+    fn: Callable[..., Any], mesh: Mesh, in_axes: Sequence[int | None], *, axis_name: str = DATA_AXIS
 ) -> Callable[..., Any]:
     """``jax.vmap(fn, in_axes)`` with the mapped axis split over the devices of ``mesh``.
 
@@ -90,7 +91,7 @@ def per_device_sam_gradient(
 ) -> optax.Updates:
     """The SAM descent gradient with one perturbation per device, averaged across devices.
 
-    Foret et al. 2021 (arXiv:2010.01412), eq. 2 per device shard ``b_d``:
+    Foret et al. 2020 (arXiv:2010.01412), eq. 2 per device shard ``b_d``:
     ``g_d = grad L_{b_d}(w)``, ``e_d = rho g_d / ||g_d||``, result ``mean_d grad L_{b_d}(w + e_d)``
     (ASAM's ``e_d`` when ``adaptive``, each descent gradient rescaled to ``||g_d||`` when
     ``renormalize``). Computed by ``m_sharpness_sam`` around ``optax.identity()`` with the

@@ -1,6 +1,6 @@
 """Draws from a diagonal Gaussian posterior ``N(w, 1 / (N p))`` over a parameter pytree.
 
-bSAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1, line 3) and VOGN (Osawa et al. 2019,
+bSAM (Möllenhoff & Khan 2022, arXiv:2210.01620, Algorithm 1, line 3) and VOGN (Osawa et al. 2019,
 arXiv:1906.02506, Algorithm 1) both keep a per-weight precision ``p`` divided by the number of
 training examples ``N`` and perturb the mean ``w`` by ``z / sqrt(N p)`` with ``z ~ N(0, I)``. Both
 start from the same state (a key, zero momentum, ``p = init_precision``), average the precision the

@@ -6,7 +6,8 @@ arguments against that table, and the optimizer registry checks a config's block
 rules before anything is built, so a rule is written in one place.
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import optax
 

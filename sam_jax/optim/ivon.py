@@ -31,7 +31,7 @@ so ``scale_by_ivon`` returns ``(g_bar + delta m) / (h + delta)`` (clipped entryw
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -166,12 +166,12 @@ def scale_by_ivon(
         )
 
     def update(
-        grads: Optional[optax.Updates],
+        grads: optax.Updates | None,
         state: IVONState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
-        noise: Optional[optax.Params] = None,
+        grad_fn: GradFn | None = None,
+        noise: optax.Params | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, IVONState]:
         del grads, extra_args

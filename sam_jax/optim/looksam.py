@@ -18,7 +18,7 @@ References:
 """
 
 import numbers
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,9 +102,9 @@ def looksam(
     def update(
         grads: optax.Updates,
         state: LookSAMState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
+        grad_fn: GradFn | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, LookSAMState]:
         del extra_args

@@ -1,12 +1,12 @@
 """m-sharpness SAM: one perturbation per sub-batch of m examples, on one device.
 
-Foret et al. (2021) compute the SAM perturbation separately on each of the ``S = B / m``
+Foret et al. (2020) compute the SAM perturbation separately on each of the ``S = B / m``
 sub-batches of a batch of ``B`` examples and average the descent gradients; small ``m`` generalises
 and calibrates better (Tan et al. 2025, Lemma 2 and Theorem 2 analyse this m-SAM).
 ``m = B`` is plain SAM. The sub-batches are evaluated with ``vmap``, not on separate devices.
 
 References:
-  Foret, Kleiner, Mobahi & Neyshabur, 2021. Sharpness-Aware Minimization for Efficiently
+  Foret, Kleiner, Mobahi & Neyshabur, 2020. Sharpness-Aware Minimization for Efficiently
   Improving Generalization. ICLR 2021, arXiv:2010.01412.
   Tan, Zhou, Ye, Dai, Liu, Song, Zhang, Zhao, Hao & Xu, 2025. Towards Understanding the
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
@@ -52,7 +52,7 @@ def m_sharpness_sam(
     eta: float = 0.0,
     renormalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """SAM with a separate perturbation per sub-batch (m-sharpness, Foret et al. 2021, Sec. 4.1).
+    """SAM with a separate perturbation per sub-batch (m-sharpness, Foret et al. 2020, Sec. 4.1).
 
     ``update(stacked_grads, state, params, grad_fn=stacked_grad_fn)``: ``stacked_grads`` has a
     leading axis ``S``, entry ``i`` the gradient of sub-batch ``i`` at ``params``;

@@ -22,7 +22,8 @@ from the tables their factories check (``sam_jax.optim.bsam.RULES``, ...).
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,8 @@ from sam_jax.optim.ivon import ivon, ivon_sample
 from sam_jax.optim.looksam import looksam
 from sam_jax.optim.m_sharpness import m_sharpness_sam
 from sam_jax.optim.sam import sam
-from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
 from sam_jax.optim.swag import swag, swag_sample
+from sam_jax.optim.variational import mean_field_vi, mean_field_vi_sample
 from sam_jax.optim.vasso import vasso
 from sam_jax.optim.vogn import RULES as VOGN_RULES
 from sam_jax.optim.vogn import vogn, vogn_sample
@@ -121,12 +122,12 @@ class OptimizerSpec:
     validate: Callable[[Hparams], None] = _nothing
     reads: Callable[[Hparams], tuple[str, ...]] = lambda hparams: ()
     uses_clean_gradient: bool = True
-    descent_loss: Callable[[Hparams, str, Hparams], Optional[LossFn]] = _training_loss
+    descent_loss: Callable[[Hparams, str, Hparams], LossFn | None] = _training_loss
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
     full_batch: bool = False
-    posterior_sample: Optional[Callable[..., Any]] = None
+    posterior_sample: Callable[..., Any] | None = None
     recompute_batch_stats: bool = False
-    perturbation_radius: Callable[[Hparams], Optional[float]] = _nothing
+    perturbation_radius: Callable[[Hparams], float | None] = _nothing
     summary: str = ""
     rules: Mapping[str, Rule] = dataclasses.field(default_factory=dict)
 
@@ -298,7 +299,7 @@ def _around_base(
     build: Callable[[Hparams, BuildContext], optax.GradientTransformationExtraArgs],
     *,
     summary: str,
-    rules: Optional[Mapping[str, Rule]] = None,
+    rules: Mapping[str, Rule] | None = None,
     **fields: Any,
 ) -> OptimizerSpec:
     """The spec of a sharpness-aware optimizer: radius ``rho`` >= 0 around the base optimizer ``base``.
@@ -365,7 +366,7 @@ register(
         "sam",
         SAM_DEFAULTS,
         _sharpness_aware(),
-        summary="SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0, "
+        summary="SAM (Foret et al. 2020, arXiv:2010.01412, eq. 2) around any base; m-sharpness with m > 0, "
         "one perturbation per device shard with m = -1.",
     )
 )
@@ -402,7 +403,7 @@ register(
             )
         },
         descent_loss=_csam_descent_loss,
-        summary="Calibrated SAM (Tan et al. 2026, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
+        summary="Calibrated SAM (Tan et al. 2025, arXiv:2505.23866, eq. 4, Algorithm 1): SAM whose "
         "descent step uses the CSAM loss, eq. 4's reweighting of the training loss per example "
         "(cross-entropy: eq. 4; focal, acls: FL+CSAM, ACLS+CSAM of Table S15); gamma 1 gave the lowest "
         "ECE in its Figure S6.",
@@ -515,7 +516,7 @@ register(
         uses_clean_gradient=False,
         sub_batch_size=lambda hparams: int(hparams["m"]),
         posterior_sample=bsam_sample,
-        summary="Bayesian SAM (Möllenhoff & Khan 2023, arXiv:2210.01620, Algorithm 1); "
+        summary="Bayesian SAM (Möllenhoff & Khan 2022, arXiv:2210.01620, Algorithm 1); "
         "prior_precision is N*delta (25 in its CIFAR-10 Table 7 setting); m > 0 gives every sub-batch "
         "of m examples its own noise and perturbation (the paper's m-sharpness).",
     )
@@ -583,7 +584,7 @@ register(
         posterior_sample=vogn_sample,
         summary="VOGN (Osawa et al. 2019, arXiv:1906.02506, Algorithm 1): natural-gradient VI with the "
         "per-example squared-gradient (Gauss-Newton) precision; m > 0 gives every m examples their own "
-        "weight sample (Möllenhoff & Khan 2023, App. H: 16 sub-batches of 128 is m = 8); defaults from "
+        "weight sample (Möllenhoff & Khan 2022, App. H: 16 sub-batches of 128 is m = 8); defaults from "
         "their Table 6 CIFAR row.",
     )
 )
@@ -619,7 +620,7 @@ register(
         recompute_batch_stats=True,
         summary="SWAG (Maddox et al. 2019, arXiv:1902.02476): the base optimizer on the run's schedule for "
         "start_step steps, then at collect_learning_rate, collecting the moments and a rank-`rank` deviation "
-        "matrix every collect_every steps; rank 20 and every 100 steps as Möllenhoff & Khan 2023, App. H.",
+        "matrix every collect_every steps; rank 20 and every 100 steps as Möllenhoff & Khan 2022, App. H.",
     )
 )
 

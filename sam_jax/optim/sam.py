@@ -1,6 +1,6 @@
 """Sharpness-aware minimisation (SAM), adaptive SAM (ASAM) and stable SAM (SSAM) as one optax step.
 
-One ``update`` call performs a whole SAM step (Foret et al. 2021, eq. 2; Tan et al. 2025, Sec. 3.2):
+One ``update`` call performs a whole SAM step (Foret et al. 2020, eq. 2; Tan et al. 2025, Sec. 3.2):
 
     e = rho * g / ||g||                         (ascent perturbation, ||.|| the global L2 norm)
     g_desc = grad L(w + e)                      (descent gradient, one call of ``grad_fn``)
@@ -10,7 +10,7 @@ The perturbation and the SSAM rescale are plain functions so that ``m_sharpness_
 them over sub-batches instead of re-implementing them.
 
 References:
-  Foret, Kleiner, Mobahi & Neyshabur, 2021. Sharpness-Aware Minimization for Efficiently
+  Foret, Kleiner, Mobahi & Neyshabur, 2020. Sharpness-Aware Minimization for Efficiently
   Improving Generalization. ICLR 2021, arXiv:2010.01412.
   Kwon, Kim, Park & Choi, 2021. ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
   Learning of Deep Neural Networks. ICML 2021, arXiv:2102.11600.
@@ -20,14 +20,15 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 
-from typing import Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 GradFn = Callable[[optax.Params], optax.Updates]
-ScalarOrSchedule = Union[float, optax.Schedule]
+ScalarOrSchedule = float | optax.Schedule
 DescentGradientFn = Callable[[optax.Updates, optax.Params, GradFn, jax.Array], optax.Updates]
 
 
@@ -70,7 +71,7 @@ def ascent_perturbation(
 ) -> optax.Updates:
     """The SAM ascent step ``e`` added to ``params`` before the descent gradient is taken.
 
-    SAM (Foret et al. 2021, arXiv:2010.01412, eq. 2; Tan et al. 2025, arXiv:2505.23866, Sec. 3.2):
+    SAM (Foret et al. 2020, arXiv:2010.01412, eq. 2; Tan et al. 2025, arXiv:2505.23866, Sec. 3.2):
     ``e = rho * g / ||g||``. ASAM (Kwon et al. 2021, arXiv:2102.11600, as in the SamsungLabs code)
     with the elementwise normalisation operator ``T = |w| + eta``: ``e = rho * T^2 g / ||T g||``. A
     zero gradient gives ``e = 0``. The norm is accumulated in float32 at least (``global_norm``) and
@@ -181,9 +182,9 @@ def sharpness_aware_transformation(
     def update(
         grads: optax.Updates,
         state: SAMState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
+        grad_fn: GradFn | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, SAMState]:
         del extra_args
@@ -209,7 +210,7 @@ def sam(
     eta: float = 0.0,
     renormalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """SAM (Foret et al. 2021), ASAM (Kwon et al. 2021) and SSAM (Tan et al. 2024) around any optimizer.
+    """SAM (Foret et al. 2020), ASAM (Kwon et al. 2021) and SSAM (Tan et al. 2024) around any optimizer.
 
     One ``update`` is one whole step: ``grads`` is the loss gradient at ``params``; ``grad_fn`` is
     called once, at ``params + e`` (``ascent_perturbation``); the resulting descent gradient, SSAM-

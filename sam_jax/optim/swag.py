@@ -3,7 +3,7 @@
 References:
   Maddox, Garipov, Izmailov, Vetrov & Wilson, 2019. A Simple Baseline for Bayesian Uncertainty in
   Deep Learning. NeurIPS 2019, arXiv:1902.02476 (Sec. 4, Algorithm 1).
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
   (App. H: SWAG as a Table 1 baseline, rank 20, one snapshot every 100 steps).
 
 ``swag(base, start_step=T0, collect_every=c, rank=K)`` leaves the base optimizer's updates

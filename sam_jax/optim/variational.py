@@ -27,7 +27,8 @@ optimizer in place of plain gradient descent).
 
 import math
 import numbers
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,12 +175,12 @@ def bayes_by_backprop(
         return MeanFieldVIState(key=jax.random.PRNGKey(seed), rho=rho, base_state=base.init((params, rho)))
 
     def update(
-        grads: Optional[optax.Updates],
+        grads: optax.Updates | None,
         state: MeanFieldVIState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
-        noise: Optional[optax.Params] = None,
+        grad_fn: GradFn | None = None,
+        noise: optax.Params | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, MeanFieldVIState]:
         del grads, extra_args

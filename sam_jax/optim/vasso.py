@@ -15,7 +15,7 @@ References:
   NeurIPS 2023, arXiv:2309.15639. Authors' code: github.com/BingcongLi/VaSSO.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,9 +93,9 @@ def vasso(
     def update(
         grads: optax.Updates,
         state: VASSOState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
+        grad_fn: GradFn | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, VASSOState]:
         del extra_args

@@ -6,7 +6,7 @@ References:
   external damping and the distributed Monte-Carlo samples).
   Khan, Nielsen, Tangkaratt, Lin, Gal & Srivastava, 2018. Fast and Scalable Bayesian Deep Learning
   by Weight-Perturbation in Adam. ICML 2018, arXiv:1806.04854 (VOGN's natural-gradient update).
-  Möllenhoff & Khan, 2023. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
+  Möllenhoff & Khan, 2022. SAM as an Optimal Relaxation of Bayes. ICLR 2023, arXiv:2210.01620
   (App. H and Table 6: VOGN's setting as a Table 1 baseline, m = 16 sub-batches per batch).
 
 VOGN learns a diagonal Gaussian posterior ``N(mu, 1 / (N p))``: ``mu`` is the mean (the parameters
@@ -38,7 +38,8 @@ evaluated at its own weight sample ``theta_j`` (the independent Monte-Carlo samp
 distributed VOGN; Möllenhoff & Khan use ``S = 16`` sub-batches of a batch of 128).
 """
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,7 @@ def vogn_sample(params: optax.Params, state: optax.OptState, key: jax.Array, num
     """Draws one sample from the VOGN posterior ``N(mu, 1 / (N p))``.
 
     Osawa et al. (2019, arXiv:1906.02506), Algorithm 1, line 5 (and Sec. 4: predictions average the
-    softmax over such samples; Möllenhoff & Khan 2023 use 32).
+    softmax over such samples; Möllenhoff & Khan 2022 use 32).
 
     Args:
       params: posterior mean ``mu`` (the trained parameters).
@@ -181,12 +182,12 @@ def scale_by_vogn(
         return VOGNState(**initial_posterior(params, seed, init_precision))
 
     def update(
-        grads: Optional[optax.Updates],
+        grads: optax.Updates | None,
         state: VOGNState,
-        params: Optional[optax.Params] = None,
+        params: optax.Params | None = None,
         *,
-        grad_fn: Optional[GradFn] = None,
-        noise: Optional[optax.Params] = None,
+        grad_fn: GradFn | None = None,
+        noise: optax.Params | None = None,
         **extra_args,
     ) -> tuple[optax.Updates, VOGNState]:
         del grads, extra_args

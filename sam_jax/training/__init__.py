@@ -1,6 +1,7 @@
 """Config, the one train loop, the assembly of a run, evaluation, checkpoints and writers."""
 
-from sam_jax.training.checkpoint import CheckpointError, Checkpointer
+from sam_jax.training.build import Run, build_run, check_run_data, load_trained
+from sam_jax.training.checkpoint import Checkpointer, CheckpointError
 from sam_jax.training.config import (
     default_config,
     loss_config,
@@ -11,10 +12,9 @@ from sam_jax.training.config import (
     validate_config,
 )
 from sam_jax.training.distributed import initialize_distributed
-from sam_jax.training.inputs import RunData, load_run_data
-from sam_jax.training.build import Run, build_run, check_run_data, load_trained
 from sam_jax.training.evaluation import Hook, evaluate, predict
 from sam_jax.training.failures import TrainingDivergedError
+from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.loop import train_and_evaluate
 from sam_jax.training.optimizers import learning_rate_schedule, make_optimizer
 from sam_jax.training.predictive import Member, make_predictive, predictive_kind

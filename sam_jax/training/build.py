@@ -9,7 +9,8 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -78,7 +79,7 @@ class Run:
     loss_epoch_update: Callable[..., Any]
 
 
-def _augment(config: ml_collections.ConfigDict) -> Optional[Callable[[jax.Array, jax.Array], jax.Array]]:
+def _augment(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     """``augment(key, images)`` for the train step from ``config.data.augment``; None when all off."""
     settings = config.data.augment
     if not (settings.crop_padding or settings.flip or settings.cutout_size):
@@ -123,7 +124,7 @@ def _initial_state(
     return jax.jit(init_state, out_shardings=replicated)(variables, step_key)
 
 
-def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = None) -> Run:
+def build_run(config: ml_collections.ConfigDict, run_data: RunData | None = None) -> Run:
     """Validates ``config``, loads its data (unless given) and builds the model, state and steps.
 
     The config is validated once, before anything is loaded; what needs the data (labels in range,
@@ -168,7 +169,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: Optional[RunData] = N
     )
     eval_step = make_eval_step(model)
 
-    def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any, mask: Optional[jax.Array] = None) -> jax.Array:
+    def loss_at(logits: jax.Array, labels: jax.Array, loss_state: Any, mask: jax.Array | None = None) -> jax.Array:
         return loss.loss(logits, labels, loss_state, mask=mask, indices=jnp.zeros_like(labels))
 
     def state_is_good(state: TrainState, batch: dict) -> jax.Array:
@@ -217,9 +218,7 @@ def check_run_data(run_data: RunData) -> None:
             )
 
 
-def load_trained(
-    workdir: str, step: Optional[int] = None, run_data: Optional[RunData] = None
-) -> tuple[Run, TrainState]:
+def load_trained(workdir: str, step: int | None = None, run_data: RunData | None = None) -> tuple[Run, TrainState]:
     """Rebuilds a saved run from ``<workdir>/config.json`` and restores its checkpoint.
 
     Args:

@@ -32,7 +32,8 @@ another device count fail ("Topology mismatch" or "The available devices are dif
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,7 @@ class Checkpointer:
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
         )
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
 
@@ -107,7 +108,7 @@ class Checkpointer:
         """Steps of all complete checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def save(self, state: TrainState, custom_metadata: Optional[Mapping[str, Any]] = None) -> None:
+    def save(self, state: TrainState, custom_metadata: Mapping[str, Any] | None = None) -> None:
         """Saves ``state`` under its step (asynchronously; :meth:`wait` blocks until written).
 
         Returns once the state is copied to host memory: the caller may then donate or delete its
@@ -137,7 +138,7 @@ class Checkpointer:
             raise ValueError("holds non-finite values")
         return state
 
-    def restore(self, target: TrainState, step: Optional[int] = None) -> TrainState:
+    def restore(self, target: TrainState, step: int | None = None) -> TrainState:
         """The checkpoint at ``step``, with the structure, dtypes and shardings of ``target``.
 
         ``target`` may live on other devices than the run that saved the checkpoint (another

@@ -6,12 +6,13 @@ line overrides any field with ``--config.<field>=<value>``. :func:`validate_conf
 values at start, with one message that says which field is wrong and what is allowed.
 """
 
-from typing import Any, Callable, Iterable, Mapping, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
-from sam_jax.data import DATASETS
 from sam_jax import optim
+from sam_jax.data import DATASETS
 from sam_jax.losses import LOSSES, MIXINGS, get_loss, get_mixing
 from sam_jax.models import MODELS
 from sam_jax.models.registry import Registry
@@ -213,7 +214,7 @@ def validate_training_set_size(config: ml_collections.ConfigDict, num_train: int
         )
 
 
-def validate_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_train: int | None = None) -> None:
     """Raises one ``ValueError`` naming the bad field and the allowed values.
 
     Args:

@@ -7,7 +7,8 @@ for the ``curvature`` config block.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -120,7 +121,7 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float]:
     return results
 
 
-def curvature_hook(run: Run) -> Optional[Hook]:
+def curvature_hook(run: Run) -> Hook | None:
     """The curvature tracker of ``config.curvature`` on a fixed training subset; None when it is off."""
     config = run.config
     if config.curvature.every <= 0:

@@ -6,7 +6,6 @@ it when the same command runs again.
 """
 
 import os
-from typing import Optional
 
 from sam_jax.training.checkpoint import Checkpointer
 from sam_jax.training.workdir import DiskFullError
@@ -19,7 +18,7 @@ class TrainingDivergedError(FloatingPointError):
       kept_step: the step of the checkpoint kept on disk (None when none was saved).
     """
 
-    def __init__(self, message: str, kept_step: Optional[int] = None):
+    def __init__(self, message: str, kept_step: int | None = None):
         super().__init__(message)
         self.kept_step = kept_step
 

@@ -1,7 +1,7 @@
 """The train / validation / test arrays a run config describes."""
 
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -25,7 +25,7 @@ class RunData(NamedTuple):
     val: data.ArrayDataset
     test: data.ArrayDataset
     num_classes: int
-    normalizer: Optional[data.Normalizer]
+    normalizer: data.Normalizer | None
 
     def prepare(self, dataset: data.ArrayDataset) -> data.ArrayDataset:
         """``dataset`` standardised as the run's splits were."""

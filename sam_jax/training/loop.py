@@ -15,7 +15,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -92,9 +93,9 @@ def _check_loss(step: int, metrics: Mapping[str, Any], checkpointer: Checkpointe
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
-    workdir: Optional[str] = None,
+    workdir: str | None = None,
     hooks: Sequence[Hook] = (),
-    run: Optional[Run] = None,
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates one run; writes config, metrics, checkpoints and a summary to ``workdir``.
 
@@ -144,7 +145,7 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook], run: Optional[Run]
+    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook], run: Run | None
 ) -> dict[str, Any]:
     """:func:`train_and_evaluate` once the process holds the run directory."""
     primary = is_primary_process()

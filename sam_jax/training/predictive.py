@@ -3,9 +3,9 @@
 Every predictive method of the baselines is an average of softmax probabilities,
 ``p(y | x) = mean_j softmax(f_j(x))``, over some set of functions ``f_j``:
 
-- a deep ensemble: the trained runs (Lakshminarayanan et al. 2017, arXiv:1612.01474);
-- MC-dropout: dropout masks of one run (Gal & Ghahramani 2016, arXiv:1506.02142);
-- a learned posterior: samples of the optimizer's posterior (bSAM, Möllenhoff & Khan 2023,
+- a deep ensemble: the trained runs (Lakshminarayanan et al. 2016, arXiv:1612.01474);
+- MC-dropout: dropout masks of one run (Gal & Ghahramani 2015, arXiv:1506.02142);
+- a learned posterior: samples of the optimizer's posterior (bSAM, Möllenhoff & Khan 2022,
   arXiv:2210.01620, Sec. 5; VOGN, Osawa et al. 2019, arXiv:1906.02506; SWAG, Maddox et al. 2019,
   arXiv:1902.02476; mean-field VI), drawn by its ``OptimizerSpec.posterior_sample``. Where the spec
   asks for it (``recompute_batch_stats``: SWAG) and the model has BatchNorm, every sample gets its
@@ -18,7 +18,8 @@ samples) with ``sam_jax.calibration.predictive_average`` and returns probabiliti
 calibration suite consumes directly (``log`` of them acts as logits).
 """
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

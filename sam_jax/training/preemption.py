@@ -12,7 +12,7 @@ makes every host stop at the same step, so that all of them save that step.
 import logging
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -50,7 +50,7 @@ class PreemptionWatcher:
     """
 
     def __init__(self) -> None:
-        self.signal_name: Optional[str] = None
+        self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
         self._warned = False
 

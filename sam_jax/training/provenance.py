@@ -5,12 +5,12 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from typing import Any, Optional
+from typing import Any
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections")
 
 
-def _git(*args: str, cwd: str) -> Optional[str]:
+def _git(*args: str, cwd: str) -> str | None:
     try:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
@@ -18,7 +18,7 @@ def _git(*args: str, cwd: str) -> Optional[str]:
     return result.stdout.strip()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def provenance() -> dict[str, Any]:
     """The commit of the sam_jax checkout (None outside a git checkout), whether its tracked files
     had uncommitted changes, and the Python and library versions (None for a package not installed).

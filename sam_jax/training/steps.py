@@ -15,7 +15,8 @@ Two model contracts keep multi-member and Bayesian models out of the loop's busi
   to the per-example loss (the negative ELBO per example).
 """
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -69,7 +70,7 @@ def ensemble_size(model: nn.Module) -> int:
     return int(getattr(model, "ensemble_size", 0) or 0)
 
 
-def _over_members(members: int, logits: jax.Array, *per_example: Optional[jax.Array]) -> tuple:
+def _over_members(members: int, logits: jax.Array, *per_example: jax.Array | None) -> tuple:
     """``[B, M, K]`` logits as ``[B * M, K]`` rows with every per-example array repeated to match."""
     if not members:
         return (logits, *per_example)
@@ -77,7 +78,7 @@ def _over_members(members: int, logits: jax.Array, *per_example: Optional[jax.Ar
     return (logits.reshape((-1, logits.shape[-1])), *repeated)
 
 
-def _sub_batch_size(m: int, batch_size: int, mesh: Optional[Mesh]) -> int:
+def _sub_batch_size(m: int, batch_size: int, mesh: Mesh | None) -> int:
     """Examples per m-sharpness sub-batch: ``m``, or the per-device batch for ``PER_DEVICE``."""
     if m != PER_DEVICE:
         return m
@@ -87,7 +88,7 @@ def _sub_batch_size(m: int, batch_size: int, mesh: Optional[Mesh]) -> int:
     return batch_size // devices
 
 
-def _sub_batch_map(num_sub_batches: int, mesh: Optional[Mesh]) -> Callable[..., Callable[..., Any]]:
+def _sub_batch_map(num_sub_batches: int, mesh: Mesh | None) -> Callable[..., Callable[..., Any]]:
     """``map(fn, in_axes)`` over stacked sub-batches.
 
     On the devices that hold them when they divide evenly over ``mesh``'s data axis; otherwise with
@@ -102,14 +103,14 @@ def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformationExtraArgs,
     loss: StatefulLoss,
-    descent_loss_fn: Optional[LossFn] = None,
+    descent_loss_fn: LossFn | None = None,
     *,
     m: int = 0,
     uses_clean_gradient: bool = True,
     mixing: MixedObjective = NO_MIXING,
-    augment: Optional[Augment] = None,
+    augment: Augment | None = None,
     num_train: int = 0,
-    mesh: Optional[Mesh] = None,
+    mesh: Mesh | None = None,
 ) -> TrainStep:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -159,7 +160,7 @@ def make_train_step(
             batch = {**batch, "image": augment(jax.random.fold_in(rng, _AUGMENT_STREAM), batch["image"])}
 
         def training_loss(data: Batch) -> Callable[..., jax.Array]:
-            def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+            def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
                 logits, labels, mask, indices = _over_members(members, logits, labels, mask, data["index"])
                 return loss.loss(logits, labels, state.loss_state, mask=mask, indices=indices)
 
@@ -168,7 +169,7 @@ def make_train_step(
         def descent_loss(data: Batch) -> Callable[..., jax.Array]:
             del data
 
-            def loss_fn(logits: jax.Array, labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+            def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
                 return descent_loss_fn(*_over_members(members, logits, labels, mask))
 
             return loss_fn

@@ -21,7 +21,8 @@ resumed run ends where an uninterrupted one would.
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 

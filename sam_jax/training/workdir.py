@@ -23,7 +23,8 @@ import shutil
 import socket
 import sys
 import uuid
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 
@@ -73,7 +74,7 @@ _OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _OUT_OF_SPACE_WORDS = ("No space left on device", "Disk quota exceeded")
 
 
-def out_of_space_cause(err: BaseException) -> Optional[BaseException]:
+def out_of_space_cause(err: BaseException) -> BaseException | None:
     """The exception in ``err``'s chain (causes and contexts) that reports a full disk, or None."""
     seen = set()
     while err is not None and id(err) not in seen:
@@ -106,7 +107,7 @@ def _holder(fd: int) -> str:
     )
 
 
-def _try_lock(path: str) -> Optional[int]:
+def _try_lock(path: str) -> int | None:
     """An open descriptor of ``path`` holding its exclusive lock, or None when another holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -231,7 +232,7 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
     )
 
 
-def saved_config(workdir: str) -> Optional[dict[str, Any]]:
+def saved_config(workdir: str) -> dict[str, Any] | None:
     """The config saved in ``workdir`` as a JSON tree, or None when the directory holds no run."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):

@@ -1,9 +1,11 @@
 """Run outputs: the resolved config, JSON-lines metrics and a final JSON summary."""
 
+import contextlib
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -85,8 +87,6 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     with open(os.path.join(workdir, METRICS_FILE)) as f:
         *complete, last = f.read().split("\n")
     records = [json.loads(line) for line in complete if line.strip()]
-    try:
+    with contextlib.suppress(ValueError):
         records.extend([json.loads(last)] if last.strip() else [])
-    except ValueError:
-        pass
     return records

@@ -13,13 +13,13 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-
 from jax.flatten_util import ravel_pytree
 
 from sam_jax.curvature import (
@@ -178,7 +178,7 @@ def make_curvature_tracker(
     loss_fn: Callable[..., jax.Array],
     *,
     batch_size: int,
-    perturbation_rho: Optional[float] = None,
+    perturbation_rho: float | None = None,
 ) -> Tracker:
     """Builds the curvature hook of the train loop; its computation is jitted once per shape.
 

@@ -1,6 +1,6 @@
 """The ratio of SAM's descent-gradient norm to its ascent-gradient norm along training.
 
-A SAM step (Foret et al. 2021, arXiv:2010.01412, eq. 2) takes ``g = grad L_B(w)``, perturbs to
+A SAM step (Foret et al. 2020, arXiv:2010.01412, eq. 2) takes ``g = grad L_B(w)``, perturbs to
 ``w + rho g / ||g||`` and descends along ``g~ = grad L_B(w + rho g / ||g||)``. Stable SAM (Tan et
 al. 2024, arXiv:2401.07250, Algorithm 1) rescales ``g~`` to ``||g||``: it divides SAM's step by
 ``r = ||g~|| / ||g||``, so ``r`` is what SSAM removes. The tracker measures ``r`` (and the cosine
@@ -8,7 +8,8 @@ between ``g`` and ``g~``) on fixed mini-batches of the training set, at the curr
 with the model in inference mode (as ``sam_jax.training.hooks.curvature`` does).
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

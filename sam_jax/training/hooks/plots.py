@@ -11,7 +11,8 @@ References:
 """
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,7 +29,7 @@ _PANELS = (
 )
 
 
-def plot_sharpness(records: Sequence[dict[str, Any]], path: str, *, learning_rate: Optional[float] = None) -> None:
+def plot_sharpness(records: Sequence[dict[str, Any]], path: str, *, learning_rate: float | None = None) -> None:
     """Plots every scalar ``curvature/`` series against ``step`` and saves a PNG.
 
     Series are grouped in panels by scale; the top-eigenvalue panel carries the edge-of-stability
@@ -85,8 +86,8 @@ def reliability_diagram(
     num_bins: int = 15,
     *,
     path: str,
-    mask: Optional[jax.Array] = None,
-    title: Optional[str] = None,
+    mask: jax.Array | None = None,
+    title: str | None = None,
 ) -> str:
     """Writes a reliability diagram (Guo et al. 2017, Fig. 1) as a PNG.
 

@@ -16,7 +16,8 @@ References:
   Calibration Benefits of Sharpness-Aware Minimization. ICLR 2026, arXiv:2505.23866.
 """
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
