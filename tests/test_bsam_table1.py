@@ -146,9 +146,9 @@ ALL_METHODS = ["SGD", "SAM-SGD", "SWAG", "VOGN", "Adam", "SAM-Adam", "bSAM"]
 @pytest.mark.parametrize(
     "methods",
     [
-        # The methods with their own evaluation path (point, SWAG, diagonal posteriors); the plain
-        # optimizers' steps are pinned down by tests/test_wiring.py.
-        pytest.param(("sgd", "swag", "vogn", "bsam"), id="posteriors"),
+        # One method per evaluation path (a point, SWAG's low-rank posterior, bSAM's diagonal one,
+        # which VOGN shares); every optimizer's steps are pinned down by tests/test_wiring.py.
+        pytest.param(("sgd", "swag", "bsam"), id="posteriors"),
         pytest.param(None, id="every_method", marks=pytest.mark.slow),
     ],
 )
@@ -191,12 +191,12 @@ def test_quick_preset_trains_evaluates_and_reports(tmp_path, methods):
     num_params = 61_706  # LeNet-5 with 10 outputs: one precision per weight
     assert sum(bsam["precision_histogram"]["counts"]) == num_params
     # VOGN and SWAG predict through the same posterior interface; VOGN's precision is diagonal too.
-    for label in ("vogn", "swag"):
+    for label in [label for label in ("vogn", "swag") if label in jobs]:
         with open(os.path.join(jobs[label].workdir, driver.EVAL_FILE)) as f:
             evaluation = json.load(f)
         assert evaluation["test"] == evaluation["sample_curve"]["2"] and evaluation["test"] != evaluation["point"]
         assert ("precision_histogram" in evaluation) == (label == "vogn")
-    assert (report / "vogn_posterior_samples.png").exists() and (report / "swag_posterior_samples.png").exists()
+    assert all((report / f"{label}_posterior_samples.png").exists() for label in ("vogn", "swag") if label in jobs)
     with open(os.path.join(jobs["sgd"].workdir, driver.EVAL_FILE)) as f:
         sgd = json.load(f)
     assert sgd["test"] == sgd["point"] and "sample_curve" not in sgd

@@ -349,7 +349,11 @@ def _expected_correlation(records, variant, split_metric, eval_every):
     return scipy.stats.pearsonr([r[split_metric] for r in rows], [r[key] for r in rows])[0]
 
 
-def test_report_table_matches_scipy(tmp_path):
+def test_report_table_matches_scipy(tmp_path, monkeypatch):
+    # The tables only: the figures of these 36 synthetic runs take a minute (the end-to-end test draws them).
+    report_module = sys.modules["experiments.curvature_calibration.report"]
+    for name in ("plot_confidence_gap", "plot_dynamics", "plot_ece_vs_sharpness", "plot_figure1"):
+        monkeypatch.setattr(report_module, name, lambda *args, **kwargs: None)
     config = _quick(tmp_path)
     config.grid.seeds = (0, 1)
     config.grid.optimizers.sgd.learning_rates = (0.05, 0.1)
