@@ -26,6 +26,7 @@ The modes:
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 import ml_collections
 from absl import flags
 
-from experiments import cli, store
+from experiments import cli, store, tables
 from experiments.grid import AfterJob, Job, JobHooks, parse_shard, run_jobs, shard_jobs
 from experiments.store import Kept, compact_records, export_in_progress
 
@@ -162,7 +163,24 @@ def report(experiment: Experiment, config: Config, store_dir: str = "", report_d
         if experiment.before_report is not None:
             experiment.before_report(source, jobs)
         os.makedirs(out, exist_ok=True)
-        return experiment.report(source, jobs, out)
+        written = experiment.report(source, jobs, out)
+        _write_provenance(jobs, out)
+        return written
+
+
+def _write_provenance(jobs: Sequence[Job], out: str) -> None:
+    """``provenance.md`` beside the report: the commits, library versions and devices of its runs."""
+    summaries = []
+    for job in jobs:
+        path = os.path.join(job.workdir, "summary.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                summaries.append(json.load(f))
+        else:
+            summaries.append(None)
+    lines = ["# What the runs of this report were made with", "", *tables.provenance_table(summaries), ""]
+    with open(os.path.join(out, tables.PROVENANCE_FILE), "w") as f:
+        f.write("\n".join(lines))
 
 
 def main(

@@ -64,3 +64,44 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+PROVENANCE_FILE = "provenance.md"
+
+
+def provenance_table(summaries: Sequence[Mapping[str, Any] | None]) -> list[str]:
+    """Markdown lines of what a report's runs were made with: one row per distinct code version,
+    library versions and device (from each run's ``summary.json``), with its number of runs.
+
+    A run that is unfinished has no summary; a run made before summaries recorded their provenance
+    has none of these keys: both are counted in rows of their own.
+    """
+    counts: dict[tuple[str, ...], int] = {}
+    for summary in summaries:
+        if summary is None:
+            key = ("unfinished (no summary yet)",) + ("",) * 6
+        elif "provenance" not in summary:
+            key = (
+                ("not recorded (run before provenance was kept)",)
+                + ("",) * 4
+                + (
+                    str(summary.get("device", "")),
+                    str(summary.get("num_devices", "")),
+                )
+            )
+        else:
+            record = summary["provenance"]
+            versions = record.get("versions", {})
+            commit = record.get("git_commit") or "outside a git checkout"
+            key = (
+                commit[:12] + (" (uncommitted changes)" if record.get("git_dirty") else ""),
+                str(versions.get("jax")),
+                str(versions.get("flax")),
+                str(versions.get("optax")),
+                str(versions.get("numpy")),
+                str(summary.get("device", "")),
+                str(summary.get("num_devices", "")),
+            )
+        counts[key] = counts.get(key, 0) + 1
+    header = ("commit", "jax", "flax", "optax", "numpy", "device", "devices", "runs")
+    return markdown_table(header, [(*key, str(count)) for key, count in sorted(counts.items())])

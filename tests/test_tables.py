@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from experiments import tables
 from experiments.tables import markdown_row, markdown_table, mean_std, mean_std_cell, write_csv, write_table
 
 
@@ -53,3 +54,22 @@ def test_write_table_writes_the_csv_and_returns_the_markdown_of_the_same_rows(tm
     assert lines == ["| method | ECE |", "|---|---|", "| sgd | 0.012 |", "| sam | 0.005 |"]
     with open(tmp_path / "t.csv") as f:
         assert list(csv.reader(f))[1] == ["sgd", "0.01234", "0"]
+
+
+def test_provenance_table_groups_runs_by_commit_versions_and_device():
+    made = {
+        "device": "cpu: cpu",
+        "num_devices": 1,
+        "provenance": {
+            "git_commit": "0123456789abcdef",
+            "git_dirty": True,
+            "versions": {"jax": "0.4.38", "flax": "0.10.2", "optax": "0.2.4", "numpy": "2.0.2"},
+        },
+    }
+    lines = tables.provenance_table([made, dict(made), {"device": "cpu: cpu", "num_devices": 1}, None])
+    assert lines[0] == "| commit | jax | flax | optax | numpy | device | devices | runs |"
+    rows = lines[2:]
+    assert "| 0123456789ab (uncommitted changes) | 0.4.38 | 0.10.2 | 0.2.4 | 2.0.2 | cpu: cpu | 1 | 2 |" in rows
+    assert "| not recorded (run before provenance was kept) |  |  |  |  | cpu: cpu | 1 | 1 |" in rows
+    assert "| unfinished (no summary yet) |  |  |  |  |  |  | 1 |" in rows
+    assert len(rows) == 3
