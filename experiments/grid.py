@@ -86,6 +86,13 @@ class Job:
     def done(self) -> bool:
         return os.path.exists(os.path.join(self.workdir, SUMMARY_FILE))
 
+    def summary(self) -> dict[str, Any]:
+        """The job's ``summary.json`` ({} while it has none: unfinished)."""
+        if not self.done:
+            return {}
+        with open(os.path.join(self.workdir, SUMMARY_FILE)) as f:
+            return json.load(f)
+
 
 def format_learning_rate(learning_rate: float) -> str:
     """Directory-safe text of a learning rate with four significant digits (``0.02857``)."""

@@ -26,7 +26,6 @@ The modes:
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -170,14 +169,7 @@ def report(experiment: Experiment, config: Config, store_dir: str = "", report_d
 
 def _write_provenance(jobs: Sequence[Job], out: str) -> None:
     """``provenance.md`` beside the report: the commits, library versions and devices of its runs."""
-    summaries = []
-    for job in jobs:
-        path = os.path.join(job.workdir, "summary.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                summaries.append(json.load(f))
-        else:
-            summaries.append(None)
+    summaries = [job.summary() if job.done else None for job in jobs]
     lines = ["# What the runs of this report were made with", "", *tables.provenance_table(summaries), ""]
     with open(os.path.join(out, tables.PROVENANCE_FILE), "w") as f:
         f.write("\n".join(lines))

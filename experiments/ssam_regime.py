@@ -23,7 +23,6 @@ the records the report reads) to ``<workdir>/compact/``; ``report`` and ``run`` 
 
 import collections
 import functools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -46,7 +45,7 @@ from sam_jax.training import Hook, Run, read_metrics
 from sam_jax.training.config import chosen_hparams, optimizer_hparams
 from sam_jax.training.hooks import make_descent_norm_tracker
 from sam_jax.training.hooks.descent_norm import PREFIX as RATIO_PREFIX
-from sam_jax.training.writers import METRICS_FILE, SUMMARY_FILE
+from sam_jax.training.writers import METRICS_FILE
 
 # Final test metrics of the report: (key in summary.json, label, higher is better, digits).
 METRICS = (
@@ -99,20 +98,12 @@ def ratio_hooks(regime: ml_collections.ConfigDict) -> JobHooks:
     return hooks
 
 
-def _summary(job: Job) -> dict[str, Any]:
-    path = os.path.join(job.workdir, SUMMARY_FILE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def final_results(jobs: Sequence[Job]) -> dict[tuple[str, float], list[dict[str, Any]]]:
     """``(group, learning rate) -> one entry per finished seed``: its seed, whether it diverged and its
     final test metrics (NaN for a diverged run). Unfinished jobs are left out."""
     cells: dict[tuple[str, float], list[dict[str, Any]]] = collections.defaultdict(list)
     for job in jobs:
-        summary = _summary(job)
+        summary = job.summary()
         if not summary:
             continue
         diverged = bool(summary.get("diverged", False))
@@ -316,9 +307,9 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | No
     rhos = {
         name: spec.overrides.optimizer[name].rho for name, spec in config.grid.optimizers.items() if "overrides" in spec
     }
-    missing = [job.name for job in jobs if not _summary(job)]
-    diverged = [job.name for job in jobs if _summary(job).get("diverged")]
-    device = sorted({str(_summary(job).get("device", "")) for job in jobs if _summary(job).get("device")})
+    missing = [job.name for job in jobs if not job.summary()]
+    diverged = [job.name for job in jobs if job.summary().get("diverged")]
+    device = sorted({str(job.summary().get("device", "")) for job in jobs if job.summary().get("device")})
     notes = [
         f"# Stable SAM's learning-rate regime: {dataset} / {config.model.name}",
         f"{dataset}, {config.model.name}, {budget}, batch {config.batch_size}, {config.optimizer.schedule} schedule; "

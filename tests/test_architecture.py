@@ -94,6 +94,18 @@ def _source(path: str) -> str:
         return f.read()
 
 
+def _fresh_interpreter(code: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a new Python process (CPU only) from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=True,
+    )
+
+
 def test_layers_cover_every_package():
     assert set(MODULES) >= set(LAYER_OF) - {"benchmarks"}, "a package of LAYERS is gone"
     unplaced = sorted(m for m in MODULES if _package(m) is None)
@@ -139,14 +151,7 @@ def test_bare_import_is_light_and_reaches_every_layer():
         "import optax; sam_jax.optim.sam(optax.sgd(0.1), rho=0.05); "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        check=True,
-    )
+    result = _fresh_interpreter(code)
     assert result.stdout.splitlines() == ["[] []", "[]"], (
         f"import sam_jax; sam_jax.optim.sam(...) loaded {result.stdout}"
     )
@@ -171,14 +176,7 @@ def test_importing_numerics_loads_no_heavy_dependency():
         f"import sys; import {', '.join(NUMERICS)}; "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        check=True,
-    )
+    result = _fresh_interpreter(code)
     assert result.stdout.strip() == "[]", f"import {', '.join(NUMERICS)} loaded {result.stdout}"
 
 

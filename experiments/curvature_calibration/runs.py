@@ -22,23 +22,14 @@ from experiments.curvature_calibration.protocol import (
 )
 from experiments.grid import Job
 from sam_jax.training import read_metrics
-from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
-
-
-def read_summary(job: Job) -> dict[str, Any]:
-    """The job's ``summary.json`` ({} while it has none)."""
-    path = os.path.join(job.workdir, SUMMARY_FILE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+from sam_jax.training.writers import CONFIG_FILE, METRICS_FILE
 
 
 def load_run(job: Job) -> tuple[list[dict[str, Any]], bool]:
     """The job's metric records and whether it diverged; no records when it never started."""
     if not os.path.exists(os.path.join(job.workdir, METRICS_FILE)):
         return [], False
-    return read_metrics(job.workdir), bool(read_summary(job).get("diverged", False))
+    return read_metrics(job.workdir), bool(job.summary().get("diverged", False))
 
 
 def _stop_reason(config: ml_collections.ConfigDict, records: Sequence[Mapping[str, Any]], last: int) -> str:
@@ -104,7 +95,7 @@ def run_rows(jobs: Sequence[Job], loaded: dict[str, tuple[list, bool]]) -> list[
         accuracy = _value_at(records, "train/accuracy", last)
         reached, lowest_after, highest_ece_after = _after_reaching(records, PRE_INTERPOLATION_ACCURACY)
         interpolated_at = first_step_at(records, INTERPOLATION_ACCURACY)
-        summary = read_summary(job)
+        summary = job.summary()
         target = job.config.early_stop.at_least if job.config.early_stop.metric else math.nan
         rows.append(
             {
