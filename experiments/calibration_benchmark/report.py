@@ -180,7 +180,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | No
         f.write("\n".join(lines))
     write_csv(os.path.join(out, "runs.csv"), _run_rows(results))
     _figure3(results, out)
-    _reliability(results, config.num_bins, out)
+    _reliability(results, out)
     _figure2(results, out)
     _figure_s6(results, out)
     return out
@@ -345,7 +345,7 @@ def _figure3(results: Results, out: str) -> None:
     plot_post_hoc_ece(methods, [kind for _, kind in kinds], os.path.join(out, "figure3.png"))
 
 
-def _reliability(results: Results, num_bins: int, out: str) -> None:
+def _reliability(results: Results, out: str) -> None:
     labels = _trio(results)
     if not labels:
         return
@@ -353,7 +353,7 @@ def _reliability(results: Results, num_bins: int, out: str) -> None:
         results.name(label): ([r["reliability"] for r in results.runs(label)], results.stat(label, ("test", "ece")))
         for label in labels
     }
-    plot_pooled_reliability(methods, num_bins, os.path.join(out, "reliability.png"))
+    plot_pooled_reliability(methods, os.path.join(out, "reliability.png"))
 
 
 def _figure2(results: Results, out: str) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sam_jax.training.hooks.plots import draw_reliability
+
 Records = Sequence[Mapping[str, Any]]
 MeanStd = tuple[float, float]
 DPI = 120
@@ -85,18 +87,16 @@ def plot_post_hoc_ece(
 
 
 def plot_pooled_reliability(
-    methods: Mapping[str, tuple[Sequence[Mapping[str, Sequence[float]]], MeanStd]], num_bins: int, path: str
+    methods: Mapping[str, tuple[Sequence[Mapping[str, Sequence[float]]], MeanStd]], path: str
 ) -> None:
     """Reliability diagrams with the bins of every seed pooled, one panel per method.
 
     Args:
       methods: ``{name: (each seed's bins {"counts", "accuracy", "confidence"}, test ECE (mean, std))}``.
-      num_bins: equal-width confidence bins.
       path: PNG file to write.
     """
     fig = Figure(figsize=(4 * len(methods), 4))
     axes = fig.subplots(1, len(methods), squeeze=False)
-    centers = (np.arange(num_bins) + 0.5) / num_bins
     for ax, (name, (bins, (ece_mean, ece_std))) in zip(axes[0], methods.items()):
         counts = np.sum([b["counts"] for b in bins], axis=0)
         correct = np.sum([np.multiply(b["accuracy"], b["counts"]) for b in bins], axis=0)
@@ -104,14 +104,9 @@ def plot_pooled_reliability(
         nonempty = counts > 0
         accuracy = np.where(nonempty, correct / np.maximum(counts, 1), 0)
         mean_conf = np.where(nonempty, confidence / np.maximum(counts, 1), 0)
-        ax.bar(centers, accuracy, width=1 / num_bins, edgecolor="black", label="accuracy")
-        ax.bar(centers, mean_conf - accuracy, bottom=accuracy, width=1 / num_bins, color="red", alpha=0.3, label="gap")
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        draw_reliability(ax, accuracy, mean_conf, counts)
         ax.set_title(f"{name}\nECE {100 * ece_mean:.2f} ± {100 * ece_std:.2f} % ({len(bins)} seeds pooled)")
         ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     _save(fig, path)

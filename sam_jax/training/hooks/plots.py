@@ -80,6 +80,42 @@ def plot_sharpness(records: Sequence[dict[str, Any]], path: str, *, learning_rat
     figure.savefig(path, dpi=120)
 
 
+def draw_reliability(ax: Any, accuracy: np.ndarray, confidence: np.ndarray, counts: np.ndarray) -> None:
+    """Draws the bars of a reliability diagram on ``ax``: each non-empty equal-width bin's accuracy,
+    the hatched gap to its mean confidence, and the diagonal of perfect calibration."""
+    accuracy, confidence, counts = np.asarray(accuracy), np.asarray(confidence), np.asarray(counts)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    left, width = edges[:-1], np.diff(edges)
+    nonempty = counts > 0
+    ax.bar(
+        left[nonempty],
+        accuracy[nonempty],
+        width=width[nonempty],
+        align="edge",
+        color="#4C72B0",
+        edgecolor="white",
+        linewidth=0.8,
+        label="accuracy",
+    )
+    ax.bar(
+        left[nonempty],
+        np.abs(confidence - accuracy)[nonempty],
+        bottom=np.minimum(accuracy, confidence)[nonempty],
+        width=width[nonempty],
+        align="edge",
+        color="#DD8452",
+        alpha=0.35,
+        edgecolor="#C44E52",
+        hatch="//",
+        linewidth=0.8,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+
+
 def reliability_diagram(
     probs: jax.Array,
     labels: jax.Array,
@@ -114,43 +150,10 @@ def reliability_diagram(
     overall_accuracy = float(np.sum(stats.accuracy * counts) / total)
     overall_confidence = float(np.sum(stats.confidence * counts) / total)
 
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    left, width = edges[:-1], np.diff(edges)
-    nonempty = counts > 0
-
     figure = Figure(figsize=(5.0, 6.0), dpi=150, constrained_layout=True)
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-
-    top.bar(
-        left[nonempty],
-        stats.accuracy[nonempty],
-        width=width[nonempty],
-        align="edge",
-        color="#4C72B0",
-        edgecolor="white",
-        linewidth=0.8,
-        label="accuracy",
-    )
-    gap_bottom = np.minimum(stats.accuracy, stats.confidence)[nonempty]
-    gap_height = np.abs(stats.confidence - stats.accuracy)[nonempty]
-    top.bar(
-        left[nonempty],
-        gap_height,
-        bottom=gap_bottom,
-        width=width[nonempty],
-        align="edge",
-        color="#DD8452",
-        alpha=0.35,
-        edgecolor="#C44E52",
-        hatch="//",
-        linewidth=0.8,
-        label="gap to confidence",
-    )
-    top.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="perfect calibration")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
+    draw_reliability(top, stats.accuracy, stats.confidence, counts)
     top.legend(loc="upper left", fontsize=8, frameon=False)
     top.text(
         0.97,
@@ -166,10 +169,11 @@ def reliability_diagram(
     if title:
         top.set_title(title, fontsize=10)
 
-    bottom.bar(left, counts, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="0.55", edgecolor="white", linewidth=0.8)
     bottom.axvline(overall_accuracy, color="#4C72B0", linewidth=1.2, label="accuracy")
     bottom.axvline(overall_confidence, color="#C44E52", linestyle="--", linewidth=1.2, label="mean confidence")
-    if nonempty.any():
+    if (counts > 0).any():
         bottom.set_yscale("log")
     bottom.set_xlabel("confidence (max probability)")
     bottom.set_ylabel("examples")
