@@ -10,6 +10,10 @@
 writes the calibration suite of the ensemble, of every member alone and, with
 ``ensemble.mc_dropout_samples``, of MC-dropout on member 0 to ``<workdir>/ensemble.json`` (plus the
 ensemble's reliability diagram in ``<workdir>/evaluation``). ``all`` (default) does both.
+
+It is not an ``experiments.runner.Experiment``: the runner's report is rebuilt from the compact run
+records of a results store, while this evaluation needs every member's checkpoint (it averages their
+predictions), so it keeps its own ``run`` / ``evaluate`` modes.
 """
 
 import json
