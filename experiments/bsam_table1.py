@@ -145,8 +145,7 @@ def evaluate_job(job: Job, table1: ml_collections.ConfigDict, run: Run, state: T
                 )
             ),
         }
-    with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
-        result["wall_time_s"] = json.load(f).get("wall_time_s")
+    result["wall_time_s"] = job.summary().get("wall_time_s")
     with open(os.path.join(job.workdir, EVAL_FILE), "w") as f:
         json.dump(to_python(result), f, indent=2)
     return result
@@ -162,9 +161,8 @@ def evaluate_finished(jobs: Sequence[Job], table1: ml_collections.ConfigDict) ->
             or not os.path.isdir(os.path.join(job.workdir, "checkpoints"))
         ):
             continue
-        with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
-            if json.load(f).get("diverged"):
-                continue
+        if job.summary().get("diverged"):
+            continue
         key = data_key(job.config)
         if key not in cache:
             cache[key] = load_run_data(job.config)

@@ -275,10 +275,8 @@ def run_job(
     Returns:
       The job's summary.
     """
-    path = os.path.join(job.workdir, SUMMARY_FILE)
     if job.done:
-        with open(path) as f:
-            return json.load(f)
+        return job.summary()
     try:
         # The lock first: a second process on this job fails before it loads or compiles anything.
         with workdir_lock(job.workdir, active=is_primary_process()):
@@ -290,7 +288,7 @@ def run_job(
     except TrainingDivergedError as err:
         logger.warning("%s diverged: %s", job.name, err)
         summary = {"diverged": True, "error": str(err)}
-        with open(path, "w") as f:
+        with open(os.path.join(job.workdir, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
         return summary
 

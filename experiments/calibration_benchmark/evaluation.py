@@ -36,7 +36,7 @@ from sam_jax.training import (
 )
 from sam_jax.training.config import chosen_hparams
 from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker, make_sam_geometry_tracker
-from sam_jax.training.writers import SUMMARY_FILE, to_python
+from sam_jax.training.writers import to_python
 
 
 def calibration_suite(
@@ -211,8 +211,7 @@ def evaluate_job(
     if job.config.model.kwargs.get("dropout_rate", 0.0) > 0:
         mc = make_predictive([(run, state)], mc_dropout_samples=bench.mc_dropout_samples, seed=job.config.seed)
         result["mc_dropout"] = _evaluation(run, *_predict_all(mc, run, ood_sets), num_bins)
-    with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
-        result["wall_time_s"] = json.load(f).get("wall_time_s")
+    result["wall_time_s"] = job.summary().get("wall_time_s")
     with open(os.path.join(job.workdir, EVAL_FILE), "w") as f:
         json.dump(to_python(result), f, indent=2)
     return result
@@ -290,8 +289,7 @@ class Evaluator:
 def _trained(job: Job) -> bool:
     if not job.done or not os.path.isdir(os.path.join(job.workdir, "checkpoints")):
         return False
-    with open(os.path.join(job.workdir, SUMMARY_FILE)) as f:
-        return not json.load(f).get("diverged")
+    return not job.summary().get("diverged")
 
 
 def geometry_hooks(config: ml_collections.ConfigDict):
