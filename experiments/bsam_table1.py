@@ -5,9 +5,9 @@
     python -m experiments.bsam_table1 --config=...:fmnist --mode=report
 
 ``run`` trains the jobs of one shard of the grid (SGD, SAM-SGD, SWAG, VOGN, Adam, SAM-Adam and bSAM
-with the hyper-parameters of the paper's Table 6 and App. H, plus the bSAM damping ablation; seeds
+with the hyper-parameters of the paper's Table 6 and App. H, plus the bSAM damping ablation and IVON; seeds
 first so that an interrupted grid has whole seeds), each resumable, and evaluates every finished job
-on the test set: the methods with a posterior (bSAM, VOGN, SWAG) by the average of
+on the test set: the methods with a posterior (bSAM, VOGN, SWAG, IVON) by the average of
 ``table1.posterior_samples`` posterior samples (Sec. 5), the others at their point estimate, with
 accuracy, NLL, ECE over 20 bins and the AUROC of correct vs. wrong predictions (Osawa et al. 2019,
 App. H). The evaluation goes to ``<job>/table1_eval.json``; ``export --store=<folder>`` keeps it with
@@ -52,7 +52,7 @@ from sam_jax.training import (
 from sam_jax.training.writers import CONFIG_FILE, SUMMARY_FILE, to_python
 
 EVAL_FILE = "table1_eval.json"
-# Table 1's rows in the paper's order, then the ablations (no paper number).
+# Table 1's rows in the paper's order, then the rows with no paper number (the ablation, IVON).
 METHOD_NAMES = {
     "sgd": "SGD",
     "sam_sgd": "SAM-SGD",
@@ -62,6 +62,7 @@ METHOD_NAMES = {
     "sam_adam": "SAM-Adam",
     "bsam": "bSAM",
     "bsam_gamma_ablation": "bSAM, γ of Table 6's γ column (ablation)",
+    "ivon": "IVON (not in the paper)",
 }
 METRICS = ("accuracy", "nll", "ece", "auroc")
 # log10 of the posterior precision N s: the histogram's fixed bins, so seeds and runs add up.
@@ -232,7 +233,7 @@ def report(config: ml_collections.ConfigDict, jobs: Sequence[Job], out: str | No
     budget = f"{config.num_steps} steps" if config.num_steps else f"{config.num_epochs} epochs"
     notes = [
         f"{config.data.name} / {config.model.name}, test set; mean (std, ddof=0) over seeds; {budget} "
-        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM, VOGN and SWAG "
+        f"(trained steps: {steps}). Paper: {EPOCHS[config.data.name]} epochs, 5 seeds. bSAM, VOGN, SWAG and IVON "
         f"predict with {config.table1.posterior_samples} posterior samples, the others at their point estimate; "
         f"ECE with {config.num_bins} bins; AUROC of correct vs. wrong predictions by confidence."
     ]

@@ -25,7 +25,7 @@ def _jobs_by_label(preset: str) -> dict[str, grid.Job]:
 
 def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
     jobs = _jobs_by_label("fmnist")
-    assert sorted(jobs) == ["adam", "bsam", "bsam_gamma_ablation", "sam_adam", "sam_sgd", "sgd", "swag", "vogn"]
+    assert sorted(jobs) == ["adam", "bsam", "bsam_gamma_ablation", "ivon", "sam_adam", "sam_sgd", "sgd", "swag", "vogn"]
     num_train = TRAIN_SIZES["fashion_mnist"]
     delta = 60 / num_train  # N * delta = 60 for every method but bSAM (50)
     expected = {
@@ -44,6 +44,12 @@ def test_fmnist_preset_is_table6_with_eight_sub_batches_of_sixteen():
             "vogn",
             0.0001,
             {"vogn": {"beta1": 0.95, "beta2": 0.99, "prior_precision": 25.0, "damping": 0.05, "m": 8}},
+        ),
+        # Not in the paper: IVON with its package's defaults at bSAM's alpha and N * delta, ess = N.
+        "ivon": (
+            "ivon",
+            0.1,
+            {"ivon": {"hess_init": 1.0, "beta1": 0.9, "beta2": 0.99999, "ess": 0.0, "weight_decay": 50 / num_train}},
         ),
         # App. H: SGD (Table 6's row) for 105 of 120 epochs, then 15 at alpha 0.001 and beta1 0.8; here
         # 10 epochs of 468 steps, so the collection starts at step 4,095 (105/120 of 4,680).
@@ -77,7 +83,7 @@ def test_every_paper_setting_validates_with_its_model_schedule_and_paper_row(pre
     config = get_config(preset)
     jobs = {job.group: job for job in driver.grid_jobs(config) if job.config.seed == 0}
     dataset = config.data.name
-    assert sorted(jobs) == sorted([*PAPER_TABLE1[dataset], *ABLATIONS])
+    assert sorted(jobs) == sorted([*PAPER_TABLE1[dataset], *ABLATIONS, "ivon"])
     for job in jobs.values():
         validate_config(job.config, TRAIN_SIZES[dataset])
     expected = {"mnist": ("mlp", 75), "fashion_mnist": ("lenet5", 120), "cifar10": ("resnet20_frn", 180)}

@@ -89,6 +89,10 @@ SWAG_SCHEDULE = {
     "cifar100": (165, 15, 0.0001, 0.9),
 }
 SWAG_RANK, SWAG_COLLECT_EVERY = 20, 100
+# IVON (Shen et al. 2024, arXiv:2402.17641), a row beside bSAM that is not in the paper's table: the
+# authors' ivon package defaults (h0 = 1, beta1 = 0.9, beta2 = 0.99999, no clipping, one weight sample
+# per step), ess = N, and bSAM's learning rate and prior precision N*delta of Table 6; not tuned.
+IVON_DEFAULTS = {"hess_init": 1.0, "beta1": 0.9, "beta2": 0.99999, "ess": 0.0, "clip_radius": 0.0}
 # Labels of ablation rows (not in the paper's table); the smoke preset leaves them out.
 ABLATIONS = ("bsam_gamma_ablation",)
 MODELS = {
@@ -149,7 +153,8 @@ def table6_overrides(dataset: str) -> dict[str, tuple[str, float, dict]]:
     """Method label -> (optimizer name, learning rate, ``optimizer`` block overrides) of Table 6.
 
     ``bsam_gamma_ablation`` is bSAM with Table 6's gamma column (VOGN's damping) instead of its own
-    0.1: an ablation, not a row of the paper.
+    0.1: an ablation, not a row of the paper; ``ivon`` (IVON at bSAM's alpha and N*delta) is not a row
+    of the paper either.
     """
     decay = {label: n_delta / TRAIN_SIZES[dataset] for label, (_, _, n_delta, _) in TABLE6[dataset].items()}
     rows = TABLE6[dataset]
@@ -194,6 +199,7 @@ def table6_overrides(dataset: str) -> dict[str, tuple[str, float, dict]]:
         "vogn": ("vogn", VOGN_TABLE6[dataset][0], vogn),
         "bsam": ("bsam", alpha_s, bsam(BSAM_DAMPING)),
         "bsam_gamma_ablation": ("bsam", alpha_s, bsam(VOGN_DAMPING[dataset])),
+        "ivon": ("ivon", alpha_s, {"ivon": {**IVON_DEFAULTS, "weight_decay": n_delta_s / TRAIN_SIZES[dataset]}}),
     }
 
 
