@@ -33,9 +33,10 @@ from sam_jax.training import (
     load_trained,
     make_predictive,
     optimizer_hparams,
+    top_eigenvalue,
 )
 from sam_jax.training.config import chosen_hparams
-from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker, make_sam_geometry_tracker
+from sam_jax.training.hooks import make_sam_geometry_tracker
 from sam_jax.training.writers import to_python
 
 
@@ -151,25 +152,8 @@ def _evaluation(
 def sharpness(run: Run, state: TrainState, examples: int, num_iters: int) -> float:
     """kappa_max (Table S16): the top Hessian eigenvalue of the cross-entropy of the final model's
     predictions on the first ``examples`` training examples (Lanczos, ``num_iters`` steps)."""
-    block = default_curvature_config()
-    block.every = 1
-    block.quantities = "hessian"
-    block.num_iters = num_iters
-    loss_state = state.loss_state
-
-    def model_apply(params: Any, model_state: Any, images: jax.Array) -> jax.Array:
-        return run.loss.predict(run.eval_step(params, model_state, images), loss_state)
-
-    tracker = make_curvature_tracker(block, model_apply, get_loss("cross_entropy"), batch_size=run.batch_size)
     train = run.data.train
-    metrics = tracker(
-        state.params,
-        state.model_state,
-        jnp.asarray(train.images[:examples]),
-        jnp.asarray(train.labels[:examples]),
-        jax.random.PRNGKey(0),
-    )
-    return float(metrics["curvature/hessian_top1"])
+    return top_eigenvalue(run, state, train.images[:examples], train.labels[:examples], num_iters=num_iters)
 
 
 def _sharpness_settings(bench: ml_collections.ConfigDict) -> dict[str, int]:

@@ -21,8 +21,6 @@ import functools
 import os
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from experiments import runner
@@ -31,9 +29,7 @@ from experiments.curvature_calibration.report import report
 from experiments.grid import Job, expand_grid
 from experiments.runner import Experiment
 from experiments.store import Kept, kept_keys
-from sam_jax.curvature import gauss_newton_operator, ritz_pairs
-from sam_jax.losses import get_loss
-from sam_jax.training import Run
+from sam_jax.training import Run, top_eigenvalue
 
 
 def initial_sharpness(run: Run, losses: Sequence[str] = ("cross_entropy",)) -> dict[str, float]:
@@ -52,22 +48,20 @@ def initial_sharpness(run: Run, losses: Sequence[str] = ("cross_entropy",)) -> d
     Returns:
       ``{loss: lambda_0}``.
     """
-    state = run.init_state
-    subset = {"image": jnp.asarray(run.data.train.images), "label": jnp.asarray(run.data.train.labels)}
-
-    @jax.jit
-    def top(params):
-        def apply_fn(p, x):
-            return run.eval_step(p, state.model_state, x)
-
-        return {
-            loss: ritz_pairs(
-                gauss_newton_operator(apply_fn, get_loss(loss), params, subset), params, num_iters=60, tol=1e-5
-            ).values[0]
-            for loss in losses
-        }
-
-    return {loss: float(value) for loss, value in top(state.params).items()}
+    train = run.data.train
+    return {
+        loss: top_eigenvalue(
+            run,
+            run.init_state,
+            train.images,
+            train.labels,
+            curvature="gauss_newton",
+            loss=loss,
+            num_iters=60,
+            tolerance=1e-5,
+        )
+        for loss in losses
+    }
 
 
 def run_order(jobs: Sequence[Job], priority: Sequence[str] = ()) -> list[Job]:

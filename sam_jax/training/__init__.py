@@ -12,7 +12,7 @@ from sam_jax.training.config import (
     validate_config,
 )
 from sam_jax.training.distributed import initialize_distributed
-from sam_jax.training.evaluation import Hook, evaluate, predict
+from sam_jax.training.evaluation import Hook, evaluate, predict, top_eigenvalue
 from sam_jax.training.failures import TrainingDivergedError
 from sam_jax.training.inputs import RunData, load_run_data
 from sam_jax.training.loop import train_and_evaluate
@@ -40,6 +40,7 @@ __all__ = [
     "Run",
     "RunData",
     "TrainState",
+    "top_eigenvalue",
     "TrainingDivergedError",
     "build_run",
     "default_config",

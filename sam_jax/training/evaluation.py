@@ -3,7 +3,8 @@
 A :class:`Hook` is ``fn(state) -> metrics`` with the steps it runs at; :func:`evaluate` is the
 calibration suite on the train subset, validation and test sets, over the logits :func:`predict`
 gathers batch by batch; :func:`curvature_hook` wraps ``sam_jax.training.hooks``' curvature tracker
-for the ``curvature`` config block.
+for the ``curvature`` config block, and :func:`top_eigenvalue` runs the same tracker once on a saved
+or initial state.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import data
@@ -19,7 +21,7 @@ from sam_jax.losses import get_loss
 from sam_jax.training import sharding
 from sam_jax.training.build import Run
 from sam_jax.training.config import chosen_hparams, optimizer_hparams
-from sam_jax.training.hooks import make_curvature_tracker
+from sam_jax.training.hooks import default_curvature_config, make_curvature_tracker
 from sam_jax.training.state import TrainState
 
 
@@ -143,3 +145,50 @@ def curvature_hook(run: Run) -> Hook | None:
         return tracker(state.params, state.model_state, images, labels, jax.random.fold_in(key, state.step))
 
     return Hook(config.curvature.every, track, log_spaced_steps(config.eval_points_per_decade, run.total_steps))
+
+
+def top_eigenvalue(
+    run: Run,
+    state: TrainState,
+    images: np.ndarray | jax.Array,
+    labels: np.ndarray | jax.Array,
+    *,
+    curvature: str = "hessian",
+    loss: str = "cross_entropy",
+    num_iters: int = 30,
+    tolerance: float = 0.0,
+) -> float:
+    """The top eigenvalue of the Hessian or the Gauss-Newton matrix of ``loss`` at ``state``.
+
+    The curvature of the mean ``loss`` of the run's predictions (its loss's ``predict`` of the
+    model's logits, in inference mode) on ``images`` and ``labels``, by Lanczos through the curvature
+    tracker of the train loop (``sam_jax.training.hooks``), batch by batch: the one route from a run
+    and a state (final, saved or initial) to its sharpness.
+
+    Args:
+      run: a built run (``build_run`` or ``load_trained``).
+      state: the state whose parameters are measured, e.g. ``run.init_state``.
+      images: the inputs of the loss.
+      labels: their integer labels.
+      curvature: ``"hessian"`` or ``"gauss_newton"``.
+      loss: a registered loss name, at its default hyper-parameters.
+      num_iters: Lanczos steps (the maximum with a tolerance).
+      tolerance: stop once the Ritz residual is below this fraction of the eigenvalue; 0 runs
+        every step.
+
+    Returns:
+      The eigenvalue.
+    """
+    block = default_curvature_config()
+    block.every = 1
+    block.quantities = curvature
+    block.num_iters = num_iters
+    block.tolerance = tolerance
+    loss_state = state.loss_state
+
+    def model_apply(params: Any, model_state: Any, inputs: jax.Array) -> jax.Array:
+        return run.loss.predict(run.eval_step(params, model_state, inputs), loss_state)
+
+    tracker = make_curvature_tracker(block, model_apply, get_loss(loss), batch_size=run.batch_size)
+    metrics = tracker(state.params, state.model_state, jnp.asarray(images), jnp.asarray(labels), jax.random.PRNGKey(0))
+    return float(metrics[f"curvature/{curvature}_top1"])
