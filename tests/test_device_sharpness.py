@@ -180,7 +180,7 @@ def results() -> dict:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={DEVICES}",
     }
     out = subprocess.run(
         [sys.executable, "-c", _SCRIPT.format(root=ROOT, devices=DEVICES)],

@@ -25,7 +25,8 @@ print(json.dumps({{"devices": jax.device_count(), "leaves": leaves, "loss": summ
 
 def _run(tmp_path, devices: int) -> dict:
     workdir = str(tmp_path / f"devices{devices}")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     out = subprocess.run(
         [sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir)],
         cwd=ROOT,

@@ -45,7 +45,7 @@ def _start(tmp_path, workdir: str, num_steps: int, num_processes: int, devices_p
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices_per_process}",
         # The resumed launch reuses the executables of the first (same programs, same devices).
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "compilation_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
