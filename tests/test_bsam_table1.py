@@ -145,7 +145,7 @@ def test_grid_labels_can_share_an_optimizer():
         grid.expand_grid(config)
 
 
-ALL_METHODS = ["SGD", "SAM-SGD", "SWAG", "VOGN", "Adam", "SAM-Adam", "bSAM"]
+ALL_METHODS = ["SGD", "SAM-SGD", "SWAG", "VOGN", "Adam", "SAM-Adam", "bSAM", "IVON (not in the paper)"]
 
 
 @needs_fashion_mnist
