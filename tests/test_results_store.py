@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each committed store: its driver's experiment and the config preset that made it.
 COMMITTED = {
     "bsam_table1": (bsam_table1.EXPERIMENT, bsam_table1_presets, "fmnist"),
+    "bsam_table1_mnist": (bsam_table1.EXPERIMENT, bsam_table1_presets, "mnist"),
     "calibration_benchmark_fmnist": (calibration_benchmark.EXPERIMENT, benchmark_presets, "fmnist"),
     "curvature_calibration_faithful": (curvature_calibration.EXPERIMENT, curvature_presets, "faithful"),
     "curvature_calibration_cifar10": (curvature_calibration.EXPERIMENT, curvature_presets, "faithful_cifar10"),
