@@ -18,8 +18,9 @@ in a fresh temporary directory, so nothing carries over between sessions.
 import os
 import tempfile
 
+# Added once (dict.fromkeys drops a repeat): the xdist workers inherit the flags and load this file again.
 os.environ["XLA_FLAGS"] = " ".join(
-    flag for flag in (os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0") if flag
+    dict.fromkeys([*os.environ.get("XLA_FLAGS", "").split(), "--xla_backend_optimization_level=0"])
 )
 
 # Imported after XLA_FLAGS is set, since the backend reads it when it starts.

@@ -160,7 +160,8 @@ print(json.dumps({{
 """
 
 
-# Halves the compile time of these tiny programs; every comparison of bits is within one process.
+# Beside conftest's fast-compile flag (in XLA_FLAGS), LLVM's expensive passes off too for these tiny
+# programs; every comparison of bits is within one process.
 _FAST_COMPILE = "--xla_llvm_disable_expensive_passes=true"
 
 
