@@ -11,7 +11,8 @@ how the report is built. A driver defines one and runs it::
 
 The modes:
 
-- ``run`` trains shard ``i/n`` of the jobs (each resumable, finished ones skipped). With
+- ``run`` trains shard ``i/n`` of the jobs (each resumable, finished ones skipped), or only the
+  jobs whose name matches one of ``--jobs``' shell patterns (``--jobs='swag/*,vogn/*/seed0'``). With
   ``--store=<folder>``, the store's records and unfinished jobs (``in_progress/``) are copied into
   the workdir first, so the grid continues where the committed records stopped.
 - ``export`` keeps what the report reads of every finished job (``Experiment.keep``) and of the grid
@@ -25,6 +26,7 @@ The modes:
 
 import contextlib
 import dataclasses
+import fnmatch
 import functools
 import os
 import tempfile
@@ -92,13 +94,16 @@ class Experiment:
     keep: Callable[[Config, Job], Kept] = _keep_config_and_summary
     grid_files: Callable[[Config], Sequence[str]] = _no_grid_files
 
-    def train(self, config: Config, index: int, count: int) -> None:
-        """Trains shard ``index`` of ``count``."""
+    def train(self, config: Config, index: int, count: int, patterns: Sequence[str] = ()) -> None:
+        """Trains shard ``index`` of ``count`` of the jobs whose name matches one of ``patterns``
+        (shell patterns, ``fnmatch``; empty: every job)."""
         if self.run is not None:
+            if patterns:
+                raise ValueError(f"--jobs is not supported by {self.name}, which trains its own way.")
             self.run(config, index, count)
             return
         run_jobs(
-            shard_jobs(self.order(config, self.jobs(config)), index, count),
+            shard_jobs(select_jobs(self.order(config, self.jobs(config)), patterns), index, count),
             compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
             after_job=self.after_job(config) if self.after_job else None,
             hooks=self.hooks(config) if self.hooks else None,
@@ -114,6 +119,21 @@ class Experiment:
                 with open(full, "rb") as f:
                     records.setdefault(os.path.dirname(path), {})[os.path.basename(path)] = f.read().decode("utf-8")
         return records
+
+
+def select_jobs(jobs: Sequence[Job], patterns: Sequence[str]) -> list[Job]:
+    """The jobs whose name matches at least one of the shell ``patterns`` (all jobs when empty), in order.
+
+    Raises:
+      ValueError: a pattern that matches no job (a typo would otherwise train nothing, silently).
+    """
+    if not patterns:
+        return list(jobs)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(job.name, p) for job in jobs)]
+    if unmatched:
+        names = ", ".join(job.name for job in jobs[:6])
+        raise ValueError(f"--jobs pattern(s) {unmatched} match no job; job names look like: {names}, ...")
+    return [job for job in jobs if any(fnmatch.fnmatchcase(job.name, p) for p in patterns)]
 
 
 def export(experiment: Experiment, config: Config, store_dir: str = "") -> str:
@@ -182,6 +202,7 @@ def main(
     shard: str = "0/1",
     store_dir: str = "",
     report_dir: str = "",
+    job_patterns: Sequence[str] = (),
 ) -> None:
     """Runs ``mode`` (one of ``MODES``; see the module docstring) of ``experiment``.
 
@@ -193,9 +214,10 @@ def main(
       store_dir: a results store folder (``results/<experiment>``): the records to continue
         from (``run``, ``all``), to write to (``export``) or to report on (``report``).
       report_dir: where the report goes (default ``<workdir>/report``).
+      job_patterns: train only the jobs whose name matches one of these shell patterns.
 
     Raises:
-      ValueError: an unknown mode or a malformed shard.
+      ValueError: an unknown mode, a malformed shard, or a job pattern that matches no job.
     """
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
@@ -204,7 +226,7 @@ def main(
         if store_dir:
             store.unpack(store_dir, config.workdir, overwrite=False)
             store.restore_in_progress(store_dir, config.workdir)
-        experiment.train(config, index, count)
+        experiment.train(config, index, count, job_patterns)
     if mode == "export":
         print(f"Records of the finished runs: {export(experiment, config, store_dir)}")
     if mode in ("report", "all"):
@@ -215,7 +237,7 @@ def main(
 
 
 def run_from_command_line(experiment: Experiment) -> None:
-    """The driver's command line: ``--config``, ``--mode``, ``--shard``, ``--store``, ``--report_dir``.
+    """The driver's command line: ``--config``, ``--mode``, ``--shard``, ``--jobs``, ``--store``, ``--report_dir``.
 
     The flags are defined here, when a driver runs as a script, so that tests and other drivers can
     import any number of driver modules.
@@ -227,8 +249,13 @@ def run_from_command_line(experiment: Experiment) -> None:
         "report on it (report).",
     )
     flags.DEFINE_string("report_dir", "", "Where the report goes (default <workdir>/report).")
+    flags.DEFINE_list(
+        "jobs", [], "Train only the jobs whose name matches one of these shell patterns, e.g. 'swag/*,sgd/*/seed0'."
+    )
     cli.run_grid(
-        lambda config, mode, shard: main(experiment, config, mode, shard, flags.FLAGS.store, flags.FLAGS.report_dir),
+        lambda config, mode, shard: main(
+            experiment, config, mode, shard, flags.FLAGS.store, flags.FLAGS.report_dir, flags.FLAGS.jobs
+        ),
         experiment.default_config,
         MODES,
         "Train jobs, export their records, write the report, or train then report.",

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 from experiments import curvature_calibration as driver
-from experiments import grid, store
+from experiments import grid, runner, store
 from experiments.configs.curvature_calibration import CIFAR10_EOS_LEARNING_RATES, get_config
 from sam_jax.analysis import mean_std_over_learning_rates, pearson, trajectory, trajectory_correlation
 from sam_jax.training import build_run, load_run_data, read_metrics, validate_config
@@ -158,6 +158,17 @@ def test_parse_shard_rejects(text):
 
 def test_parse_shard():
     assert grid.parse_shard("3/4") == (3, 4)
+
+
+def test_select_jobs_keeps_the_matching_jobs_in_order_and_rejects_a_pattern_that_matches_none():
+    jobs = grid.expand_grid(get_config("fmnist"))
+    assert runner.select_jobs(jobs, ()) == jobs
+    chosen = runner.select_jobs(jobs, ["sam/*/seed0", "gd/*"])
+    wanted = lambda name: name.startswith("gd/") or (name.startswith("sam/") and name.endswith("/seed0"))
+    assert chosen == [job for job in jobs if wanted(job.name)]
+    assert chosen and len(chosen) < len(jobs)
+    with pytest.raises(ValueError, match="samm"):
+        runner.select_jobs(jobs, ["sam/*", "samm/*"])
 
 
 def test_done_jobs_are_skipped(tmp_path, monkeypatch):
