@@ -63,10 +63,11 @@ def gradient_passes(name: str, num_steps: int) -> float:
             model,
             tx,
             get_stateful_loss("cross_entropy"),
-            spec.descent_loss(hparams),
+            spec.descent_loss(hparams, "cross_entropy", {}),
             m=m if m < BATCH_SIZE else 0,
             uses_clean_gradient=spec.uses_clean_gradient,
             num_train=NUM_TRAIN,
+            per_example_moments=spec.per_example_moments,
         )
     )
     state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(1), ())

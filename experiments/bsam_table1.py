@@ -24,7 +24,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -34,7 +34,7 @@ import numpy as np
 
 from experiments import runner
 from experiments.configs.bsam_table1 import EPOCHS, PAPER_TABLE1
-from experiments.grid import AfterJob, Job, data_key, expand_grid, run_jobs, shard_jobs
+from experiments.grid import AfterJob, Job, data_key, expand_grid, run_jobs
 from experiments.runner import Experiment
 from experiments.store import Kept
 from experiments.tables import markdown_row, markdown_table, mean_std, mean_std_cell, write_csv
@@ -277,9 +277,9 @@ def _precision_histogram(label: str, runs: Sequence[dict[str, Any]], out: str) -
     )
 
 
-def run_shard(config: ml_collections.ConfigDict, index: int, count: int) -> None:
-    """Trains and evaluates shard ``index`` of ``count`` of the seed-major job list."""
-    mine = shard_jobs(grid_jobs(config), index, count)
+def run_shard(config: ml_collections.ConfigDict, select: Callable[[Sequence[Job]], list[Job]]) -> None:
+    """Trains and evaluates the jobs of the seed-major job list that ``select`` keeps (a shard)."""
+    mine = select(grid_jobs(config))
     run_jobs(
         mine,
         compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),

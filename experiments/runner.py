@@ -66,8 +66,9 @@ class Experiment:
       report: ``report(config, jobs, out)`` writes the report into the folder ``out`` (created),
         returns it; ``config.workdir`` holds the jobs.
       report_file: the file of the report printed after ``report``.
-      run: ``run(config, index, count)`` trains shard ``index`` of ``count``; None: the grid
-        runner over ``jobs`` with ``after_job``, ``hooks`` and ``exclusive``.
+      run: ``run(config, select)`` trains the jobs that ``select(jobs)`` keeps of the job lists it
+        builds (the shard and the ``--jobs`` patterns of the command line); None: the grid runner
+        over ``jobs`` with ``after_job``, ``hooks`` and ``exclusive``.
       after_job: ``after_job(config)`` gives what runs after each job finishes training (with its
         :class:`Run`), e.g. evaluating the final checkpoint.
       hooks: ``hooks(config)`` gives the hooks that a job trains with.
@@ -85,7 +86,7 @@ class Experiment:
     jobs: Callable[[Config], list[Job]]
     report: Callable[[Config, Sequence[Job], str], str]
     report_file: str
-    run: Callable[[Config, int, int], None] | None = None
+    run: Callable[[Config, Callable[[Sequence[Job]], list[Job]]], None] | None = None
     after_job: Callable[[Config], AfterJob] | None = None
     hooks: Callable[[Config], JobHooks] | None = None
     exclusive: bool = False
@@ -96,14 +97,21 @@ class Experiment:
 
     def train(self, config: Config, index: int, count: int, patterns: Sequence[str] = ()) -> None:
         """Trains shard ``index`` of ``count`` of the jobs whose name matches one of ``patterns``
-        (shell patterns, ``fnmatch``; empty: every job)."""
+        (shell patterns, ``fnmatch``; empty: every job).
+
+        Raises:
+          ValueError: a pattern that matches none of the grid's jobs (``select_jobs``).
+        """
+        select_jobs(self.jobs(config), patterns)  # a pattern that matches no job fails here, before any training
+
+        def select(jobs: Sequence[Job]) -> list[Job]:
+            return shard_jobs([job for job in jobs if matches(job, patterns)], index, count)
+
         if self.run is not None:
-            if patterns:
-                raise ValueError(f"--jobs is not supported by {self.name}, which trains its own way.")
-            self.run(config, index, count)
+            self.run(config, select)
             return
         run_jobs(
-            shard_jobs(select_jobs(self.order(config, self.jobs(config)), patterns), index, count),
+            select(self.order(config, self.jobs(config))),
             compilation_cache_dir=os.path.join(config.workdir, "jax_cache"),
             after_job=self.after_job(config) if self.after_job else None,
             hooks=self.hooks(config) if self.hooks else None,
@@ -121,19 +129,22 @@ class Experiment:
         return records
 
 
+def matches(job: Job, patterns: Sequence[str]) -> bool:
+    """Whether ``job``'s name matches one of the shell ``patterns`` (every job does when there are none)."""
+    return not patterns or any(fnmatch.fnmatchcase(job.name, pattern) for pattern in patterns)
+
+
 def select_jobs(jobs: Sequence[Job], patterns: Sequence[str]) -> list[Job]:
     """The jobs whose name matches at least one of the shell ``patterns`` (all jobs when empty), in order.
 
     Raises:
       ValueError: a pattern that matches no job (a typo would otherwise train nothing, silently).
     """
-    if not patterns:
-        return list(jobs)
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(job.name, p) for job in jobs)]
+    unmatched = [pattern for pattern in patterns if not any(matches(job, [pattern]) for job in jobs)]
     if unmatched:
-        names = ", ".join(job.name for job in jobs[:6])
+        names = ", ".join(job.name for job in jobs[:6]) or "(none yet)"
         raise ValueError(f"--jobs pattern(s) {unmatched} match no job; job names look like: {names}, ...")
-    return [job for job in jobs if any(fnmatch.fnmatchcase(job.name, p) for p in patterns)]
+    return [job for job in jobs if matches(job, patterns)]
 
 
 def export(experiment: Experiment, config: Config, store_dir: str = "") -> str:

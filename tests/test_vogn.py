@@ -11,6 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 from sam_jax import optim
+from sam_jax.training.steps import example_gradient_moments
 from tests.tanh_regression import loss, make_problem, numpy_grad
 
 NUM_DATA = 40
@@ -46,9 +47,17 @@ def numpy_vogn(params, x, y, noises, learning_rates, beta1, beta2, prior_precisi
     return mu, {k: s[k] + delta + damping for k in mu}, m
 
 
-def _per_example_grad_fn(x, y):
-    per_example = jax.vmap(jax.grad(lambda p, xi, yi: loss(p, xi[None], yi[None])))
-    return lambda stacked: per_example(stacked, jnp.asarray(x), jnp.asarray(y))
+def _per_example_grad_fn(x, y, num_samples):
+    """``grad_fn`` of VOGN's contract: one weight sample per sub-batch; per sub-batch the mean of the
+    per-example gradients and of their squares, stacked ``[S, ...]``."""
+    example_grads = jax.vmap(jax.grad(lambda p, xi, yi: loss(p, xi[None], yi[None])), (None, 0, 0))
+
+    def moments(p, xs, ys):
+        g = example_grads(p, xs, ys)
+        return jax.tree.map(lambda gi: gi.mean(0), g), jax.tree.map(lambda gi: (gi * gi).mean(0), g)
+
+    split = lambda a: jnp.asarray(a).reshape((num_samples, BATCH_SIZE // num_samples) + a.shape[1:])
+    return lambda stacked: jax.vmap(moments)(stacked, split(x), split(y))
 
 
 def _noises(params, num_samples, seed=1):
@@ -76,7 +85,7 @@ class VognTest(chex.TestCase):
             learning_rate = optax.cosine_decay_schedule(0.08, NUM_STEPS)
             learning_rates = [0.04 * (1 + np.cos(np.pi * t / NUM_STEPS)) for t in range(NUM_STEPS)]
         tx = optim.vogn(learning_rate, NUM_DATA, BATCH_SIZE, **HYPER, num_samples=num_samples)
-        grad_fn = _per_example_grad_fn(x, y)
+        grad_fn = _per_example_grad_fn(x, y, num_samples)
 
         @self.variant
         def step(params, state, noise):
@@ -98,7 +107,8 @@ class VognTest(chex.TestCase):
         params = {"w": jnp.zeros(3)}
         per_example = jnp.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]])
         tx = optim.scale_by_vogn(10, 2, prior_precision=0.0, beta2=0.5, damping=0.0, init_precision=1.0)
-        direction, state = tx.update(None, tx.init(params), params, grad_fn=lambda stacked: {"w": per_example})
+        moments = lambda stacked: ({"w": per_example.mean(0)[None]}, {"w": (per_example**2).mean(0)[None]})
+        direction, state = tx.update(None, tx.init(params), params, grad_fn=moments)
         np.testing.assert_allclose(state.precision["w"], 0.5 + 0.5 * np.array([1.0, 4.0, 0.25]))
         np.testing.assert_allclose(direction["w"], 0.0)
 
@@ -108,14 +118,12 @@ class VognTest(chex.TestCase):
 
         def grad_fn(stacked):
             seen.append(stacked)
-            return jax.tree.map(jnp.zeros_like, stacked)
+            return jax.tree.map(jnp.zeros_like, stacked), jax.tree.map(jnp.zeros_like, stacked)
 
         tx = optim.scale_by_vogn(NUM_DATA, BATCH_SIZE, prior_precision=1.0, num_samples=4, seed=5)
         state = tx.init(params)
         tx.update(None, state, jax.tree.map(jnp.asarray, params), grad_fn=grad_fn)
-        rows = np.asarray(seen[0]["w"]).reshape(BATCH_SIZE, -1)
-        for first in range(0, BATCH_SIZE, 2):
-            np.testing.assert_array_equal(rows[first], rows[first + 1])
+        rows = np.asarray(seen[0]["w"]).reshape(4, -1)  # one weight sample per sub-batch of 2 examples
         self.assertEqual(len({tuple(row.round(12)) for row in rows}), 4)
         # The spread is the posterior's: 1 / sqrt(N p) with p = init_precision.
         self.assertLess(np.abs(rows - params["w"].ravel()).max(), 5 / np.sqrt(NUM_DATA))
@@ -153,5 +161,24 @@ class VognTest(chex.TestCase):
         tx = optim.vogn(0.1, 10, 8, prior_precision=1.0)
         with self.assertRaisesRegex(ValueError, "grad_fn"):
             tx.update(None, tx.init(params), params)
+        one_per_example = lambda stacked: (jnp.zeros((8, 2)),) * 2  # per-example gradients, not moments
+        with self.assertRaisesRegex(ValueError, "stacked over the 1 weight samples"):
+            tx.update(None, tx.init(params), params, grad_fn=one_per_example)
         with self.assertRaisesRegex(ValueError, "exactly one VOGNState"):
             optim.vogn_sample(params, optax.sgd(0.1).init(params), jax.random.PRNGKey(0), 10)
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_train_step_per_example_moments_match_numpy(sequential):
+    """The train step's per-example moments (``sequential``: CPU's one-example-at-a-time scan; else
+    ``jax.vmap``) are the float64 NumPy mean of the per-example gradients and of their squares."""
+    params, x, y = make_problem(4, BATCH_SIZE)
+    example_grad = lambda p, example: jax.grad(loss)(p, example["image"], example["label"])
+    moments = jax.jit(example_gradient_moments(example_grad, sequential=sequential))
+    mean, squares = moments(jax.tree.map(jnp.asarray, params), {"image": jnp.asarray(x), "label": jnp.asarray(y)})
+    grads = [numpy_grad(params, x[i : i + 1], y[i : i + 1]) for i in range(BATCH_SIZE)]
+    for k in params:
+        per_example = np.stack([g[k] for g in grads])
+        np.testing.assert_allclose(mean[k], per_example.mean(0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(squares[k], (per_example**2).mean(0), rtol=1e-12, atol=1e-14)
+        assert np.abs((per_example**2).mean(0) - per_example.mean(0) ** 2).max() > 1e-3  # not the squared mean

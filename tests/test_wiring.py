@@ -201,7 +201,8 @@ class Case:
 
     ``reference(blocks, learning_rate, num_train, seed)`` gets every block with the overrides
     applied; ``descent_gamma(blocks)`` is CSAM's gamma (grad_fn then differentiates its loss);
-    ``m(blocks)`` the m-sharpness sub-batch size; ``clean_gradient`` False when ``grads`` is None.
+    ``m(blocks)`` the m-sharpness sub-batch size; ``per_example`` True when ``grad_fn`` returns
+    per-example gradients of each sub-batch (VOGN); ``clean_gradient`` False when ``grads`` is None.
     """
 
     id: str
@@ -209,6 +210,7 @@ class Case:
     overrides: Mapping[str, Mapping[str, Any]]
     reference: Callable[..., optax.GradientTransformation]
     m: Callable[[Mapping], int] = lambda b: 0
+    per_example: bool = False
     descent_gamma: Callable[[Mapping], float | None] = lambda b: None
     clean_gradient: bool = True
     # Jit the reference step once, with the float hyper-parameters as traced arguments: cheaper
@@ -353,7 +355,8 @@ CASES = [
             num_samples=BATCH_SIZE // b["vogn"]["m"] if b["vogn"]["m"] else 1,
             seed=s,
         ),
-        m=lambda b: 1,  # per-example gradients; vogn.m examples share a weight sample
+        m=lambda b: b["vogn"]["m"],  # vogn.m examples share a weight sample
+        per_example=True,
         clean_gradient=False,
     ),
     Case(
@@ -488,7 +491,18 @@ def reference_stepper(case: Case, blocks, model, learning_rate):
         gamma = case.descent_gamma(b)
         descent = ascent if gamma is None else _objective(model, lambda z, y: csam_loss(z, y, gamma))
         batch = {"image": batch["image"], "label": batch["label"]}
-        if m:
+        if case.per_example:  # m = 0: one sub-batch of the whole batch
+            sub_batches = split_into_sub_batches(batch, m or len(batch["label"]))
+            grads = None
+            example_grad = lambda p, x, y: jax.grad(descent)(p, {"image": x[None], "label": y[None]})
+
+            def moments(p, xs, ys):  # the mean of one sub-batch's per-example gradients and of their squares
+                g = jax.vmap(example_grad, (None, 0, 0))(p, xs, ys)
+                return jax.tree.map(lambda gi: gi.mean(0), g), jax.tree.map(lambda gi: (gi * gi).mean(0), g)
+
+            def grad_fn(stacked_params):
+                return jax.vmap(moments)(stacked_params, sub_batches["image"], sub_batches["label"])
+        elif m:
             sub_batches = split_into_sub_batches(batch, m)
             grads = jax.vmap(jax.grad(ascent), (None, 0))(params, sub_batches)
 

@@ -5,7 +5,7 @@ import collections
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,7 +22,7 @@ from experiments.calibration_benchmark.jobs import (
     tune_jobs,
     tuned_hparams,
 )
-from experiments.grid import Job, RunDataCache, data_key, run_jobs, shard_jobs
+from experiments.grid import Job, RunDataCache, data_key, run_jobs
 from sam_jax import calibration, data
 from sam_jax.losses import get_loss
 from sam_jax.training import (
@@ -307,9 +307,11 @@ def geometry_hooks(config: ml_collections.ConfigDict):
     return hooks
 
 
-def run_shard(config: ml_collections.ConfigDict, index: int, count: int, poll_s: float = 30.0) -> None:
-    """Trains and evaluates shard ``index`` of ``count``: its tuning jobs, then (once the search is
-    complete, waiting for the other shards' part) its method jobs."""
+def run_shard(
+    config: ml_collections.ConfigDict, select: Callable[[Sequence[Job]], list[Job]], poll_s: float = 30.0
+) -> None:
+    """Trains and evaluates the jobs that ``select`` keeps (a shard): its tuning jobs, then (once the
+    search is complete, waiting for the other shards' part) its method jobs."""
     groups = selected_groups(config)
     run_data = RunDataCache()
     evaluator = Evaluator(config.benchmark, run_data)
@@ -317,12 +319,12 @@ def run_shard(config: ml_collections.ConfigDict, index: int, count: int, poll_s:
     tuning = (
         tune_jobs(config) if "tune" in groups or not os.path.exists(os.path.join(config.workdir, TUNED_FILE)) else []
     )
-    run_jobs(shard_jobs(tuning, index, count), compilation_cache_dir=cache_dir, run_data=run_data)
+    run_jobs(select(tuning), compilation_cache_dir=cache_dir, run_data=run_data)
     tuned = tuned_hparams(config)
     while tuned is None:
         time.sleep(poll_s)
         tuned = tuned_hparams(config)
-    jobs = shard_jobs(method_jobs(config, tuned, groups), index, count)
+    jobs = select(method_jobs(config, tuned, groups))
     evaluator.finished(jobs)  # trained before an interruption cut their evaluation short
     run_jobs(
         jobs,

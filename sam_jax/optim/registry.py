@@ -8,7 +8,8 @@ to know about an optimizer, so that none of them ever tests an optimizer's name:
 - ``build(hparams, context)``: the optax transformation (every one takes ``grad_fn``);
 - what the train step must supply: the clean gradient at ``params`` (``uses_clean_gradient``), a
   separate descent loss built from the run's training loss (``descent_loss``), stacked sub-batches of size ``m``
-  (``sub_batch_size``), the whole training set as one batch (``full_batch``);
+  (``sub_batch_size``), per-example gradient moments (``per_example_moments``), the whole training set
+  as one batch (``full_batch``);
 - what evaluation and tracking may use: a posterior to sample for prediction
   (``posterior_sample``) and a perturbation radius (``perturbation_radius``).
 
@@ -104,6 +105,10 @@ class OptimizerSpec:
         ``ValueError`` for a training loss it is not defined for (checked at config validation).
       sub_batch_size: ``sub_batch_size(hparams) -> m`` (0 = no m-sharpness, ``PER_DEVICE`` = one
         sub-batch per device).
+      per_example_moments: ``grad_fn`` returns the mean per-example gradient and the mean of the
+        squared per-example gradients of each of the ``S`` sub-batches of ``m`` examples (one
+        sub-batch when ``m`` is 0), each at the sub-batch's own stacked parameters, stacked
+        ``[S, ...]`` (VOGN's Gauss-Newton diagonal).
       full_batch: the batch is the whole training set, in a fixed order (full-batch GD).
       posterior_sample: ``posterior_sample(params, opt_state, key, num_train) -> params`` for
         optimizers that learn a posterior (bSAM); None for a point estimate.
@@ -124,6 +129,7 @@ class OptimizerSpec:
     uses_clean_gradient: bool = True
     descent_loss: Callable[[Hparams, str, Hparams], LossFn | None] = _training_loss
     sub_batch_size: Callable[[Hparams], int] = lambda hparams: 0
+    per_example_moments: bool = False
     full_batch: bool = False
     posterior_sample: Callable[..., Any] | None = None
     recompute_batch_stats: bool = False
@@ -563,9 +569,9 @@ def _vogn(hparams: Hparams, context: BuildContext) -> optax.GradientTransformati
     )
 
 
-# Per-example gradients: the train step splits every batch into sub-batches of one example
-# (sub_batch_size 1); vogn.m is how many consecutive examples share a weight sample. Sub-batches of
-# one example leave BatchNorm no batch to normalise over: use VOGN with models without BatchNorm.
+# Per-example gradient moments of the sub-batches of vogn.m examples, each at its own weight sample
+# (vogn.m = 0: one sample for the whole batch). Each example's forward pass is a batch of one, which
+# leaves BatchNorm no batch to normalise over: use VOGN with models without BatchNorm.
 register(
     OptimizerSpec(
         "vogn",
@@ -580,7 +586,8 @@ register(
         _vogn,
         rules={**_rules_of(VOGN_RULES, *POSTERIOR_FIELDS), "m": WHOLE_NON_NEGATIVE},
         uses_clean_gradient=False,
-        sub_batch_size=lambda hparams: 1,
+        sub_batch_size=lambda hparams: int(hparams["m"]),
+        per_example_moments=True,
         posterior_sample=vogn_sample,
         summary="VOGN (Osawa et al. 2019, arXiv:1906.02506, Algorithm 1): natural-gradient VI with the "
         "per-example squared-gradient (Gauss-Newton) precision; m > 0 gives every m examples their own "

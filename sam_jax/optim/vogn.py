@@ -32,10 +32,12 @@ without a ``1 - beta1`` factor (Algorithm 1, line 9, as for heavy-ball SGD); its
 ``alpha`` therefore compares with SGD's, not Adam's.
 
 ``h_hat`` is the mean of squared *per-example* gradients (the diagonal of the generalised
-Gauss-Newton matrix of the negative log-likelihood), not the square of the batch gradient: ``grad_fn``
-returns one gradient per example. The examples form ``S`` sub-batches of ``B / S`` examples, each
-evaluated at its own weight sample ``theta_j`` (the independent Monte-Carlo samples of Osawa et al.'s
-distributed VOGN; Möllenhoff & Khan use ``S = 16`` sub-batches of a batch of 128).
+Gauss-Newton matrix of the negative log-likelihood), not the square of the batch gradient. The
+examples form ``S`` sub-batches of ``B / S`` examples, each evaluated at its own weight sample
+``theta_j`` (the independent Monte-Carlo samples of Osawa et al.'s distributed VOGN; Möllenhoff &
+Khan use ``S = 16`` sub-batches of a batch of 128). ``grad_fn`` takes the ``S`` samples stacked and
+returns, per sub-batch, the two moments that lines 7-8 average: the mean of its examples' gradients
+and the mean of their squares. It never has to hold ``B`` per-example gradients at once.
 """
 
 from collections.abc import Callable
@@ -114,11 +116,12 @@ def scale_by_vogn(
     is that chain. See the module docstring for the step and the meaning of ``p``.
 
     ``update(grads, state, params, grad_fn=grad_fn)`` calls ``grad_fn`` once with parameters stacked
-    along a leading axis of ``batch_size`` (entry ``i`` is the weight sample of example ``i``'s
-    sub-batch: examples ``i`` with equal ``i // (batch_size / num_samples)`` share a sample) and
-    expects the stacked per-example gradients back, entry ``i`` the gradient of example ``i``'s loss
-    (``sam_jax.training`` gives such a ``grad_fn`` to an optimizer whose sub-batches hold one example
-    each). ``grads`` is not used (it may be ``None``).
+    along a leading axis of ``num_samples`` (entry ``j`` is the weight sample of sub-batch ``j``,
+    the examples ``j * B / S, ..., (j + 1) * B / S - 1``) and expects ``(mean, mean_of_squares)``
+    back, each stacked ``[num_samples, ...]``: entry ``j`` the mean over sub-batch ``j``'s examples of
+    their loss gradients at sample ``j``, and of those gradients squared (``sam_jax.training`` gives
+    such a ``grad_fn`` to an optimizer registered with ``per_example_moments``). ``grads`` is not
+    used (it may be ``None``).
 
     The optional extra argument ``noise`` of ``update`` (a pytree like ``params`` with a leading axis
     ``num_samples`` of standard-normal draws ``z``, so that ``e_j = z_j / sqrt(N p)``) replaces the
@@ -127,13 +130,18 @@ def scale_by_vogn(
 
     Example::
 
-      per_example_grads = jax.vmap(jax.grad(lambda p, x, y: loss(p, x[None], y[None])))
+      example_grads = jax.vmap(jax.grad(lambda p, x, y: loss(p, x[None], y[None])), (None, 0, 0))
+
+      def moments(p, x, y):  # one sub-batch at its own weight sample
+          g = example_grads(p, x, y)
+          return jax.tree.map(lambda gi: gi.mean(0), g), jax.tree.map(lambda gi: (gi * gi).mean(0), g)
+
       tx = optax.chain(
           scale_by_vogn(60_000, 128, prior_precision=25.0, beta1=0.95, damping=0.05, num_samples=16),
           optax.scale_by_learning_rate(optax.cosine_decay_schedule(5e-4, 35_000)),
       )
       state = tx.init(params)
-      grad_fn = lambda stacked: per_example_grads(stacked, images, labels)
+      grad_fn = lambda stacked: jax.vmap(moments)(stacked, images.reshape(16, 8, -1), labels.reshape(16, 8))
       updates, state = tx.update(None, state, params, grad_fn=grad_fn)
       params = optax.apply_updates(params, updates)
 
@@ -176,7 +184,6 @@ def scale_by_vogn(
     if batch_size % num_samples:
         raise ValueError(f"Bad VOGN hyper-parameters: num_samples={num_samples} must divide batch_size={batch_size}.")
     delta = prior_precision / num_data
-    examples_per_sample = batch_size // num_samples
 
     def init(params: optax.Params) -> VOGNState:
         return VOGNState(**initial_posterior(params, seed, init_precision))
@@ -193,16 +200,21 @@ def scale_by_vogn(
         del grads, extra_args
         if params is None or grad_fn is None:
             raise ValueError(
-                "VOGN needs params and grad_fn=<stacked params -> per-example gradients>: call "
+                "VOGN needs params and grad_fn=<stacked params -> per-example gradient moments>: call "
                 "tx.update(None, state, params, grad_fn=grad_fn)."
             )
         key, sample_key = jax.random.split(state.key)
         if noise is None:
             noise = jax.vmap(standard_normal_like, (0, None))(jax.random.split(sample_key, num_samples), params)
-        per_example_noise = jax.tree.map(lambda z: jnp.repeat(z, examples_per_sample, axis=0), noise)
-        g = grad_fn(perturb_by_posterior_noise(params, state.precision, per_example_noise, num_data))
-        g_hat = jax.tree.map(lambda gi: jnp.mean(gi, axis=0), g)
-        h_hat = jax.tree.map(lambda gi: jnp.mean(gi * gi, axis=0), g)
+        g_mean, g_square_mean = grad_fn(perturb_by_posterior_noise(params, state.precision, noise, num_data))
+        leading = {x.shape[0] for x in jax.tree.leaves((g_mean, g_square_mean))}
+        if leading != {num_samples}:
+            raise ValueError(
+                f"VOGN's grad_fn must return (mean, mean of squares) of the per-example gradients, "
+                f"stacked over the {num_samples} weight samples; got leading axes {sorted(leading)}."
+            )
+        g_hat = jax.tree.map(lambda g: jnp.mean(g, axis=0), g_mean)  # equal sub-batches: the batch mean
+        h_hat = jax.tree.map(lambda h: jnp.mean(h, axis=0), g_square_mean)
         momentum = jax.tree.map(lambda m, gh, w: beta1 * m + gh + delta * w, state.momentum, g_hat, params)
         precision = average_precision(state.precision, h_hat, beta2=beta2, delta=delta, damping=damping)
         direction = jax.tree.map(jnp.divide, momentum, precision)

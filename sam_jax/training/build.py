@@ -166,6 +166,7 @@ def build_run(config: ml_collections.ConfigDict, run_data: RunData | None = None
         augment=_augment(config),
         num_train=num_train,
         mesh=mesh,
+        per_example_moments=spec.per_example_moments,
     )
     eval_step = make_eval_step(model)
 

@@ -99,6 +99,42 @@ def _sub_batch_map(num_sub_batches: int, mesh: Mesh | None) -> Callable[..., Cal
     return jax.vmap
 
 
+def example_gradient_moments(
+    example_grad: Callable[[Any, Batch], Any], *, sequential: bool
+) -> Callable[[Any, Batch], tuple[Any, Any]]:
+    """``moments(params, data)``: the means over ``data``'s examples of ``example_grad(params, example)``
+    and of its square, each example a batch of one (``make_train_step``'s ``per_example_moments``).
+
+    Args:
+      example_grad: the gradient of one example's loss, ``example_grad(params, example)``.
+      sequential: go through the examples one after another, accumulating both sums (what the train
+        step does on CPU, where XLA's batched products are slow and ``B`` stacked per-example
+        gradients cost ``B`` times the parameters' memory); False: ``jax.vmap`` over the examples.
+        Both give the same moments up to the order of the float sums.
+    """
+
+    def moments(params: Any, data: Batch) -> tuple[Any, Any]:
+        examples = jax.tree_util.tree_map(lambda x: x[:, None], data)
+        count = len(data["label"])
+        if not sequential:
+            grads = jax.vmap(example_grad, (None, 0))(params, examples)
+            mean = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+            return mean, jax.tree_util.tree_map(lambda g: jnp.mean(g * g, axis=0), grads)
+
+        def accumulate(sums: tuple[Any, Any], example: Batch) -> tuple[tuple[Any, Any], None]:
+            grad = example_grad(params, example)
+            total, squares = sums
+            total = jax.tree_util.tree_map(jnp.add, total, grad)
+            squares = jax.tree_util.tree_map(lambda s, g: s + g * g, squares, grad)
+            return (total, squares), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (total, squares), _ = jax.lax.scan(accumulate, (zeros, zeros), examples)
+        return tuple(jax.tree_util.tree_map(lambda x: x / count, part) for part in (total, squares))
+
+    return moments
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformationExtraArgs,
@@ -111,6 +147,7 @@ def make_train_step(
     augment: Augment | None = None,
     num_train: int = 0,
     mesh: Mesh | None = None,
+    per_example_moments: bool = False,
 ) -> TrainStep:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -145,6 +182,13 @@ def make_train_step(
         number of m-sharpness sub-batches is a multiple of the device count, each device
         evaluates the sub-batches it holds (``sam_jax.optim.device_vmap``); the result is that of
         the ``jax.vmap`` used otherwise. Required for ``m = PER_DEVICE``.
+      per_example_moments: ``grad_fn`` returns per-example gradient moments (VOGN's Gauss-Newton
+        diagonal): called with parameters stacked over the sub-batches of ``m`` examples (one
+        sub-batch of the whole batch when ``m = 0``), it returns ``(mean, mean_of_squares)``, each
+        stacked ``[S, ...]``: the mean over sub-batch ``j``'s examples of their gradients, and of
+        their squared gradients, at sub-batch ``j``'s parameters. Each example's forward pass is a
+        batch of one (its own BatchNorm statistics); ``example_gradient_moments`` computes them, on CPU
+        one example after another, elsewhere with ``jax.vmap``.
 
     Raises:
       ValueError: ``m = PER_DEVICE`` without ``mesh``.
@@ -194,9 +238,9 @@ def make_train_step(
         clean = objective(training_loss)
         descent = clean if descent_loss_fn is None else objective(descent_loss)
         descent_grad = jax.grad(descent, has_aux=True)
-        if m:
+        if m or per_example_moments:
             batch_size = len(batch["label"])
-            sub_batch_size = _sub_batch_size(m, batch_size, mesh)
+            sub_batch_size = _sub_batch_size(m, batch_size, mesh) if m else batch_size
             sub_batches = split_into_sub_batches(batch, sub_batch_size)
             over_sub_batches = _sub_batch_map(batch_size // sub_batch_size, mesh)
             if uses_clean_gradient:
@@ -210,8 +254,17 @@ def make_train_step(
             logits = logits.reshape((-1,) + logits.shape[2:])
             model_state = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), sub_states)
 
-            def grad_fn(stacked_params: Any) -> Any:
-                return over_sub_batches(descent_grad, (0, 0))(stacked_params, sub_batches)[0]
+            if per_example_moments:
+                example_moments = example_gradient_moments(
+                    lambda p, example: descent_grad(p, example)[0], sequential=jax.default_backend() == "cpu"
+                )
+
+                def grad_fn(stacked_params: Any) -> Any:
+                    return over_sub_batches(example_moments, (0, 0))(stacked_params, sub_batches)
+            else:
+
+                def grad_fn(stacked_params: Any) -> Any:
+                    return over_sub_batches(descent_grad, (0, 0))(stacked_params, sub_batches)[0]
         else:
 
             def grad_fn(params: Any) -> Any:
