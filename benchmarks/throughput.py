@@ -20,7 +20,14 @@ batch is split over all devices, as in the loop.
 
     python -m benchmarks.throughput [--models mlp,lenet5,resnet20] [--batch-sizes 128,256]
         [--optimizers sgd,sam,bsam] [--steps 10] [--repeats 5] [--dtype bfloat16] [--no-donate]
-        [--out runs/throughput]
+        [--set '{"model.kwargs": {"widths": [500, 300]}, "optimizer.vogn.m": 8}'] [--out runs/throughput]
+
+``--set`` applies run-config fields (a JSON object of dotted paths, ``ConfigDict`` values given as
+objects) to every run (an ``optimizer.<name>.*`` field to the runs of that optimizer only), e.g.
+the MNIST MLP of Möllenhoff & Khan's Table 1 and VOGN's sub-batches:
+
+    python -m benchmarks.throughput --models mlp --optimizers sgd,bsam,vogn --set \
+        '{"model.kwargs": {"widths": [500, 300], "activation": "relu"}, "optimizer.vogn.m": 8, "optimizer.bsam.m": 16}'
 
 Larger models are named in ``--models``: ``wrn28_10``, ``wrn20_10``, ``resnet56``,
 ``pyramidnet110`` at 32x32; ``resnet18``, ``resnet50``, ``vit_s32``, ``vit_s16``, ``vit_b16`` at
@@ -87,8 +94,11 @@ def synthetic_data(model: str, batch_size: int, seed: int = 0) -> RunData:
     return RunData(train, empty, empty, num_classes, None)
 
 
-def run_config(model: str, optimizer: str, batch_size: int, dtype: str) -> ml_collections.ConfigDict:
-    """The run of ``model`` trained by ``optimizer`` (its paper defaults) at ``batch_size``."""
+def run_config(
+    model: str, optimizer: str, batch_size: int, dtype: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """The run of ``model`` trained by ``optimizer`` (its paper defaults) at ``batch_size``, with the
+    dotted-path ``overrides`` (``--set``) applied last."""
     config = default_config()
     config.update_from_flattened_dict(
         {
@@ -102,6 +112,18 @@ def run_config(model: str, optimizer: str, batch_size: int, dtype: str) -> ml_co
     )
     if dtype != "float32":
         config.model.kwargs = ml_collections.ConfigDict({"dtype": dtype})
+    for path, value in (overrides or {}).items():
+        *parents, field = path.split(".")
+        if parents[:1] == ["optimizer"] and len(parents) == 2 and parents[1] != optimizer:
+            continue  # another optimizer's block: validation rejects a block the run does not read
+        block = config
+        for name in parents:
+            block = block[name]
+        if isinstance(value, dict):
+            value = ml_collections.ConfigDict({**block[field].to_dict(), **value})
+        elif isinstance(value, list):
+            value = tuple(value)
+        block[field] = value
     return config
 
 
@@ -123,11 +145,12 @@ def measure_case(
     donate: bool,
     num_steps: int,
     repeats: int,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of one model and batch size, one per optimizer (``optimizers`` includes ``"sgd"``)."""
     run_data = synthetic_data(model, batch_size)
     runs: dict[str, Run] = {
-        name: build_run(run_config(model, name, batch_size, dtype), run_data) for name in optimizers
+        name: build_run(run_config(model, name, batch_size, dtype, overrides), run_data) for name in optimizers
     }
     mesh = next(iter(runs.values())).mesh
     batch = jax.device_put(
@@ -199,7 +222,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="the models' compute dtype")
     parser.add_argument("--no-donate", dest="donate", action="store_false", help="keep the state's buffers")
     parser.add_argument("--out", default="", help="also write OUT.json and OUT.csv")
+    parser.add_argument("--set", default="{}", help="JSON object of run-config fields by dotted path, for every run")
     args = parser.parse_args()
+    overrides = json.loads(args.set)
     args.models, args.optimizers = _names(args.models), _names(args.optimizers)
     batch_sizes = [int(size) for size in _names(args.batch_sizes)]
     unknown = sorted(set(args.models) - set(INPUTS))
@@ -223,6 +248,7 @@ def main() -> None:
                     donate=args.donate,
                     num_steps=args.steps,
                     repeats=args.repeats,
+                    overrides=overrides,
                 )
             )
             print(f"done: {model}, batch {batch_size}", file=sys.stderr, flush=True)
@@ -239,6 +265,7 @@ def main() -> None:
         "dtype": args.dtype,
         "steps": args.steps,
         "repeats": args.repeats,
+        "overrides": overrides,
     }
     print()
     print(
