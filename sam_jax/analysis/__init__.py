@@ -3,6 +3,7 @@
 from sam_jax.analysis.figures import plot_confidence_gap, plot_dynamics, plot_ece_vs_sharpness, plot_figure1
 from sam_jax.analysis.trajectories import (
     mean_std_over_learning_rates,
+    overconfidence,
     pearson,
     seed_mean,
     trajectory,
@@ -11,6 +12,7 @@ from sam_jax.analysis.trajectories import (
 
 __all__ = [
     "mean_std_over_learning_rates",
+    "overconfidence",
     "pearson",
     "plot_confidence_gap",
     "plot_dynamics",

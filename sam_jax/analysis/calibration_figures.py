@@ -212,3 +212,40 @@ def plot_precision_histogram(
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_overconfidence(runs: Mapping[str, Records], path: str, title: str, split: str = "test") -> None:
+    """The premise of Tan et al. (2025, arXiv:2505.23866): held-out NLL and confidence minus accuracy
+    over training, one line per run, the lowest NLL of each run marked.
+
+    Args:
+      runs: ``{label: the run's metric records}`` (with ``epoch`` and ``<split>/...`` metrics).
+      path: PNG file to write.
+      title: figure title.
+      split: the evaluated split.
+    """
+    fig = Figure(figsize=(10, 3.6))
+    nll_axis, gap_axis = fig.subplots(1, 2)
+    for label, records in runs.items():
+        points = [
+            r
+            for r in records
+            if all(isinstance(r.get(f"{split}/{k}"), (int, float)) for k in ("nll", "accuracy", "mean_confidence"))
+        ]
+        epochs = np.array([r.get("epoch", r["step"]) for r in points], np.float64)
+        nll = np.array([r[f"{split}/nll"] for r in points])
+        gap = np.array([r[f"{split}/mean_confidence"] - r[f"{split}/accuracy"] for r in points])
+        (line,) = nll_axis.plot(epochs, nll, label=label)
+        if len(nll):
+            best = int(np.argmin(nll))
+            nll_axis.plot(epochs[best], nll[best], "o", color=line.get_color())
+        gap_axis.plot(epochs, gap, color=line.get_color(), label=label)
+    gap_axis.axhline(0.0, color="black", linewidth=0.6)
+    nll_axis.set_ylabel(f"{split} NLL (dot: lowest)")
+    gap_axis.set_ylabel(f"{split} confidence - accuracy (> 0: overconfident)")
+    for axis in (nll_axis, gap_axis):
+        axis.set_xlabel("epoch")
+    nll_axis.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -106,3 +106,43 @@ def mean_std_over_learning_rates(correlations: Mapping[float, Sequence[float]]) 
     if not per_rate:
         return math.nan, math.nan, 0
     return float(np.mean(per_rate)), float(np.std(per_rate)), len(per_rate)
+
+
+def overconfidence(records: Sequence[Mapping[str, Any]], split: str = "test") -> dict[str, float | int | bool]:
+    """Whether a run went past its best held-out NLL into overconfidence (Tan et al. 2025,
+    arXiv:2505.23866, Sec. 1 and Fig. 1: the premise that SGD's late training raises the NLL while
+    the confidence outgrows the accuracy).
+
+    Args:
+      records: a run's metric records, in step order, with ``<split>/nll``, ``<split>/accuracy``
+        and ``<split>/mean_confidence`` at its evaluations.
+      split: the evaluated split (``test`` or ``val``).
+
+    Returns:
+      ``best_step`` and ``best_nll`` (the lowest NLL), ``final_step``, ``final_nll``,
+      ``nll_rise`` (final minus best), the final ``accuracy`` and ``confidence_minus_accuracy``,
+      the confidence-minus-accuracy at the best step, and ``past_best``: the final NLL is above the
+      best and the final confidence above the final accuracy.
+
+    Raises:
+      ValueError: no record holds the three metrics.
+    """
+    keys = (f"{split}/nll", f"{split}/accuracy", f"{split}/mean_confidence")
+    series = trajectory(records, keys)
+    if not len(series["step"]):
+        raise ValueError(f"No record holds {keys}: evaluate the run on {split!r} during training.")
+    nll, accuracy, confidence = (series[k] for k in keys)
+    gap = confidence - accuracy
+    best = int(np.argmin(nll))
+    rise = float(nll[-1] - nll[best])
+    return {
+        "best_step": int(series["step"][best]),
+        "best_nll": float(nll[best]),
+        "final_step": int(series["step"][-1]),
+        "final_nll": float(nll[-1]),
+        "nll_rise": rise,
+        "accuracy": float(accuracy[-1]),
+        "confidence_minus_accuracy": float(gap[-1]),
+        "confidence_minus_accuracy_at_best": float(gap[best]),
+        "past_best": bool(rise > 0 and gap[-1] > 0),
+    }
