@@ -219,7 +219,7 @@ def plot_overconfidence(runs: Mapping[str, Records], path: str, title: str, spli
     over training, one line per run, the lowest NLL of each run marked.
 
     Args:
-      runs: ``{label: the run's metric records}`` (with ``epoch`` and ``<split>/...`` metrics).
+      runs: ``{label: the run's metric records}`` (with ``step`` and ``<split>/...`` metrics).
       path: PNG file to write.
       title: figure title.
       split: the evaluated split.
@@ -232,19 +232,19 @@ def plot_overconfidence(runs: Mapping[str, Records], path: str, title: str, spli
             for r in records
             if all(isinstance(r.get(f"{split}/{k}"), (int, float)) for k in ("nll", "accuracy", "mean_confidence"))
         ]
-        epochs = np.array([r.get("epoch", r["step"]) for r in points], np.float64)
+        steps = np.array([r["step"] for r in points], np.float64)
         nll = np.array([r[f"{split}/nll"] for r in points])
         gap = np.array([r[f"{split}/mean_confidence"] - r[f"{split}/accuracy"] for r in points])
-        (line,) = nll_axis.plot(epochs, nll, label=label)
+        (line,) = nll_axis.plot(steps, nll, label=label)
         if len(nll):
             best = int(np.argmin(nll))
-            nll_axis.plot(epochs[best], nll[best], "o", color=line.get_color())
-        gap_axis.plot(epochs, gap, color=line.get_color(), label=label)
+            nll_axis.plot(steps[best], nll[best], "o", color=line.get_color())
+        gap_axis.plot(steps, gap, color=line.get_color(), label=label)
     gap_axis.axhline(0.0, color="black", linewidth=0.6)
-    nll_axis.set_ylabel(f"{split} NLL (dot: lowest)")
-    gap_axis.set_ylabel(f"{split} confidence - accuracy (> 0: overconfident)")
+    nll_axis.set_title(f"{split} NLL (dot: the lowest)", fontsize=10)
+    gap_axis.set_title(f"{split} mean confidence - accuracy (> 0: overconfident)", fontsize=10)
     for axis in (nll_axis, gap_axis):
-        axis.set_xlabel("epoch")
+        axis.set_xlabel("step")
     nll_axis.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
