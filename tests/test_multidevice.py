@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +16,7 @@ import jax, numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_training import digits_config
 from sam_jax.training import train_and_evaluate, Checkpointer, build_run
-config = digits_config({workdir!r}, **{{"optimizer.name": "sam", "num_steps": 10}})
+config = digits_config({workdir!r}, **{{"num_steps": 10, **{overrides!r}}})
 summary = train_and_evaluate(config)
 state = Checkpointer({workdir!r}).restore(build_run(config).init_state)
 leaves = [np.asarray(x).ravel().tolist() for x in jax.tree_util.tree_leaves(state.params)]
@@ -23,12 +24,12 @@ print(json.dumps({{"devices": jax.device_count(), "leaves": leaves, "loss": summ
 """
 
 
-def _run(tmp_path, devices: int) -> dict:
+def _run(tmp_path, devices: int, overrides: dict) -> dict:
     workdir = str(tmp_path / f"devices{devices}")
     flags = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir)],
+        [sys.executable, "-c", _SCRIPT.format(root=ROOT, workdir=workdir, overrides=overrides)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -38,8 +39,17 @@ def _run(tmp_path, devices: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_eight_devices_match_one(tmp_path):
-    one, eight = _run(tmp_path, 1), _run(tmp_path, 8)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer.name": "sam"},
+        # VOGN's per-example moments: 8 sub-batches of 8 examples, one per device (``device_vmap``).
+        {"optimizer.name": "vogn", "optimizer.vogn.m": 8, "optimizer.vogn.damping": 0.1},
+    ],
+    ids=["sam", "vogn"],
+)
+def test_eight_devices_match_one(tmp_path, overrides):
+    one, eight = _run(tmp_path, 1, overrides), _run(tmp_path, 8, overrides)
     assert (one["devices"], eight["devices"]) == (1, 8)
     np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
     for a, b in zip(one["leaves"], eight["leaves"], strict=True):
