@@ -3,10 +3,11 @@
 - ``sam(base, rho, *, adaptive, eta, renormalize)``: SAM / ASAM / SSAM around any optax optimizer.
 - ``m_sharpness_sam(...)`` and ``split_into_sub_batches(batch, m)``: one perturbation per sub-batch.
 - ``device_vmap(fn, mesh, in_axes)``: ``jax.vmap`` whose entries are split over the devices (each
-  device evaluates the sub-batches it holds); ``per_device_sam_gradient(loss_fn, params, batch,
-  rho, mesh)``: SAM with one perturbation per device shard, as Foret et al.'s ``pmap`` code;
-  ``PER_DEVICE`` (-1) is the SAM-family ``m`` that asks the train step for it; ``DATA_AXIS`` is
-  the mesh axis the batch is split over.
+  device evaluates the sub-batches it holds); ``unrolled_map(fn, in_axes)``: ``jax.vmap`` written
+  out entry by entry (faster for convolutions at per-entry weights on XLA:CPU);
+  ``per_device_sam_gradient(loss_fn, params, batch, rho, mesh)``: SAM with one perturbation per
+  device shard, as Foret et al.'s ``pmap`` code; ``PER_DEVICE`` (-1) is the SAM-family ``m`` that
+  asks the train step for it; ``DATA_AXIS`` is the mesh axis the batch is split over.
 - ``scale_by_bsam(rho, num_data, *, prior_precision, ...)``: Bayesian SAM's direction ``gm / s``,
   to chain with ``optax.scale_by_learning_rate``; ``bsam(learning_rate, rho, num_data, ...)`` is that
   chain; ``bsam_sample(params, state, key, num_data)`` draws from its Gaussian posterior.
@@ -41,7 +42,7 @@ hyper-parameters and what the train step must give it; ``build_optimizer(name, c
 
 from sam_jax.optim.bsam import BSAMState, bsam, bsam_sample, scale_by_bsam
 from sam_jax.optim.bulk_sgd import HessianProjectionState, bulk_sgd, project_out_top_hessian_directions
-from sam_jax.optim.device_sharpness import DATA_AXIS, PER_DEVICE, device_vmap, per_device_sam_gradient
+from sam_jax.optim.device_sharpness import DATA_AXIS, PER_DEVICE, device_vmap, per_device_sam_gradient, unrolled_map
 from sam_jax.optim.gsam import gsam, gsam_rho_schedule
 from sam_jax.optim.ivon import IVONState, ivon, ivon_sample, scale_by_ivon
 from sam_jax.optim.looksam import LookSAMState, looksam
@@ -107,6 +108,7 @@ __all__ = [
     "sam",
     "scale_by_bsam",
     "split_into_sub_batches",
+    "unrolled_map",
     "vasso",
     "IVONState",
     "LookSAMState",

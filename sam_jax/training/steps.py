@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from sam_jax.calibration import member_average_log_probs
 from sam_jax.losses import MixedObjective, StatefulLoss, get_mixing
-from sam_jax.optim import DATA_AXIS, PER_DEVICE, device_vmap, split_into_sub_batches
+from sam_jax.optim import DATA_AXIS, PER_DEVICE, device_vmap, split_into_sub_batches, unrolled_map
 from sam_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -88,15 +88,24 @@ def _sub_batch_size(m: int, batch_size: int, mesh: Mesh | None) -> int:
     return batch_size // devices
 
 
-def _sub_batch_map(num_sub_batches: int, mesh: Mesh | None) -> Callable[..., Callable[..., Any]]:
+# The most sub-batches one device evaluates unrolled (``unroll_sub_batches``): the compiled step
+# holds one copy of the model's gradient per sub-batch.
+MAX_UNROLLED_SUB_BATCHES = 16
+
+
+def _sub_batch_map(num_sub_batches: int, mesh: Mesh | None, unroll: bool) -> Callable[..., Callable[..., Any]]:
     """``map(fn, in_axes)`` over stacked sub-batches.
 
-    On the devices that hold them when they divide evenly over ``mesh``'s data axis; otherwise with
-    ``jax.vmap``, where XLA places the work.
+    On the devices that hold them when they divide evenly over ``mesh``'s data axis; otherwise where
+    XLA places the work. Each device maps with ``jax.vmap``, or, when ``unroll`` and it holds at most
+    ``MAX_UNROLLED_SUB_BATCHES``, with ``sam_jax.optim.unrolled_map``.
     """
-    if mesh is not None and num_sub_batches % mesh.shape[DATA_AXIS] == 0:
-        return lambda fn, in_axes: device_vmap(fn, mesh, in_axes)
-    return jax.vmap
+    on_devices = mesh is not None and num_sub_batches % mesh.shape[DATA_AXIS] == 0
+    local = num_sub_batches // mesh.shape[DATA_AXIS] if on_devices else num_sub_batches
+    map_fn = unrolled_map if unroll and local <= MAX_UNROLLED_SUB_BATCHES else jax.vmap
+    if on_devices:
+        return lambda fn, in_axes: device_vmap(fn, mesh, in_axes, map_fn=map_fn)
+    return map_fn
 
 
 def example_gradient_moments(
@@ -148,6 +157,7 @@ def make_train_step(
     num_train: int = 0,
     mesh: Mesh | None = None,
     per_example_moments: bool = False,
+    unroll_sub_batches: bool = False,
 ) -> TrainStep:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not jitted; the loop jits it).
 
@@ -189,6 +199,11 @@ def make_train_step(
         their squared gradients, at sub-batch ``j``'s parameters. Each example's forward pass is a
         batch of one (its own BatchNorm statistics); ``example_gradient_moments`` computes them, on CPU
         one example after another, elsewhere with ``jax.vmap``.
+      unroll_sub_batches: evaluate the sub-batches (m-sharpness, per-example moments) one after
+        another in the compiled step (``sam_jax.optim.unrolled_map``, up to
+        ``MAX_UNROLLED_SUB_BATCHES`` per device) rather than with ``jax.vmap``: the same values, up to
+        the order of float operations; faster on XLA:CPU for convolutional models, whose vmapped
+        per-sub-batch weights become grouped convolutions, and slower to compile.
 
     Raises:
       ValueError: ``m = PER_DEVICE`` without ``mesh``.
@@ -242,7 +257,7 @@ def make_train_step(
             batch_size = len(batch["label"])
             sub_batch_size = _sub_batch_size(m, batch_size, mesh) if m else batch_size
             sub_batches = split_into_sub_batches(batch, sub_batch_size)
-            over_sub_batches = _sub_batch_map(batch_size // sub_batch_size, mesh)
+            over_sub_batches = _sub_batch_map(batch_size // sub_batch_size, mesh, unroll_sub_batches)
             if uses_clean_gradient:
                 (losses, (logits, sub_states)), grads = over_sub_batches(
                     jax.value_and_grad(clean, has_aux=True), (None, 0)
