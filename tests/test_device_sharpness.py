@@ -166,6 +166,13 @@ record("step_batch_stats_8_devices", after.model_state, expected_stats)
 record("step_loss_8_devices", metrics["loss"], expected_loss)
 vmapped, _ = jax.jit(make_train_step(model, tx, cross_entropy, m=BATCH // {devices}))(state, data)
 record("step_8_devices_vs_vmap", after, vmapped)
+# Two sub-batches per device, each device going through its own unrolled (sam_jax.optim.unrolled_map).
+two_per_device = BATCH // (2 * {devices})
+unrolled, _ = jax.jit(make_train_step(model, tx, cross_entropy, m=two_per_device, mesh=mesh, unroll_sub_batches=True))(
+    jax.device_put(state, replicated), jax.device_put(data, split)
+)
+vmapped_two, _ = jax.jit(make_train_step(model, tx, cross_entropy, m=two_per_device))(state, data)
+record("step_8_devices_unrolled_vs_vmap", unrolled, vmapped_two)
 
 alone, _ = jax.jit(make_train_step(model, tx, cross_entropy, m=optim.PER_DEVICE, mesh=one_device))(state, data)
 sam_state = state._replace(opt_state=optim.sam(optax.sgd(LR), RHO).init(net_params))
@@ -206,7 +213,14 @@ def test_one_device_is_plain_sam(results, case):
 
 
 @pytest.mark.parametrize(
-    "case", ["step_params_8_devices", "step_batch_stats_8_devices", "step_loss_8_devices", "step_8_devices_vs_vmap"]
+    "case",
+    [
+        "step_params_8_devices",
+        "step_batch_stats_8_devices",
+        "step_loss_8_devices",
+        "step_8_devices_vs_vmap",
+        "step_8_devices_unrolled_vs_vmap",
+    ],
 )
 def test_train_step_per_device_with_batch_norm(results, case):
     assert results["errors"][case] < TOLERANCE
