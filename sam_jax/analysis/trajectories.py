@@ -54,16 +54,18 @@ def seed_mean(runs: Sequence[Sequence[Mapping[str, Any]]], key: str) -> tuple[np
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two equally long series; NaN when either is constant or shorter than 3.
 
-    With two points any pair correlates perfectly, so such a value would say nothing.
+    With two points any pair correlates perfectly, so such a value would say nothing. The sums are
+    exactly rounded (``math.fsum``), so the value is the same on every machine: a BLAS dot product
+    sums in an order that depends on the CPU, and a committed report must rebuild bit for bit.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"pearson: need two 1-D series of equal length, got {x.shape} and {y.shape}.")
     if len(x) < 3:
         return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    scale = math.sqrt(float(np.dot(dx, dx)) * float(np.dot(dy, dy)))
-    return float(np.dot(dx, dy) / scale) if scale > 0 else math.nan
+    dx, dy = x - math.fsum(x) / len(x), y - math.fsum(y) / len(y)
+    scale = math.sqrt(math.fsum(dx * dx) * math.fsum(dy * dy))
+    return math.fsum(dx * dy) / scale if scale > 0 else math.nan
 
 
 def trajectory_correlation(
