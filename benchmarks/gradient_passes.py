@@ -22,6 +22,7 @@ import optax
 from sam_jax import optim
 from sam_jax.losses import get_stateful_loss
 from sam_jax.models import create_model
+from sam_jax.training.build import optimizer_step_options
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_train_step
 
@@ -56,18 +57,13 @@ def gradient_passes(name: str, num_steps: int) -> float:
         "index": jnp.arange(BATCH_SIZE),
     }
     params = model.init(jax.random.PRNGKey(0), batch["image"][:1])["params"]
-    hparams = blocks[name]
-    m = spec.sub_batch_size(hparams)
     step = jax.jit(
         make_train_step(
             model,
             tx,
             get_stateful_loss("cross_entropy"),
-            spec.descent_loss(hparams, "cross_entropy", {}),
-            m=m if m < BATCH_SIZE else 0,
-            uses_clean_gradient=spec.uses_clean_gradient,
+            **optimizer_step_options(spec, blocks[name], "cross_entropy", {}, BATCH_SIZE),
             num_train=NUM_TRAIN,
-            per_example_moments=spec.per_example_moments,
         )
     )
     state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(1), ())

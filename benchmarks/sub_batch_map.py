@@ -27,6 +27,7 @@ import optax
 from sam_jax import optim
 from sam_jax.losses import get_stateful_loss
 from sam_jax.models import create_model
+from sam_jax.training.build import optimizer_step_options
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_train_step
 
@@ -50,10 +51,7 @@ def _steps(model_name: str, name: str) -> tuple[dict, dict]:
             model,
             tx,
             get_stateful_loss("cross_entropy"),
-            spec.descent_loss(blocks[name], "cross_entropy", {}),
-            m=spec.sub_batch_size(blocks[name]),
-            uses_clean_gradient=spec.uses_clean_gradient,
-            per_example_moments=spec.per_example_moments,
+            **optimizer_step_options(spec, blocks[name], "cross_entropy", {}, BATCH_SIZE),
             unroll_sub_batches=unroll,
             num_train=NUM_TRAIN,
         )

@@ -55,14 +55,17 @@ def parse_runs(text: str) -> dict[str, str]:
 
 
 def report(config: ml_collections.ConfigDict) -> list[dict]:
-    """Writes the table, JSON and figure for ``config.runs`` into ``config.output_dir``; returns the rows."""
+    """Writes the table (Markdown and CSV) and the figure for ``config.runs`` into ``config.output_dir``;
+    returns the rows."""
     if not config.output_dir:
         raise ValueError("--config.output_dir is required.")
-    records = {label: read_metrics(directory) for label, directory in parse_runs(config.runs).items()}
-    rows = [{"run": label, **overconfidence(runs, config.split)} for label, runs in records.items()]
-    os.makedirs(config.output_dir, exist_ok=True)
     runs = parse_runs(config.runs)
-    rows = [{**row, "directory": runs[row["run"]]} for row in rows]
+    records = {label: read_metrics(directory) for label, directory in runs.items()}
+    rows = [
+        {"run": label, **overconfidence(records[label], config.split), "directory": directory}
+        for label, directory in runs.items()
+    ]
+    os.makedirs(config.output_dir, exist_ok=True)
     lines = write_table(os.path.join(config.output_dir, "overconfidence.csv"), rows, COLUMNS)
     with open(os.path.join(config.output_dir, "overconfidence.md"), "w") as f:
         f.write(f"Split: {config.split}; NLL, accuracy and mean confidence at the runs' evaluations.\n\n")

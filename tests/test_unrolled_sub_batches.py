@@ -9,7 +9,7 @@ import pytest
 from sam_jax import optim
 from sam_jax.losses import get_stateful_loss
 from sam_jax.models import create_model
-from sam_jax.training.build import UNROLL_MIN_STEPS, unroll_sub_batches
+from sam_jax.training.build import UNROLL_MIN_STEPS, optimizer_step_options, unroll_sub_batches
 from sam_jax.training.state import TrainState
 from sam_jax.training.steps import make_train_step
 
@@ -59,9 +59,7 @@ def test_train_step_with_unrolled_sub_batches_equals_the_vmapped_one(name, hpara
             model,
             tx,
             get_stateful_loss("cross_entropy"),
-            m=spec.sub_batch_size(blocks[name]),
-            uses_clean_gradient=spec.uses_clean_gradient,
-            per_example_moments=spec.per_example_moments,
+            **optimizer_step_options(spec, blocks[name], "cross_entropy", {}, 8),
             unroll_sub_batches=unroll,
         )
         state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(2), ())

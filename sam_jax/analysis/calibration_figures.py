@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sam_jax.analysis.trajectories import trajectory
 from sam_jax.training.hooks.plots import draw_reliability
 
 Records = Sequence[Mapping[str, Any]]
@@ -226,15 +227,11 @@ def plot_overconfidence(runs: Mapping[str, Records], path: str, title: str, spli
     """
     fig = Figure(figsize=(10, 3.6))
     nll_axis, gap_axis = fig.subplots(1, 2)
+    keys = (f"{split}/nll", f"{split}/accuracy", f"{split}/mean_confidence")
     for label, records in runs.items():
-        points = [
-            r
-            for r in records
-            if all(isinstance(r.get(f"{split}/{k}"), (int, float)) for k in ("nll", "accuracy", "mean_confidence"))
-        ]
-        steps = np.array([r["step"] for r in points], np.float64)
-        nll = np.array([r[f"{split}/nll"] for r in points])
-        gap = np.array([r[f"{split}/mean_confidence"] - r[f"{split}/accuracy"] for r in points])
+        series = trajectory(records, keys)
+        steps, nll = series["step"], series[keys[0]]
+        gap = series[keys[2]] - series[keys[1]]
         (line,) = nll_axis.plot(steps, nll, label=label)
         if len(nll):
             best = int(np.argmin(nll))

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -90,6 +90,25 @@ def unroll_sub_batches(total_steps: int) -> bool:
     return jax.default_backend() == "cpu" and total_steps >= UNROLL_MIN_STEPS
 
 
+def optimizer_step_options(
+    spec: optim.OptimizerSpec,
+    hparams: Mapping[str, Any],
+    loss_name: str,
+    loss_hparams: Mapping[str, Any],
+    batch_size: int,
+) -> dict[str, Any]:
+    """What the train step needs from an optimizer's registry ``spec``: the keyword arguments
+    ``descent_loss_fn``, ``m``, ``uses_clean_gradient`` and ``per_example_moments`` of
+    ``make_train_step`` (``m`` is 0 when one sub-batch would hold the whole batch)."""
+    m = spec.sub_batch_size(hparams)
+    return {
+        "descent_loss_fn": spec.descent_loss(hparams, loss_name, loss_hparams),
+        "m": m if m < batch_size else 0,
+        "uses_clean_gradient": spec.uses_clean_gradient,
+        "per_example_moments": spec.per_example_moments,
+    }
+
+
 def _augment(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     """``augment(key, images)`` for the train step from ``config.data.augment``; None when all off."""
     settings = config.data.augment
@@ -165,19 +184,15 @@ def build_run(config: ml_collections.ConfigDict, run_data: RunData | None = None
     sharding.batch_sharding(mesh, batch_size, train=True)  # fails now, before anything is compiled
     state = _initial_state(config, model, tx, loss, run_data, mesh)
 
-    m = spec.sub_batch_size(hparams)
     train_step = make_train_step(
         model,
         tx,
         loss,
-        spec.descent_loss(hparams, config.loss.name, chosen_hparams(config.loss)),
-        m=m if m < batch_size else 0,
-        uses_clean_gradient=spec.uses_clean_gradient,
+        **optimizer_step_options(spec, hparams, config.loss.name, chosen_hparams(config.loss), batch_size),
         mixing=get_mixing(config.mixing.name, **chosen_hparams(config.mixing)),
         augment=_augment(config),
         num_train=num_train,
         mesh=mesh,
-        per_example_moments=spec.per_example_moments,
         unroll_sub_batches=unroll_sub_batches(total_steps),
     )
     eval_step = make_eval_step(model)
